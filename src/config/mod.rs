@@ -1,0 +1,165 @@
+//! Configuration: the embedded defaults, an optional TOML file and `DEPLOYBOT__SECTION__KEY`
+//! environment overrides, layered by the `config` crate and then turned into typed [`Settings`].
+//!
+//! Two stages, as ripgrep does with its flags: [`raw`] is what serde reads (everything optional,
+//! nothing checked), [`Settings`] is what the rest of the program uses (every value parsed, every
+//! secret resolved). The conversion collects *every* problem, each naming its field, so
+//! `deploybot check-config` can print them all at once. Nothing here panics on bad input.
+
+mod raw;
+mod secret;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::domain::{ProjectName, RepoSlug};
+use crate::forge::{ForgeKind, SigningKey};
+
+/// The embedded defaults (`config/default.toml`), compiled into the binary.
+pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
+
+/// Where `deploybot` looks for its configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/deploybot.toml";
+
+/// Everything deploybot runs on, parsed and checked.
+#[derive(Debug)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub projects: Vec<Project>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_commit_batch: usize,
+    pub shutdown_timeout: Duration,
+    pub signature_tolerance: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub filter: String,
+}
+
+/// One repository whose forge calls `POST /hooks/{name}`.
+#[derive(Debug)]
+pub struct Project {
+    pub name: ProjectName,
+    pub forge: ForgeKind,
+    pub repository: RepoSlug,
+    pub secrets: WebhookSecrets,
+}
+
+/// What proves a delivery genuine. Which of these a forge needs is the forge's business
+/// (GitHub: the HMAC secret; GitLab: the token and/or the signing key).
+#[derive(Debug)]
+pub struct WebhookSecrets {
+    /// GitHub's HMAC key, or GitLab's `X-Gitlab-Token` value.
+    pub secret: Option<SecretString>,
+    /// GitLab's Standard Webhooks signing token (`whsec_...`), decoded.
+    pub signing_key: Option<SigningKey>,
+}
+
+impl Settings {
+    /// Every secret value this configuration holds, for redaction and for tests that scan
+    /// captured output. Exposing them is the point of this function.
+    pub fn secret_values(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        let mut values = Vec::new();
+        for project in &self.projects {
+            if let Some(secret) = &project.secrets.secret {
+                values.push(secret.expose_secret().to_owned());
+            }
+            if let Some(key) = &project.secrets.signing_key {
+                values.push(key.token_text().to_owned());
+            }
+        }
+        values
+    }
+
+    pub fn project(&self, name: &str) -> Option<&Project> {
+        self.projects.iter().find(|p| p.name.as_ref() == name)
+    }
+}
+
+/// One thing wrong with the configuration, naming the field (`projects[1].forge`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The configuration could not be used; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Unreadable { .. } => vec![self.to_string()],
+            ConfigError::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Where the layers come from. Tests pass their own environment instead of touching the
+/// process's, so they can run in parallel.
+pub struct Sources<'a> {
+    /// The configuration file, and whether it must exist (it must when named by `--config`).
+    pub file: Option<(&'a Path, bool)>,
+    /// TOML text layered after the file (tests use it instead of a file).
+    pub inline_toml: Option<&'a str>,
+    /// The environment: `DEPLOYBOT__*` overrides and the variables `*_env` keys name.
+    pub env: HashMap<String, String>,
+}
+
+impl Settings {
+    /// Loads the configuration the way the binary does: `path` if given (it must exist),
+    /// else `config/deploybot.toml` if it exists, else the embedded defaults alone.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let default_path = Path::new(DEFAULT_CONFIG_PATH);
+        Settings::from_sources(Sources {
+            file: Some(path.map_or((default_path, false), |p| (p, true))),
+            inline_toml: None,
+            env: std::env::vars().collect(),
+        })
+    }
+
+    /// Only the `[server]` section, for commands that read the store and need no project
+    /// secrets (`deploybot deliveries` works where the webhook secrets are not set).
+    pub fn load_server(path: Option<&Path>) -> Result<ServerSettings, ConfigError> {
+        let default_path = Path::new(DEFAULT_CONFIG_PATH);
+        let sources = Sources {
+            file: Some(path.map_or((default_path, false), |p| (p, true))),
+            inline_toml: None,
+            env: std::env::vars().collect(),
+        };
+        let raw = raw::RawSettings::layer(&sources)?;
+        validate::server_only(&raw)
+    }
+
+    pub fn from_sources(sources: Sources<'_>) -> Result<Settings, ConfigError> {
+        let raw = raw::RawSettings::layer(&sources)?;
+        validate::settings(raw, &|name| sources.env.get(name).cloned())
+    }
+}

@@ -1,0 +1,115 @@
+//! The configuration as serde reads it from the layered sources: nothing checked yet.
+
+use std::path::PathBuf;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::{ConfigError, Sources, DEFAULTS_TOML};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub server: RawServer,
+    pub log: RawLog,
+    #[serde(default)]
+    pub projects: Vec<RawProject>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: u64,
+    pub max_commit_batch: u64,
+    pub shutdown_timeout_secs: u64,
+    pub signature_tolerance_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub filter: String,
+}
+
+/// Every field is optional here so that a missing one is reported by name, with the
+/// project's index, instead of as a serde error without context.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProject {
+    pub name: Option<String>,
+    pub forge: Option<String>,
+    pub repository: Option<String>,
+    pub webhook_secret: Option<SecretString>,
+    pub webhook_secret_env: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+    pub signing_token: Option<SecretString>,
+    pub signing_token_env: Option<String>,
+    pub signing_token_file: Option<PathBuf>,
+}
+
+impl RawSettings {
+    pub fn layer(sources: &Sources<'_>) -> Result<RawSettings, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
+        if let Some((path, required)) = sources.file {
+            if required && !path.exists() {
+                return Err(ConfigError::Unreadable {
+                    path: path.to_owned(),
+                    reason: "no such file".into(),
+                });
+            }
+            builder = builder.add_source(
+                File::from(path.to_owned())
+                    .format(FileFormat::Toml)
+                    .required(required),
+            );
+        }
+        if let Some(toml) = sources.inline_toml {
+            builder = builder.add_source(File::from_str(toml, FileFormat::Toml));
+        }
+        // Both separators are set explicitly: their defaults differ between config releases.
+        let env = Environment::with_prefix("DEPLOYBOT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(sources.env.clone().into_iter().collect()));
+        let layered = builder
+            .add_source(env)
+            .build()
+            .map_err(|e| unreadable(sources, e))?;
+        layered
+            .try_deserialize()
+            .map_err(|e| ConfigError::Invalid(vec![deserialize_problem(e)]))
+    }
+}
+
+fn unreadable(sources: &Sources<'_>, error: config::ConfigError) -> ConfigError {
+    let path = sources
+        .file
+        .map(|(p, _)| p.to_owned())
+        .unwrap_or_else(|| PathBuf::from("<inline>"));
+    ConfigError::Unreadable {
+        path,
+        reason: error.to_string(),
+    }
+}
+
+/// The `config` crate reports a bad value as "... for key `server.listen`"; turn that into
+/// our `field: message` form so every problem reads the same way.
+fn deserialize_problem(error: config::ConfigError) -> super::Problem {
+    let text = error.to_string();
+    if let Some((message, key)) = text.rsplit_once(" for key `") {
+        let key = key.trim_end_matches(['`', '.', ' ']);
+        return super::Problem {
+            field: key.to_owned(),
+            message: message.to_owned(),
+        };
+    }
+    super::Problem {
+        field: "<configuration>".into(),
+        message: text,
+    }
+}

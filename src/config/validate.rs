@@ -1,0 +1,202 @@
+//! Turns [`RawSettings`] into [`Settings`], collecting every problem with its field.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::{RawProject, RawSettings};
+use super::secret::SecretSpec;
+use super::{ConfigError, LogSettings, Problem, Project, ServerSettings, Settings, WebhookSecrets};
+use crate::domain::{ProjectName, RepoSlug};
+use crate::forge::{ForgeKind, SigningKey};
+
+pub fn settings(
+    raw: RawSettings,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let mut problems = Vec::new();
+    let server = server(&raw, &mut problems);
+    let mut projects = Vec::new();
+    let mut names = HashSet::new();
+    for (index, raw_project) in raw.projects.iter().enumerate() {
+        if let Some(project) = project(index, raw_project, lookup_env, &mut problems) {
+            if !names.insert(project.name.as_ref().to_owned()) {
+                problems.push(Problem {
+                    field: format!("projects[{index}].name"),
+                    message: format!("project \"{}\" is defined twice", project.name.as_ref()),
+                });
+            }
+            projects.push(project);
+        }
+    }
+    match server {
+        Some(server) if problems.is_empty() => Ok(Settings {
+            server,
+            log: LogSettings {
+                filter: raw.log.filter,
+            },
+            projects,
+        }),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+pub fn server_only(raw: &RawSettings) -> Result<ServerSettings, ConfigError> {
+    let mut problems = Vec::new();
+    server(raw, &mut problems).ok_or(ConfigError::Invalid(problems))
+}
+
+fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettings> {
+    let s = &raw.server;
+    let before = problems.len();
+    let listen = s.listen.parse::<SocketAddr>().map_err(|_| Problem {
+        field: "server.listen".into(),
+        message: format!("\"{}\" is not an address:port", s.listen),
+    });
+    let listen = listen.map_err(|p| problems.push(p)).ok();
+    let mut positive = |field: &str, value: u64| {
+        if value == 0 {
+            problems.push(Problem {
+                field: format!("server.{field}"),
+                message: "must be greater than 0".into(),
+            });
+        }
+        usize::try_from(value).unwrap_or(usize::MAX)
+    };
+    let max_body_bytes = positive("max_body_bytes", s.max_body_bytes);
+    let max_commit_batch = positive("max_commit_batch", s.max_commit_batch);
+    if s.data_dir.as_os_str().is_empty() {
+        problems.push(Problem {
+            field: "server.data_dir".into(),
+            message: "must not be empty".into(),
+        });
+    }
+    if problems.len() != before {
+        return None;
+    }
+    Some(ServerSettings {
+        listen: listen?,
+        data_dir: s.data_dir.clone(),
+        max_body_bytes,
+        max_commit_batch,
+        shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
+        signature_tolerance: Duration::from_secs(s.signature_tolerance_secs),
+    })
+}
+
+fn project(
+    index: usize,
+    raw: &RawProject,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Project> {
+    let before = problems.len();
+    let field = |name: &str| format!("projects[{index}].{name}");
+    let mut report = |name: &str, message: String| {
+        problems.push(Problem {
+            field: field(name),
+            message,
+        })
+    };
+
+    let name = match &raw.name {
+        None => {
+            report("name", "missing".into());
+            None
+        }
+        Some(n) => ProjectName::parse(n)
+            .map_err(|e| report("name", e.to_string()))
+            .ok(),
+    };
+    let forge = match &raw.forge {
+        None => {
+            report("forge", "missing (github or gitlab)".into());
+            None
+        }
+        Some(f) => ForgeKind::parse(f)
+            .map_err(|e| report("forge", e.to_string()))
+            .ok(),
+    };
+    let repository = match &raw.repository {
+        None => {
+            report("repository", "missing (owner/name)".into());
+            None
+        }
+        Some(r) => RepoSlug::parse(r)
+            .map_err(|e| report("repository", e.to_string()))
+            .ok(),
+    };
+
+    let secret_spec = SecretSpec {
+        field: field("webhook_secret"),
+        inline: raw.webhook_secret.as_ref(),
+        env: raw.webhook_secret_env.as_ref(),
+        file: raw.webhook_secret_file.as_ref(),
+    };
+    let token_spec = SecretSpec {
+        field: field("signing_token"),
+        inline: raw.signing_token.as_ref(),
+        env: raw.signing_token_env.as_ref(),
+        file: raw.signing_token_file.as_ref(),
+    };
+    let secret = secret_spec
+        .resolve(lookup_env)
+        .map_err(|p| problems.push(p))
+        .ok()
+        .flatten();
+    let signing_key = match token_spec.resolve(lookup_env) {
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+        Ok(None) => None,
+        Ok(Some(token)) => SigningKey::parse(token)
+            .map_err(|message| {
+                problems.push(Problem {
+                    field: token_spec_field(&token_spec),
+                    message,
+                })
+            })
+            .ok(),
+    };
+
+    match forge {
+        Some(ForgeKind::Github) if !secret_spec.is_given() => problems.push(Problem {
+            field: field("webhook_secret"),
+            message: "missing: GitHub deliveries are verified with it; set webhook_secret, webhook_secret_env or webhook_secret_file".into(),
+        }),
+        Some(ForgeKind::Github) if token_spec.is_given() => problems.push(Problem {
+            field: field("signing_token"),
+            message: "only GitLab projects use a signing token".into(),
+        }),
+        Some(ForgeKind::Gitlab) if !secret_spec.is_given() && !token_spec.is_given() => {
+            problems.push(Problem {
+                field: field("webhook_secret"),
+                message: "missing: a GitLab project needs a webhook_secret (X-Gitlab-Token), a signing_token, or both".into(),
+            })
+        }
+        _ => {}
+    }
+
+    if problems.len() != before {
+        return None;
+    }
+    Some(Project {
+        name: name?,
+        forge: forge?,
+        repository: repository?,
+        secrets: WebhookSecrets {
+            secret,
+            signing_key,
+        },
+    })
+}
+
+fn token_spec_field(spec: &SecretSpec<'_>) -> String {
+    let suffix = match (spec.env, spec.file) {
+        (Some(_), _) => "_env",
+        (_, Some(_)) => "_file",
+        _ => "",
+    };
+    format!("{}{}", spec.field, suffix)
+}

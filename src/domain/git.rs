@@ -1,0 +1,178 @@
+use std::fmt;
+
+use serde::Serialize;
+
+use super::ParseError;
+
+/// A commit id: 40 hex digits (SHA-1), or 64 for SHA-256 repositories; kept lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CommitSha(String);
+
+impl CommitSha {
+    pub fn parse(s: &str) -> Result<CommitSha, ParseError> {
+        let hex = s.chars().all(|c| c.is_ascii_hexdigit());
+        if !hex || !(s.len() == 40 || s.len() == 64) {
+            return Err(ParseError(format!(
+                "\"{}\" is not a commit id (40 or 64 hex digits)",
+                s.chars().take(80).collect::<String>()
+            )));
+        }
+        Ok(CommitSha(s.to_ascii_lowercase()))
+    }
+
+    /// Git writes all zeros for "no commit": the `before` of a new ref, the `after` of a
+    /// deleted one.
+    pub fn is_zero(&self) -> bool {
+        self.0.bytes().all(|b| b == b'0')
+    }
+
+    pub fn short(&self) -> &str {
+        &self.0[..7]
+    }
+}
+
+impl AsRef<str> for CommitSha {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CommitSha {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefKind {
+    Branch,
+    Tag,
+}
+
+impl RefKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Branch => "branch",
+            RefKind::Tag => "tag",
+        }
+    }
+}
+
+/// A branch or tag ref, `refs/heads/<name>` or `refs/tags/<name>`. Other refs (pull-request
+/// heads, notes) are not something deploybot builds, so they do not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitRef {
+    full: String,
+    kind: RefKind,
+}
+
+impl GitRef {
+    pub fn parse(s: &str) -> Result<GitRef, ParseError> {
+        let (kind, name) = if let Some(name) = s.strip_prefix("refs/heads/") {
+            (RefKind::Branch, name)
+        } else if let Some(name) = s.strip_prefix("refs/tags/") {
+            (RefKind::Tag, name)
+        } else {
+            return Err(ParseError(format!(
+                "\"{}\" is neither refs/heads/... nor refs/tags/...",
+                s.chars().take(80).collect::<String>()
+            )));
+        };
+        // The rules of git-check-ref-format that matter for names we later put in image tags,
+        // paths and log lines.
+        let bad = name.is_empty()
+            || name.len() > 200
+            || name.starts_with('/')
+            || name.ends_with('/')
+            || name.ends_with(".lock")
+            || name.contains("..")
+            || name.contains("//")
+            || name.contains("@{")
+            || name
+                .chars()
+                .any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c));
+        if bad {
+            return Err(ParseError(format!("\"{s}\" is not a valid ref name")));
+        }
+        Ok(GitRef {
+            full: s.to_owned(),
+            kind,
+        })
+    }
+
+    pub fn kind(&self) -> RefKind {
+        self.kind
+    }
+
+    /// The branch or tag name, without `refs/heads/` or `refs/tags/`.
+    pub fn name(&self) -> &str {
+        let prefix = match self.kind {
+            RefKind::Branch => "refs/heads/".len(),
+            RefKind::Tag => "refs/tags/".len(),
+        };
+        &self.full[prefix..]
+    }
+}
+
+impl AsRef<str> for GitRef {
+    fn as_ref(&self) -> &str {
+        &self.full
+    }
+}
+
+impl fmt::Display for GitRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+impl Serialize for GitRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_ids_are_forty_or_sixty_four_hex_digits() {
+        let sha = CommitSha::parse("0D1A26E67D8F5EAF1F6BA5C57FC3C7D91AC0FD1C").unwrap();
+        assert_eq!(sha.as_ref(), "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c");
+        assert_eq!(sha.short(), "0d1a26e");
+        assert!(CommitSha::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "abc", &"g".repeat(40), &"a".repeat(41)] {
+            assert!(CommitSha::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+        assert!(CommitSha::parse(&"0".repeat(40)).unwrap().is_zero());
+    }
+
+    #[test]
+    fn branch_and_tag_refs_parse_into_kind_and_name() {
+        let tag = GitRef::parse("refs/tags/v1.2.3").unwrap();
+        assert_eq!((tag.kind(), tag.name()), (RefKind::Tag, "v1.2.3"));
+        let branch = GitRef::parse("refs/heads/feature/x").unwrap();
+        assert_eq!(
+            (branch.kind(), branch.name()),
+            (RefKind::Branch, "feature/x")
+        );
+    }
+
+    #[test]
+    fn other_refs_and_bad_names_do_not_parse() {
+        for bad in [
+            "refs/pull/1/head",
+            "master",
+            "refs/heads/",
+            "refs/tags/a..b",
+            "refs/heads/a b",
+            "refs/heads/x.lock",
+            "refs/heads/a@{b",
+        ] {
+            assert!(GitRef::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! GitLab webhooks: `X-Gitlab-Event`, the shared `X-Gitlab-Token`, delivery ids from
+//! `Idempotency-Key` / `X-Gitlab-Event-UUID`, and, when the project has a signing token,
+//! Standard Webhooks signatures (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+
+use serde::Deserialize;
+
+use super::signature::{
+    token_matches, verify_standard, StandardHeaders, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
+use super::{
+    json_bytes, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource, Hook, HookError,
+    Push, VerifyContext,
+};
+use crate::config::WebhookSecrets;
+use crate::domain::{CommitSha, DeliveryId, GitRef, RepoSlug};
+
+pub struct GitLab;
+
+const EVENT: &str = "X-Gitlab-Event";
+const TOKEN: &str = "X-Gitlab-Token";
+const EVENT_UUID: &str = "X-Gitlab-Event-UUID";
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+const WEBHOOK_ID: &str = "webhook-id";
+const RECORDED: [&str; 4] = [
+    "X-Gitlab-Instance",
+    "X-Gitlab-Webhook-UUID",
+    EVENT_UUID,
+    "User-Agent",
+];
+
+impl Forge for GitLab {
+    fn kind(&self) -> ForgeKind {
+        ForgeKind::Gitlab
+    }
+
+    fn claims(&self, headers: &dyn HeaderSource) -> bool {
+        matches!(headers.header(EVENT), Ok(Some(_)) | Err(_))
+    }
+
+    fn identify(&self, headers: &dyn HeaderSource) -> Result<DeliveryHeaders, HookError> {
+        let event = headers.required(EVENT)?.to_owned();
+        // Retries of one event keep their Idempotency-Key (GitLab 17.4+) and webhook-id (the
+        // same value, and covered by the signature); X-Gitlab-Event-UUID is the older id.
+        let (header, value) = [WEBHOOK_ID, IDEMPOTENCY_KEY, EVENT_UUID]
+            .into_iter()
+            .map(|name| headers.header(name).map(|value| (name, value)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .find_map(|(name, value)| value.map(|v| (name, v)))
+            .ok_or(HookError::MissingHeader(EVENT_UUID))?;
+        let id = DeliveryId::parse(value).map_err(|e| HookError::BadHeader {
+            header,
+            reason: e.to_string(),
+        })?;
+        let mut recorded = Vec::new();
+        for name in RECORDED {
+            if let Some(value) = headers.header(name)? {
+                recorded.push((name, value.to_owned()));
+            }
+        }
+        Ok(DeliveryHeaders {
+            id,
+            event,
+            recorded,
+        })
+    }
+
+    fn encoding(&self, content_type: &str) -> Result<BodyEncoding, HookError> {
+        match content_type {
+            "application/json" => Ok(BodyEncoding::Json),
+            other => Err(HookError::UnsupportedContentType {
+                got: other.to_owned(),
+                expected: "application/json",
+            }),
+        }
+    }
+
+    fn verify(
+        &self,
+        headers: &dyn HeaderSource,
+        body: &[u8],
+        secrets: &WebhookSecrets,
+        context: VerifyContext,
+    ) -> Result<(), HookError> {
+        if let Some(expected) = &secrets.secret {
+            let token = headers
+                .header(TOKEN)?
+                .ok_or(HookError::MissingSignature(TOKEN))?;
+            if !token_matches(expected, token) {
+                return Err(HookError::BadSignature(TOKEN));
+            }
+        }
+        if let Some(key) = &secrets.signing_key {
+            let need = |name: &'static str| -> Result<&str, HookError> {
+                headers
+                    .header(name)?
+                    .ok_or(HookError::MissingSignature(name))
+            };
+            let signed = StandardHeaders {
+                id: need(WEBHOOK_ID)?,
+                timestamp: need(TIMESTAMP_HEADER)?,
+                signature: need(SIGNATURE_HEADER)?,
+            };
+            verify_standard(key, &signed, body, context.now, context.tolerance)?;
+        }
+        if secrets.secret.is_none() && secrets.signing_key.is_none() {
+            // Config validation refuses this; refuse here too rather than accept unverified.
+            return Err(HookError::MissingSignature(TOKEN));
+        }
+        Ok(())
+    }
+
+    fn parse(&self, event: &str, encoding: BodyEncoding, body: &[u8]) -> Result<Hook, HookError> {
+        let json = json_bytes(encoding, body)?;
+        match event {
+            "Push Hook" | "Tag Push Hook" => parse_push(&json),
+            other => {
+                let envelope: Envelope = serde_json::from_slice(&json).map_err(HookError::json)?;
+                Ok(Hook::Ignored {
+                    repository: envelope.project.map(|p| p.path_with_namespace),
+                    reason: format!(
+                        "event {other} is not acted on (only Push Hook and Tag Push Hook)"
+                    ),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    project: Option<EnvelopeProject>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeProject {
+    path_with_namespace: String,
+}
+
+/// The fields of a push or tag push deploybot uses.
+#[derive(Deserialize)]
+struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    before: String,
+    after: String,
+    /// The commit to build: for an annotated tag `after` is the tag object, this is its
+    /// commit. `null` when the ref was deleted.
+    checkout_sha: Option<String>,
+    user_username: Option<String>,
+    user_name: Option<String>,
+    project: PushProject,
+    #[serde(default)]
+    commits: Vec<Commit>,
+}
+
+#[derive(Deserialize)]
+struct PushProject {
+    path_with_namespace: String,
+    git_http_url: String,
+}
+
+#[derive(Deserialize)]
+struct Commit {
+    id: String,
+    message: Option<String>,
+}
+
+fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
+    let payload: PushPayload = serde_json::from_slice(json).map_err(HookError::json)?;
+    let repository = payload.project.path_with_namespace;
+    let Some(checkout_sha) = payload.checkout_sha else {
+        return Ok(Hook::Ignored {
+            repository: Some(repository),
+            reason: format!("{} was deleted", payload.git_ref),
+        });
+    };
+    let field = |field: &'static str| {
+        move |e: crate::domain::ParseError| HookError::BadField {
+            field,
+            reason: e.to_string(),
+        }
+    };
+    let after = CommitSha::parse(&payload.after).map_err(field("after"))?;
+    if after.is_zero() {
+        return Ok(Hook::Ignored {
+            repository: Some(repository),
+            reason: format!("{} was deleted", payload.git_ref),
+        });
+    }
+    let git_ref = match GitRef::parse(&payload.git_ref) {
+        Ok(git_ref) => git_ref,
+        Err(e) => {
+            return Ok(Hook::Ignored {
+                repository: Some(repository),
+                reason: format!("ref: {e}"),
+            })
+        }
+    };
+    let sha = CommitSha::parse(&checkout_sha).map_err(field("checkout_sha"))?;
+    let head_commit_message = payload
+        .commits
+        .iter()
+        .find(|c| c.id.eq_ignore_ascii_case(sha.as_ref()))
+        .or(payload.commits.last())
+        .and_then(|c| c.message.clone());
+    Ok(Hook::Push(Push {
+        repository: RepoSlug::parse(&repository).map_err(field("project.path_with_namespace"))?,
+        git_ref,
+        sha,
+        before: CommitSha::parse(&payload.before).map_err(field("before"))?,
+        pusher: payload
+            .user_username
+            .or(payload.user_name)
+            .unwrap_or_default(),
+        clone_url: payload.project.git_http_url,
+        head_commit_message,
+    }))
+}

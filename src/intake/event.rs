@@ -1,0 +1,55 @@
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::domain::{DeliveryId, ProjectName, RefKind};
+use crate::forge::{ForgeKind, Push};
+
+/// One accepted push, in deploybot's own terms: what the worker builds from. Stored as JSON
+/// with the delivery; this is deploybot's format, not any forge's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEvent {
+    pub forge: String,
+    pub project: String,
+    pub repository: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub kind: String,
+    pub name: String,
+    pub sha: String,
+    pub before: String,
+    pub pusher: String,
+    pub clone_url: String,
+    pub head_commit_message: Option<String>,
+    pub delivery_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+impl PushEvent {
+    pub fn new(
+        forge: ForgeKind,
+        project: &ProjectName,
+        push: Push,
+        delivery_id: DeliveryId,
+        received_at: OffsetDateTime,
+    ) -> PushEvent {
+        PushEvent {
+            forge: forge.as_str().to_owned(),
+            project: project.to_string(),
+            repository: push.repository.to_string(),
+            kind: match push.git_ref.kind() {
+                RefKind::Branch => "branch".into(),
+                RefKind::Tag => "tag".into(),
+            },
+            name: push.git_ref.name().to_owned(),
+            git_ref: push.git_ref.to_string(),
+            sha: push.sha.to_string(),
+            before: push.before.to_string(),
+            pusher: push.pusher,
+            clone_url: push.clone_url,
+            head_commit_message: push.head_commit_message,
+            delivery_id: delivery_id.to_string(),
+            received_at,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! HTTP intake: the webhook route and the forge-neutral event it produces.
+//!
+//! Intake owns the edge: it turns an untrusted request into either a refusal (a 4xx with a
+//! one-line reason) or a durable record. It knows no forge's JSON (that is `forge/*`) and
+//! makes no network calls; it answers only after the store has committed.
+
+mod error;
+mod event;
+mod webhook;
+
+pub use error::IntakeError;
+pub use event::PushEvent;
+pub use webhook::{receive, IntakeState};

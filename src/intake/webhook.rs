@@ -1,0 +1,394 @@
+//! `POST /hooks/{project}`: raw body → verify → parse → record → answer.
+//!
+//! The order matters: nothing from the body is trusted before its signature is checked over
+//! the exact bytes received, and nothing 2xx is answered before the store has committed.
+//! This handler makes no network calls.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tracing::{field, Instrument};
+
+use super::IntakeError;
+use crate::config::{Project, Settings};
+use crate::domain::DeliveryId;
+use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
+use crate::metrics::Metrics;
+use crate::store::{Action, NewDelivery, NewJob, Recorded, Rejection, Store};
+
+/// What every intake request shares.
+pub struct IntakeState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl HeaderSource for Headers<'_> {
+    fn header(&self, name: &'static str) -> Result<Option<&str>, HookError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(value) => value.to_str().map(Some).map_err(|_| HookError::BadHeader {
+                header: name,
+                reason: "not visible ASCII".into(),
+            }),
+        }
+    }
+}
+
+/// What is known about a delivery so far; filled in as it is checked, and used to record a
+/// rejection with as much context as was gathered.
+#[derive(Default)]
+struct Seen {
+    forge: Option<&'static dyn Forge>,
+    delivery: Option<DeliveryHeaders>,
+}
+
+pub async fn receive(
+    request: HttpRequest,
+    project: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<IntakeState>,
+) -> Result<HttpResponse, IntakeError> {
+    let started = Instant::now();
+    let received_at = OffsetDateTime::now_utc();
+    let span = tracing::info_span!(
+        "delivery",
+        project = %project.as_str(),
+        delivery_id = field::Empty,
+        forge = field::Empty,
+        event = field::Empty,
+        repo = field::Empty,
+        git_ref = field::Empty,
+        sha = field::Empty,
+    );
+    let mut seen = Seen::default();
+    let result = accept(&request, &project, payload, &state, received_at, &mut seen)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    let forge_label = seen.forge.map_or("unknown", |f| f.kind().as_str());
+    let event_label = seen
+        .delivery
+        .as_ref()
+        .map_or("unknown", |d| event_label(&d.event));
+    let outcome = match &result {
+        Ok(answer) => answer.status,
+        Err(_) => "rejected",
+    };
+    state
+        .metrics
+        .deliveries
+        .with_label_values(&[forge_label, event_label, outcome])
+        .inc();
+    state
+        .metrics
+        .intake_seconds
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(answer) => {
+            tracing::info!(
+                status = answer.status,
+                job = answer.job,
+                "Delivery answered"
+            );
+            Ok(answer.into_response())
+        }
+        Err(error) => {
+            reject(&state, &project, &seen, &error, received_at);
+            Err(error)
+        }
+    }
+}
+
+/// The known event names, so a metric label cannot be chosen by the caller.
+fn event_label(event: &str) -> &'static str {
+    match event {
+        "push" => "push",
+        "ping" => "ping",
+        "Push Hook" => "Push Hook",
+        "Tag Push Hook" => "Tag Push Hook",
+        _ => "other",
+    }
+}
+
+fn reject(
+    state: &IntakeState,
+    project: &str,
+    seen: &Seen,
+    error: &IntakeError,
+    received_at: OffsetDateTime,
+) {
+    state
+        .metrics
+        .rejections
+        .with_label_values(&[error.label()])
+        .inc();
+    if let IntakeError::Store(cause) = error {
+        tracing::error!(error = %cause, "Delivery not recorded: store failed");
+        return;
+    }
+    tracing::warn!(reason = %error, "Delivery rejected");
+    // Deliveries for unknown projects are not kept: anyone can send those.
+    if matches!(error, IntakeError::UnknownProject(_)) {
+        return;
+    }
+    let rejection = Rejection {
+        project: project.to_owned(),
+        forge: seen.forge.map(|f| f.kind().as_str()),
+        delivery_id: seen.delivery.as_ref().map(|d| d.id.to_string()),
+        event: seen
+            .delivery
+            .as_ref()
+            .map(|d| d.event.chars().take(64).collect()),
+        reason: super::error::one_line(&error.to_string())
+            .chars()
+            .take(300)
+            .collect(),
+        received_at,
+    };
+    if !state.store.record_rejection(rejection) {
+        state.metrics.rejections_not_recorded.inc();
+    }
+}
+
+#[derive(Serialize)]
+struct Answer {
+    #[serde(skip)]
+    code: u16,
+    delivery: String,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl Answer {
+    fn into_response(self) -> HttpResponse {
+        let code = actix_web::http::StatusCode::from_u16(self.code)
+            .unwrap_or(actix_web::http::StatusCode::OK);
+        HttpResponse::build(code).json(self)
+    }
+}
+
+async fn accept(
+    request: &HttpRequest,
+    project_name: &str,
+    payload: web::Payload,
+    state: &IntakeState,
+    received_at: OffsetDateTime,
+    seen: &mut Seen,
+) -> Result<Answer, IntakeError> {
+    let span = tracing::Span::current();
+    let project = state
+        .settings
+        .project(project_name)
+        .ok_or_else(|| IntakeError::UnknownProject(project_name.chars().take(64).collect()))?;
+    let headers = Headers(request.headers());
+    let forge = forge::detect(&headers).ok_or(IntakeError::UnknownForge)?;
+    seen.forge = Some(forge);
+    span.record("forge", forge.kind().as_str());
+    if forge.kind() != project.forge {
+        return Err(IntakeError::ForgeMismatch {
+            project: project.name.to_string(),
+            got: forge.kind(),
+            expected: project.forge,
+        });
+    }
+    let delivery = forge.identify(&headers)?;
+    span.record("delivery_id", delivery.id.as_ref());
+    span.record("event", delivery.event.as_str());
+    let delivery = seen.delivery.insert(delivery);
+
+    let encoding = forge.encoding(&content_type(&headers)?)?;
+    let body = read_body(request, payload, state.settings.server.max_body_bytes).await?;
+    forge.verify(
+        &headers,
+        &body,
+        &project.secrets,
+        VerifyContext {
+            now: SystemTime::now(),
+            tolerance: state.settings.server.signature_tolerance,
+        },
+    )?;
+    let hook = forge.parse(&delivery.event, encoding, &body)?;
+    if let Some(repository) = hook.repository() {
+        span.record("repo", repository);
+        if !project.repository.matches(repository) {
+            return Err(IntakeError::WrongRepository {
+                got: repository.chars().take(255).collect(),
+            });
+        }
+    }
+    let record = to_record(project, forge, delivery, hook, body, received_at);
+    if let Some(git_ref) = &record.git_ref {
+        span.record("git_ref", git_ref.as_str());
+    }
+    if let Some(sha) = &record.sha {
+        span.record("sha", sha.as_str());
+    }
+    let note = match &record.action {
+        Action::Record {
+            outcome: "ignored",
+            reason,
+        } => Some(reason.clone()),
+        _ => None,
+    };
+    let recorded = state
+        .store
+        .record(record)
+        .await
+        .map_err(IntakeError::Store)?;
+    let mut answer = answer(&delivery.id, recorded);
+    if answer.status == "ignored" {
+        answer.reason = note;
+    }
+    Ok(answer)
+}
+
+fn answer(id: &DeliveryId, recorded: Recorded) -> Answer {
+    let delivery = id.to_string();
+    match recorded {
+        Recorded::Queued { job } => Answer {
+            code: 202,
+            delivery,
+            status: "queued",
+            job: Some(job),
+            reason: None,
+        },
+        Recorded::Recorded { outcome } => Answer {
+            code: 200,
+            delivery,
+            status: if outcome == "pong" { "pong" } else { "ignored" },
+            job: None,
+            reason: None,
+        },
+        Recorded::Duplicate { job, .. } => Answer {
+            code: 200,
+            delivery,
+            status: "duplicate",
+            job,
+            reason: Some("this delivery id was already recorded".into()),
+        },
+    }
+}
+
+/// The media type without parameters (`application/json; charset=utf-8` → `application/json`).
+fn content_type(headers: &Headers<'_>) -> Result<String, IntakeError> {
+    let value = headers
+        .0
+        .get(CONTENT_TYPE)
+        .ok_or(IntakeError::MissingContentType)?
+        .to_str()
+        .map_err(|_| HookError::BadHeader {
+            header: "Content-Type",
+            reason: "not visible ASCII".into(),
+        })?;
+    let essence = value.split(';').next().unwrap_or("").trim();
+    Ok(essence.to_ascii_lowercase().chars().take(100).collect())
+}
+
+/// Reads the whole body, refusing it as soon as it passes `limit` (or at once, when
+/// Content-Length already says so).
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, IntakeError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(IntakeError::TooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| IntakeError::BodyRead(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(IntakeError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The store record for a verified delivery, with the neutral event for a push.
+fn to_record(
+    project: &Project,
+    forge: &dyn Forge,
+    delivery: &DeliveryHeaders,
+    hook: Hook,
+    body: Bytes,
+    received_at: OffsetDateTime,
+) -> NewDelivery {
+    let headers_json = serde_json::to_string(
+        &delivery
+            .recorded
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap_or_else(|_| "{}".into());
+    let repository = hook.repository().map(str::to_owned);
+    let mut record = NewDelivery {
+        delivery_id: delivery.id.to_string(),
+        project: project.name.to_string(),
+        forge: forge.kind().as_str(),
+        event: delivery.event.clone(),
+        repository,
+        git_ref: None,
+        sha: None,
+        headers_json,
+        event_json: None,
+        body,
+        received_at,
+        action: Action::Record {
+            outcome: "pong",
+            reason: String::new(),
+        },
+    };
+    match hook {
+        Hook::Push(push) => {
+            let event = super::PushEvent::new(
+                forge.kind(),
+                &project.name,
+                push.clone(),
+                delivery.id.clone(),
+                received_at,
+            );
+            record.event_json = serde_json::to_string(&event).ok();
+            record.git_ref = Some(push.git_ref.to_string());
+            record.sha = Some(push.sha.to_string());
+            record.action = Action::Queue(NewJob {
+                git_ref: push.git_ref.to_string(),
+                ref_kind: push.git_ref.kind(),
+                ref_name: push.git_ref.name().to_owned(),
+                sha: push.sha.to_string(),
+            });
+        }
+        Hook::Ping { .. } => {
+            record.action = Action::Record {
+                outcome: "pong",
+                reason: "ping".into(),
+            }
+        }
+        Hook::Ignored { reason, .. } => {
+            record.action = Action::Record {
+                outcome: "ignored",
+                reason,
+            }
+        }
+    }
+    record
+}

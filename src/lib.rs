@@ -1,0 +1,13 @@
+//! deploybot: turns a signed `git push` or tag into built images, rolled-out Deployments and
+//! status reports. See ARCHITECTURE.md for the map; this crate root only lists the modules.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod forge;
+pub mod intake;
+pub mod metrics;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod web;

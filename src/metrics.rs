@@ -1,0 +1,98 @@
+//! Prometheus metrics: one registry, rendered as text by `GET /metrics`.
+//!
+//! Label values are a closed set (forge names, known event names or `other`, outcome names),
+//! so an unauthenticated caller cannot grow the series count.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::store::WriterStats;
+
+pub struct Metrics {
+    registry: Registry,
+    /// Deliveries by forge, event and outcome (queued, ignored, pong, duplicate, rejected).
+    pub deliveries: IntCounterVec,
+    /// Rejected deliveries by reason (bad_signature, malformed_body, ...).
+    pub rejections: IntCounterVec,
+    /// Time from request start to answer, by outcome.
+    pub intake_seconds: HistogramVec,
+    /// Rejections that could not be queued for recording because the writer was busy.
+    pub rejections_not_recorded: IntCounter,
+    pub writer: WriterStats,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("deploybot".into()), None)?;
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "deliveries_total",
+                "Webhook deliveries by forge, event and outcome",
+            ),
+            &["forge", "event", "outcome"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new("rejections_total", "Refused deliveries by reason"),
+            &["reason"],
+        )?;
+        let intake_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "intake_seconds",
+                "Webhook intake latency, request to answer",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["outcome"],
+        )?;
+        let rejections_not_recorded = IntCounter::new(
+            "rejections_not_recorded_total",
+            "Rejections only logged because the store writer was busy",
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "store_commit_batch_size",
+                "Deliveries per store transaction",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )?;
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new("store_commit_seconds", "Time to write and sync one batch").buckets(
+                vec![
+                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
+                ],
+            ),
+        )?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(intake_seconds.clone()))?;
+        registry.register(Box::new(rejections_not_recorded.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(commit_seconds.clone()))?;
+        Ok(Metrics {
+            registry,
+            deliveries,
+            rejections,
+            intake_seconds,
+            rejections_not_recorded,
+            writer: WriterStats {
+                batch_size,
+                commit_seconds,
+            },
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec only fails for a malformed metric family, which we never build.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %e, "Metrics encoding failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,190 @@
+//! The store: SQLite (WAL, `synchronous=FULL`) plus append-only body segment files, all under
+//! `server.data_dir`. It owns the schema and typed queries; it holds no business rules.
+//!
+//! Writes go through one writer thread ([`writer`]) that batches concurrent requests into a
+//! single transaction, so one fsync covers many deliveries (group commit). A caller gets its
+//! answer only after that commit is on disk: this is what lets intake answer 2xx. Raw bodies
+//! are appended to a segment file that is synced *before* the transaction that references
+//! them commits, so a committed row always points at bytes on disk; bytes a crash left
+//! unreferenced are cut off at the next start. Reads use their own connections ([`Reader`]).
+
+mod reader;
+mod schema;
+mod segments;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+pub use reader::{DeliveryRow, Reader};
+pub use writer::WriterStats;
+
+use crate::domain::RefKind;
+
+const DB_FILE: &str = "deploybot.db";
+const BODIES_DIR: &str = "bodies";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("body segment {path}: {source}")]
+    Segment {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store: the writer has stopped")]
+    Closed,
+    #[error("store: {0}")]
+    Corrupt(String),
+}
+
+/// A delivery to record, with what to do about it.
+#[derive(Debug)]
+pub struct NewDelivery {
+    pub delivery_id: String,
+    pub project: String,
+    pub forge: &'static str,
+    pub event: String,
+    pub repository: Option<String>,
+    pub git_ref: Option<String>,
+    pub sha: Option<String>,
+    /// The recorded headers as a JSON object.
+    pub headers_json: String,
+    /// The normalized push event as JSON, for pushes.
+    pub event_json: Option<String>,
+    pub body: actix_web::web::Bytes,
+    pub received_at: OffsetDateTime,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Record the delivery and a `queued` job for it, in the same transaction.
+    Queue(NewJob),
+    /// Record the delivery only (`ignored` or `pong`), with why.
+    Record {
+        outcome: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct NewJob {
+    pub git_ref: String,
+    pub ref_kind: RefKind,
+    pub ref_name: String,
+    pub sha: String,
+}
+
+/// What the store did with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Queued {
+        job: i64,
+    },
+    Recorded {
+        outcome: String,
+    },
+    /// Seen before (a redelivery): nothing new was written.
+    Duplicate {
+        outcome: String,
+        job: Option<i64>,
+    },
+}
+
+/// A delivery refused before it was trusted: kept (without its body) so a person can see why
+/// a push did nothing. Recording it is best effort and never delays the 4xx.
+#[derive(Debug)]
+pub struct Rejection {
+    pub project: String,
+    pub forge: Option<&'static str>,
+    pub delivery_id: Option<String>,
+    pub event: Option<String>,
+    pub reason: String,
+    pub received_at: OffsetDateTime,
+}
+
+/// The cloneable handle the server uses to write.
+#[derive(Clone)]
+pub struct Store {
+    commands: mpsc::Sender<writer::Command>,
+    data_dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the store under `data_dir` and starts its
+    /// writer thread. The thread ends when the last handle is dropped, after its last batch.
+    pub fn open(
+        data_dir: &Path,
+        max_batch: usize,
+        stats: WriterStats,
+    ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
+        let (commands, thread) = writer::spawn(data_dir, max_batch, stats)?;
+        Ok((
+            Store {
+                commands,
+                data_dir: data_dir.to_owned(),
+            },
+            thread,
+        ))
+    }
+
+    /// Records a delivery durably; returns only after the commit is on disk.
+    pub async fn record(&self, delivery: NewDelivery) -> Result<Recorded, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(writer::Command::Record(Box::new(delivery), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a rejection for recording, unless the writer is busy (then it is only logged
+    /// and counted by the caller: an unauthenticated flood must not slow real deliveries).
+    pub fn record_rejection(&self, rejection: Rejection) -> bool {
+        self.commands
+            .try_send(writer::Command::Reject(rejection))
+            .is_ok()
+    }
+
+    /// Proves the writer is alive and the database accepts a write transaction.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(writer::Command::Probe(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        Reader::open(&self.data_dir)
+    }
+}
+
+fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(DB_FILE)
+}
+
+fn bodies_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(BODIES_DIR)
+}
+
+pub(crate) fn timestamp(at: OffsetDateTime) -> String {
+    use time::format_description::well_known::Rfc3339;
+    at.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
+        .unwrap_or(at)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}

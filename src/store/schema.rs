@@ -1,0 +1,62 @@
+//! The schema, as an ordered list of migrations keyed by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema one version forward; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: deliveries and the jobs they queue.
+    "CREATE TABLE deliveries (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   TEXT,
+        project       TEXT NOT NULL,
+        forge         TEXT,
+        event         TEXT,
+        repository    TEXT,
+        git_ref       TEXT,
+        sha           TEXT,
+        outcome       TEXT NOT NULL CHECK (outcome IN ('queued', 'ignored', 'pong', 'rejected')),
+        reason        TEXT,
+        received_at   TEXT NOT NULL,
+        headers       TEXT NOT NULL DEFAULT '{}',
+        event_json    TEXT,
+        body_segment  INTEGER,
+        body_offset   INTEGER,
+        body_len      INTEGER
+    );
+    -- A delivery id is accepted once per project; rejected attempts do not hold it, so a
+    -- redelivery after fixing a secret still goes through.
+    CREATE UNIQUE INDEX deliveries_once ON deliveries (project, delivery_id)
+        WHERE outcome <> 'rejected';
+    CREATE TABLE jobs (
+        id          INTEGER PRIMARY KEY,
+        delivery    INTEGER NOT NULL UNIQUE REFERENCES deliveries (id),
+        project     TEXT NOT NULL,
+        git_ref     TEXT NOT NULL,
+        ref_kind    TEXT NOT NULL CHECK (ref_kind IN ('branch', 'tag')),
+        ref_name    TEXT NOT NULL,
+        sha         TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, id);",
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {current} is newer than this deploybot knows ({}); refusing to touch it",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

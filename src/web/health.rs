@@ -1,0 +1,33 @@
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+
+use crate::intake::IntakeState;
+
+/// Liveness: the process answers HTTP.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the store's writer is alive and the database takes a write transaction, so a
+/// delivery sent now would be recorded.
+pub async fn readyz(state: web::Data<IntakeState>) -> HttpResponse {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.probe()).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Readiness probe failed");
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({ "status": "unavailable", "error": "store is not writable" }))
+        }
+        Err(_) => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "status": "unavailable", "error": "store did not answer within 2 s" }),
+        ),
+    }
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(state: web::Data<IntakeState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
