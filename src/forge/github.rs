@@ -97,6 +97,7 @@ impl Forge for GitHub {
                 let envelope: Envelope = serde_json::from_slice(&json).map_err(HookError::json)?;
                 Ok(Hook::Ignored {
                     repository: envelope.repository.map(|r| r.full_name),
+                    git_ref: None,
                     reason: format!("event {other} is not acted on (only push)"),
                 })
             }
@@ -157,6 +158,7 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
         return Ok(Hook::Ignored {
             repository: Some(payload.repository.full_name),
             reason: format!("{} was deleted", payload.git_ref),
+            git_ref: Some(payload.git_ref),
         });
     }
     let field = |field: &'static str| {
@@ -171,6 +173,7 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
             return Ok(Hook::Ignored {
                 repository: Some(payload.repository.full_name),
                 reason: format!("ref: {e}"),
+                git_ref: None,
             })
         }
     };

@@ -118,6 +118,7 @@ impl Forge for GitLab {
                 let envelope: Envelope = serde_json::from_slice(&json).map_err(HookError::json)?;
                 Ok(Hook::Ignored {
                     repository: envelope.project.map(|p| p.path_with_namespace),
+                    git_ref: None,
                     reason: format!(
                         "event {other} is not acted on (only Push Hook and Tag Push Hook)"
                     ),
@@ -173,6 +174,7 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
         return Ok(Hook::Ignored {
             repository: Some(repository),
             reason: format!("{} was deleted", payload.git_ref),
+            git_ref: Some(payload.git_ref),
         });
     };
     let field = |field: &'static str| {
@@ -186,6 +188,7 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
         return Ok(Hook::Ignored {
             repository: Some(repository),
             reason: format!("{} was deleted", payload.git_ref),
+            git_ref: Some(payload.git_ref),
         });
     }
     let git_ref = match GitRef::parse(&payload.git_ref) {
@@ -194,6 +197,7 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
             return Ok(Hook::Ignored {
                 repository: Some(repository),
                 reason: format!("ref: {e}"),
+                git_ref: None,
             })
         }
     };

@@ -109,12 +109,22 @@ pub enum Hook {
     /// Recorded and answered, nothing else: another event, a deleted ref.
     Ignored {
         repository: Option<String>,
+        /// The ref, when the event was about one (a deleted branch, say).
+        git_ref: Option<String>,
         reason: String,
     },
 }
 
 impl Hook {
     /// The repository the payload names, if it names one.
+    pub fn git_ref(&self) -> Option<String> {
+        match self {
+            Hook::Push(push) => Some(push.git_ref.to_string()),
+            Hook::Ignored { git_ref, .. } => git_ref.clone(),
+            Hook::Ping { .. } => None,
+        }
+    }
+
     pub fn repository(&self) -> Option<&str> {
         match self {
             Hook::Push(push) => Some(push.repository.as_ref()),

@@ -341,13 +341,14 @@ fn to_record(
     )
     .unwrap_or_else(|_| "{}".into());
     let repository = hook.repository().map(str::to_owned);
+    let git_ref = hook.git_ref();
     let mut record = NewDelivery {
         delivery_id: delivery.id.to_string(),
         project: project.name.to_string(),
         forge: forge.kind().as_str(),
         event: delivery.event.clone(),
         repository,
-        git_ref: None,
+        git_ref,
         sha: None,
         headers_json,
         event_json: None,

@@ -1,0 +1,210 @@
+//! Shared test helpers: fixtures, signed deliveries, the app in-process on a random port, and
+//! the real binary with its logs captured.
+#![allow(dead_code)]
+
+pub mod binary;
+pub mod fixtures;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use deploybot::config::{Settings, Sources};
+use deploybot::startup::Application;
+use tempfile::TempDir;
+
+pub use fixtures::{fixture_body, Delivery};
+
+/// The secret every fixture signature was computed with (fixtures/README.md).
+pub const TEST_SECRET: &str = "deploybot-test-secret";
+/// GitLab's example signing token (fixtures/signatures.json).
+pub const TEST_SIGNING_TOKEN: &str = "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0dGVzdHRlc3Q=";
+
+/// One project per repository the fixtures name, so every fixture has a home.
+pub const FIXTURE_PROJECTS: &str = r#"
+[[projects]]
+name = "baxter"
+forge = "github"
+repository = "baxterthehacker/public-repo"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "codertocat"
+forge = "github"
+repository = "Codertocat/Hello-World"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "drone"
+forge = "github"
+repository = "bradrydzewski/drone-test-go"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "octocoders"
+forge = "github"
+repository = "Octocoders/Hello-World"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "diaspora"
+forge = "gitlab"
+repository = "mike/diaspora"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "flight"
+forge = "gitlab"
+repository = "flightjs/Flight"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "example"
+forge = "gitlab"
+repository = "jsmith/example"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "hello-world"
+forge = "gitlab"
+repository = "gitlab-org/hello-world"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "gitlab-test"
+forge = "gitlab"
+repository = "gitlabhq/gitlab-test"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "signed"
+forge = "gitlab"
+repository = "mike/diaspora"
+signing_token = "whsec_dGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0dGVzdHRlc3Q="
+"#;
+
+/// The project each fixture's repository belongs to.
+pub fn project_for(fixture: &str) -> &'static str {
+    let body: serde_json::Value =
+        serde_json::from_slice(&fixture_body(fixture)).expect("fixture is JSON");
+    let repo = body["repository"]["full_name"]
+        .as_str()
+        .or(body["project"]["path_with_namespace"].as_str())
+        .expect("fixture names a repository");
+    match repo {
+        "baxterthehacker/public-repo" => "baxter",
+        "Codertocat/Hello-World" => "codertocat",
+        "bradrydzewski/drone-test-go" => "drone",
+        "Octocoders/Hello-World" => "octocoders",
+        "mike/diaspora" => "diaspora",
+        "flightjs/Flight" => "flight",
+        "jsmith/example" => "example",
+        "gitlab-org/hello-world" => "hello-world",
+        "gitlabhq/gitlab-test" => "gitlab-test",
+        other => panic!("no test project for {other}"),
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// A delivery id no other test uses (fixtures all share one).
+pub fn unique_delivery_id() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}-c0de-4000-8000-{:012x}", std::process::id(), n)
+}
+
+/// The app, in-process, on a random port, with its own store.
+pub struct TestApp {
+    pub address: String,
+    pub data_dir: TempDir,
+    pub client: reqwest::Client,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(FIXTURE_PROJECTS, "").await
+    }
+
+    /// `projects` is TOML for `[[projects]]`; `server` is extra `[server]` keys.
+    pub async fn spawn_with(projects: &str, server: &str) -> TestApp {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{server}\n{projects}",
+            data_dir.path().display()
+        );
+        let settings = Settings::from_sources(Sources {
+            file: None,
+            inline_toml: Some(&toml),
+            env: HashMap::new(),
+        })
+        .expect("test configuration is valid");
+        let app = Application::build(settings).expect("app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            data_dir,
+            client: reqwest::Client::new(),
+            handle,
+        }
+    }
+
+    /// Sends a delivery to `POST /hooks/{project}`.
+    pub async fn post(&self, project: &str, delivery: &Delivery) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/hooks/{project}", self.address))
+            .body(delivery.body.clone());
+        for (name, value) in &delivery.headers {
+            request = request.header(name, value);
+        }
+        request.send().await.expect("request is sent")
+    }
+
+    /// Sends a fixture, with a fresh delivery id, to the project of its repository.
+    pub async fn deliver_fixture(&self, fixture: &str) -> (reqwest::Response, Delivery) {
+        let delivery = Delivery::fixture(fixture).with_unique_id();
+        (self.post(project_for(fixture), &delivery).await, delivery)
+    }
+
+    pub fn reader(&self) -> deploybot::store::Reader {
+        deploybot::store::Reader::open(self.data_dir.path()).expect("store opens")
+    }
+
+    pub fn deliveries(&self) -> Vec<deploybot::store::DeliveryRow> {
+        self.reader()
+            .deliveries(10_000)
+            .expect("deliveries are listed")
+    }
+
+    pub fn jobs(&self) -> i64 {
+        self.reader()
+            .job_counts()
+            .expect("jobs are counted")
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request is sent")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop the server (and so its store writer) so the temp dir can go.
+        let handle = self.handle.clone();
+        drop(handle.stop(false));
+    }
+}
+
+/// The JSON body of a response.
+pub async fn json(response: reqwest::Response) -> serde_json::Value {
+    response.json().await.expect("response is JSON")
+}

@@ -1,0 +1,16 @@
+//! deploybot's integration suite: one test binary (it links once), one module per concern.
+//! Every test drives the real HTTP app on a random port or the real binary.
+
+// Tests may panic on what they did not expect; that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_input;
+mod binary;
+mod durability;
+mod github_intake;
+mod gitlab_intake;
+mod idempotency;
+mod operations;
