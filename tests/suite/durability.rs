@@ -61,7 +61,7 @@ async fn every_acknowledged_delivery_survives_a_kill_9() {
     // Assert: every 202 is there, with its job and its exact body.
     let reader = deploybot::store::Reader::open(&dir.path().join("data")).unwrap();
     let rows = reader.deliveries(100_000).unwrap();
-    let acknowledged = acknowledged.lock().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 300);
     for delivery in acknowledged.iter() {
         let id = delivery.header("X-GitHub-Delivery").unwrap();
