@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::intake::{self, IntakeState};
+use crate::intake::{self, BodyBudget, IntakeState};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::web as ops;
@@ -36,7 +36,9 @@ impl Application {
         let port = listener.local_addr()?.port();
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
         let max_body = settings.server.max_body_bytes;
+        let bodies = BodyBudget::new(settings.server.max_inflight_body_bytes);
         let state = web::Data::new(IntakeState {
+            bodies,
             settings: Arc::new(settings),
             store,
             metrics,

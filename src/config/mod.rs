@@ -40,6 +40,7 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
+    pub max_inflight_body_bytes: usize,
     pub max_commit_batch: usize,
     pub shutdown_timeout: Duration,
     pub signature_tolerance: Duration,

@@ -64,7 +64,14 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
         usize::try_from(value).unwrap_or(usize::MAX)
     };
     let max_body_bytes = positive("max_body_bytes", s.max_body_bytes);
+    let max_inflight_body_bytes = positive("max_inflight_body_bytes", s.max_inflight_body_bytes);
     let max_commit_batch = positive("max_commit_batch", s.max_commit_batch);
+    if max_inflight_body_bytes < max_body_bytes {
+        problems.push(Problem {
+            field: "server.max_inflight_body_bytes".into(),
+            message: format!("must be at least server.max_body_bytes ({max_body_bytes})"),
+        });
+    }
     if s.data_dir.as_os_str().is_empty() {
         problems.push(Problem {
             field: "server.data_dir".into(),
@@ -78,6 +85,7 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
         listen: listen?,
         data_dir: s.data_dir.clone(),
         max_body_bytes,
+        max_inflight_body_bytes,
         max_commit_batch,
         shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
         signature_tolerance: Duration::from_secs(s.signature_tolerance_secs),

@@ -22,6 +22,9 @@ pub enum IntakeError {
     MissingContentType,
     #[error("body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// The bodies already in memory fill the budget; the forge retries.
+    #[error("too many large deliveries in flight; retry later")]
+    Busy,
     #[error("reading the body failed: {0}")]
     BodyRead(String),
     #[error(transparent)]
@@ -44,6 +47,7 @@ impl IntakeError {
             IntakeError::MissingContentType => "unsupported_content_type",
             IntakeError::TooLarge { .. } => "too_large",
             IntakeError::BodyRead(_) => "body_read",
+            IntakeError::Busy => "busy",
             IntakeError::Hook(e) => e.label(),
             IntakeError::WrongRepository { .. } => "wrong_repository",
             IntakeError::Store(_) => "store_unavailable",
@@ -61,7 +65,7 @@ impl ResponseError for IntakeError {
             IntakeError::MissingContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IntakeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IntakeError::WrongRepository { .. } => StatusCode::FORBIDDEN,
-            IntakeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IntakeError::Store(_) | IntakeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             IntakeError::Hook(e) => match e {
                 HookError::MissingSignature(_)
                 | HookError::BadSignature(_)
@@ -78,7 +82,7 @@ impl ResponseError for IntakeError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, IntakeError::Store(_)) {
+        if matches!(self, IntakeError::Store(_) | IntakeError::Busy) {
             response.insert_header(("Retry-After", "5"));
         }
         response.json(serde_json::json!({ "error": one_line(&self.to_string()) }))

@@ -4,10 +4,12 @@
 //! one-line reason) or a durable record. It knows no forge's JSON (that is `forge/*`) and
 //! makes no network calls; it answers only after the store has committed.
 
+mod budget;
 mod error;
 mod event;
 mod webhook;
 
+pub use budget::BodyBudget;
 pub use error::IntakeError;
 pub use event::PushEvent;
 pub use webhook::{receive, IntakeState};

@@ -15,7 +15,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::{field, Instrument};
 
-use super::IntakeError;
+use super::budget::Reservation;
+use super::{BodyBudget, IntakeError};
 use crate::config::{Project, Settings};
 use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
@@ -25,6 +26,7 @@ use crate::store::{Action, NewDelivery, NewJob, Recorded, Rejection, Store};
 /// What every intake request shares.
 pub struct IntakeState {
     pub settings: Arc<Settings>,
+    pub bodies: BodyBudget,
     pub store: Store,
     pub metrics: Arc<Metrics>,
 }
@@ -210,7 +212,13 @@ async fn accept(
     let delivery = seen.delivery.insert(delivery);
 
     let encoding = forge.encoding(&content_type(&headers)?)?;
-    let body = read_body(request, payload, state.settings.server.max_body_bytes).await?;
+    let (body, _room) = read_body(
+        request,
+        payload,
+        state.settings.server.max_body_bytes,
+        &state.bodies,
+    )
+    .await?;
     forge.verify(
         &headers,
         &body,
@@ -298,12 +306,14 @@ fn content_type(headers: &Headers<'_>) -> Result<String, IntakeError> {
 }
 
 /// Reads the whole body, refusing it as soon as it passes `limit` (or at once, when
-/// Content-Length already says so).
+/// Content-Length already says so), within the memory budget shared by all requests. The
+/// reservation is held until the delivery is answered.
 async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-) -> Result<Bytes, IntakeError> {
+    budget: &BodyBudget,
+) -> Result<(Bytes, Reservation), IntakeError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -312,15 +322,21 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(IntakeError::TooLarge { limit });
     }
+    let mut room = budget.reserve(declared.unwrap_or(0)).await?;
     let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| IntakeError::BodyRead(e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(IntakeError::TooLarge { limit });
         }
+        let needed = body.len() + chunk.len();
+        let held = BodyBudget::reserved(&room);
+        if needed > held {
+            budget.grow(&mut room, needed - held)?;
+        }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok((body.freeze(), room))
 }
 
 /// The store record for a verified delivery, with the neutral event for a push.

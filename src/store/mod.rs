@@ -181,10 +181,11 @@ fn bodies_dir(data_dir: &Path) -> PathBuf {
 }
 
 pub(crate) fn timestamp(at: OffsetDateTime) -> String {
-    use time::format_description::well_known::Rfc3339;
+    // Fixed width (milliseconds, always three digits) so the text sorts as time does.
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     at.to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
-        .unwrap_or(at)
-        .format(&Rfc3339)
+        .format(&format)
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }

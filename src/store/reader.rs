@@ -85,7 +85,7 @@ impl Reader {
         let location = self
             .conn
             .query_row(
-                "SELECT body_segment, body_offset, body_len FROM deliveries
+                "SELECT body_segment, body_offset, body_len, body_crc32 FROM deliveries
                  WHERE id = ?1 AND body_segment IS NOT NULL",
                 params![delivery_row],
                 |row| {
@@ -93,6 +93,7 @@ impl Reader {
                         segment: row.get(0)?,
                         offset: row.get::<_, i64>(1)? as u64,
                         len: row.get::<_, i64>(2)? as u64,
+                        crc32: row.get(3)?,
                     })
                 },
             )

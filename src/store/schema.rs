@@ -23,7 +23,8 @@ const MIGRATIONS: &[&str] = &[
         event_json    TEXT,
         body_segment  INTEGER,
         body_offset   INTEGER,
-        body_len      INTEGER
+        body_len      INTEGER,
+        body_crc32    INTEGER
     );
     -- A delivery id is accepted once per project; rejected attempts do not hold it, so a
     -- redelivery after fixing a secret still goes through.

@@ -2,9 +2,10 @@
 //!
 //! Why not a BLOB column: a 7–25 KB body written into SQLite is written twice (WAL, then
 //! checkpoint) and its checkpoints dominate the p99 of intake. Here each body is written once
-//! and one `fdatasync` per batch covers all of them. The invariant the store keeps: a body is
-//! synced before the transaction whose row points at it commits. Bytes past the last
-//! referenced body are what a crash left between the two steps; [`Segments::open`] cuts them.
+//! and one `fdatasync` per batch covers all of them. That sync runs while the batch's SQLite
+//! transaction commits (see `writer`), and no caller is answered before both are done. Each row
+//! keeps its body's CRC32, so after a crash the rows of the batch that was in flight can be
+//! checked ([`verify`]); bytes past the last referenced body are cut by [`Segments::open`].
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -14,12 +15,15 @@ use super::StoreError;
 
 /// A segment grows to about this size before the next one is started.
 const ROTATE_AT: u64 = 256 * 1024 * 1024;
+/// Bodies smaller than this are copied into one buffer and written together.
+const COALESCE_BELOW: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLocation {
     pub segment: u32,
     pub offset: u64,
     pub len: u64,
+    pub crc32: u32,
 }
 
 pub struct Segments {
@@ -63,34 +67,53 @@ impl Segments {
         })
     }
 
-    /// Appends every body and syncs once. On error nothing returned is referenced, and the
-    /// next append continues after whatever reached the file.
+    /// Appends every body (into the page cache: call [`Segments::file_to_sync`] and sync it
+    /// before telling anyone the bodies are stored). On error nothing returned is referenced,
+    /// and the next append continues after whatever reached the file.
     pub fn append(&mut self, bodies: &[&[u8]]) -> Result<Vec<BodyLocation>, StoreError> {
         if self.len >= ROTATE_AT {
             self.rotate()?;
         }
-        let total: usize = bodies.iter().map(|b| b.len()).sum();
-        let mut buffer = Vec::with_capacity(total);
+        // Small bodies are gathered into one write; large ones are written from where they
+        // are, so a batch of big bodies is not copied a second time in memory.
+        let mut buffer = Vec::with_capacity(COALESCE_BELOW * 4);
         let mut locations = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            locations.push(BodyLocation {
-                segment: self.current,
-                offset: self.len + buffer.len() as u64,
-                len: body.len() as u64,
-            });
-            buffer.extend_from_slice(body);
-        }
-        let path = segment_path(&self.dir, self.current);
-        let written = self
-            .file
-            .write_all_at(&buffer, self.len)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
+        let mut end = self.len;
+        let mut written = self.len;
+        let result = (|| {
+            for body in bodies {
+                locations.push(BodyLocation {
+                    segment: self.current,
+                    offset: end,
+                    len: body.len() as u64,
+                    crc32: crc32fast::hash(body),
+                });
+                end += body.len() as u64;
+                if body.len() >= COALESCE_BELOW {
+                    self.file.write_all_at(&buffer, written)?;
+                    written += buffer.len() as u64;
+                    buffer.clear();
+                    self.file.write_all_at(body, written)?;
+                    written += body.len() as u64;
+                } else {
+                    buffer.extend_from_slice(body);
+                }
+            }
+            self.file.write_all_at(&buffer, written)
+        })();
+        if let Err(e) = result {
             self.len = self.file.metadata().map(|m| m.len()).unwrap_or(self.len);
-            return Err(segment_error(&path, e));
+            return Err(segment_error(&segment_path(&self.dir, self.current), e));
         }
-        self.len += buffer.len() as u64;
+        self.len = end;
         Ok(locations)
+    }
+
+    /// A handle on the segment being appended to, for a sync on another thread.
+    pub fn file_to_sync(&self) -> Result<(File, PathBuf), StoreError> {
+        let path = segment_path(&self.dir, self.current);
+        let file = self.file.try_clone().map_err(|e| segment_error(&path, e))?;
+        Ok((file, path))
     }
 
     fn rotate(&mut self) -> Result<(), StoreError> {
@@ -112,6 +135,11 @@ pub fn read(dir: &Path, at: BodyLocation) -> Result<Vec<u8>, StoreError> {
     file.read_exact_at(&mut body, at.offset)
         .map_err(|e| segment_error(&path, e))?;
     Ok(body)
+}
+
+/// Whether the body at `at` is on disk whole (present, right length, right CRC).
+pub fn verify(dir: &Path, at: BodyLocation) -> bool {
+    read(dir, at).is_ok_and(|body| crc32fast::hash(&body) == at.crc32)
 }
 
 fn segment_path(dir: &Path, segment: u32) -> PathBuf {
@@ -150,7 +178,13 @@ mod tests {
     fn bodies_read_back_exactly_as_appended() {
         let dir = tempfile::tempdir().unwrap();
         let mut segments = Segments::open(dir.path(), |_| Ok(0)).unwrap();
-        let at = segments.append(&[b"first", b"", b"third body"]).unwrap();
+        let large = vec![7u8; COALESCE_BELOW + 1];
+        let at = segments
+            .append(&[b"first", b"", b"third body", &large, b"last"])
+            .unwrap();
+        assert!(at.iter().all(|at| verify(dir.path(), *at)));
+        assert_eq!(read(dir.path(), at[3]).unwrap(), large);
+        assert_eq!(read(dir.path(), at[4]).unwrap(), b"last");
         assert_eq!(read(dir.path(), at[0]).unwrap(), b"first");
         assert_eq!(read(dir.path(), at[1]).unwrap(), b"");
         assert_eq!(read(dir.path(), at[2]).unwrap(), b"third body");
@@ -169,5 +203,20 @@ mod tests {
         let next = reopened.append(&[b"after restart"]).unwrap()[0];
         assert_eq!(next.offset, kept.len, "the orphan bytes are gone");
         assert_eq!(read(dir.path(), kept).unwrap(), b"committed");
+    }
+
+    #[test]
+    fn a_body_that_did_not_reach_the_disk_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut segments = Segments::open(dir.path(), |_| Ok(0)).unwrap();
+        let at = segments.append(&[b"0123456789"]).unwrap()[0];
+        let torn = BodyLocation {
+            crc32: at.crc32 ^ 1,
+            ..at
+        };
+        let beyond = BodyLocation { offset: 100, ..at };
+        assert!(verify(dir.path(), at));
+        assert!(!verify(dir.path(), torn));
+        assert!(!verify(dir.path(), beyond));
     }
 }

@@ -95,3 +95,50 @@ async fn every_acknowledged_delivery_survives_a_kill_9() {
     }
     assert_eq!(request.send().await.unwrap().status(), 202);
 }
+
+#[tokio::test]
+async fn a_row_whose_body_never_reached_the_disk_is_removed_at_the_next_start() {
+    // Arrange: three deliveries, then a crash that (as if the last body sync never finished)
+    // loses the tail of the body segment while the row's commit survived.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), crate::common::FIXTURE_PROJECTS);
+    let server = Server::start(dir.path(), &config, &[]);
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let delivery = Delivery::fixture("github/push.tag").with_unique_id();
+        let mut request = client
+            .post(format!("{}/hooks/drone", server.address))
+            .body(delivery.body.clone());
+        for (k, v) in &delivery.headers {
+            request = request.header(k, v);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 202);
+    }
+    server.kill_hard();
+    let segment = dir.path().join("data/bodies/00000001.seg");
+    let length = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(length - 100)
+        .unwrap();
+
+    // Act
+    let restarted = Server::start(dir.path(), &config, &[]);
+
+    // Assert: the torn row and its job are gone, the others are whole, and the log says so.
+    let reader = deploybot::store::Reader::open(&dir.path().join("data")).unwrap();
+    let rows = reader.deliveries(10).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        reader.job_counts().unwrap(),
+        vec![("queued".to_string(), 2)]
+    );
+    for row in &rows {
+        assert_eq!(reader.body(row.id).unwrap().map(|b| b.len()), Some(8120));
+    }
+    assert!(restarted
+        .log()
+        .contains("Removed deliveries whose body did not reach the disk"));
+}
