@@ -7,6 +7,7 @@ pub mod domain;
 pub mod forge;
 pub mod intake;
 pub mod metrics;
+pub mod pipeline;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

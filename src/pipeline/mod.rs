@@ -1,0 +1,9 @@
+//! Pipeline: what to build for a push, from the repository's `.deploybot.toml` (or the
+//! project's default), within what the project allows. No I/O here: the worker reads the file
+//! from the checkout and hands its text in.
+
+pub mod definition;
+mod glob;
+
+pub use definition::{Definition, DefinitionError, Service, Stage, Step};
+pub use glob::Pattern;
