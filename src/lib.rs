@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod docker;
 pub mod domain;
 pub mod forge;
 pub mod intake;

@@ -195,7 +195,10 @@ pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
             ));
         }
         if !names.insert(raw.name.clone()) {
-            return Err(fail("name", format!("service \"{}\" is defined twice", raw.name)));
+            return Err(fail(
+                "name",
+                format!("service \"{}\" is defined twice", raw.name),
+            ));
         }
         let context = relative_path(raw.context.as_deref().unwrap_or(&raw.name))
             .map_err(|m| fail("context", m))?;
@@ -208,7 +211,10 @@ pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
                 format!("\"{image}\" is not an image repository like team/service"),
             ));
         }
-        for (key, value) in [("deployment", &raw.deployment), ("container", &raw.container)] {
+        for (key, value) in [
+            ("deployment", &raw.deployment),
+            ("container", &raw.container),
+        ] {
             if let Some(value) = value {
                 if !is_dns_label(value) {
                     return Err(fail(key, format!("\"{value}\" is not a DNS-1123 label")));
@@ -239,10 +245,16 @@ pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
                 OneOrMany::Many(images) => images,
             };
             if images.is_empty() || images.iter().any(|i| i.trim().is_empty()) {
-                return Err(step_fail("image", "give an image, or a non-empty list".into()));
+                return Err(step_fail(
+                    "image",
+                    "give an image, or a non-empty list".into(),
+                ));
             }
             if step.commands.is_empty() {
-                return Err(step_fail("commands", "at least one command is needed".into()));
+                return Err(step_fail(
+                    "commands",
+                    "at least one command is needed".into(),
+                ));
             }
             let workdir = relative_path(step.workdir.as_deref().unwrap_or(&context))
                 .map_err(|m| step_fail("workdir", m))?;
@@ -309,7 +321,10 @@ fn relative_path(s: &str) -> Result<String, String> {
     if s.starts_with('/') {
         return Err(format!("\"{s}\" must be relative to the repository"));
     }
-    let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = s
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     if parts.contains(&"..") {
         return Err(format!("\"{s}\" must stay inside the repository (no ..)"));
     }

@@ -60,7 +60,11 @@ mod tests {
             ("*-rc*", "v1-rc2", true),
         ];
         for (pattern, name, expected) in cases {
-            assert_eq!(Pattern::parse(pattern).unwrap().matches(name), expected, "{pattern} ~ {name}");
+            assert_eq!(
+                Pattern::parse(pattern).unwrap().matches(name),
+                expected,
+                "{pattern} ~ {name}"
+            );
         }
     }
 }

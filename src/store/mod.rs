@@ -8,6 +8,7 @@
 //! them commits, so a committed row always points at bytes on disk; bytes a crash left
 //! unreferenced are cut off at the next start. Reads use their own connections ([`Reader`]).
 
+mod jobs;
 mod reader;
 mod schema;
 mod segments;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
 pub use reader::{DeliveryRow, Reader};
 pub use writer::WriterStats;
 

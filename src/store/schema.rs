@@ -43,6 +43,42 @@ const MIGRATIONS: &[&str] = &[
         updated_at  TEXT NOT NULL
     );
     CREATE INDEX jobs_by_state ON jobs (state, id);",
+    // 2: running jobs: leases and attempts, per-service stages, build logs.
+    "ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until INTEGER;
+    ALTER TABLE jobs ADD COLUMN started_at TEXT;
+    ALTER TABLE jobs ADD COLUMN finished_at TEXT;
+    ALTER TABLE jobs ADD COLUMN error TEXT;
+    CREATE TABLE stages (
+        id          INTEGER PRIMARY KEY,
+        job         INTEGER NOT NULL REFERENCES jobs (id),
+        service     TEXT NOT NULL,
+        stage       TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        exit_code   INTEGER,
+        detail      TEXT,
+        started_at  TEXT,
+        finished_at TEXT,
+        UNIQUE (job, service, stage)
+    );
+    CREATE TABLE images (
+        job         INTEGER NOT NULL REFERENCES jobs (id),
+        service     TEXT NOT NULL,
+        reference   TEXT NOT NULL,
+        digest      TEXT,
+        pushed_at   TEXT,
+        PRIMARY KEY (job, service)
+    );
+    CREATE TABLE log_chunks (
+        id          INTEGER PRIMARY KEY,
+        job         INTEGER NOT NULL REFERENCES jobs (id),
+        service     TEXT NOT NULL,
+        stage       TEXT NOT NULL,
+        text        TEXT NOT NULL,
+        at          TEXT NOT NULL
+    );
+    CREATE INDEX log_chunks_by_job ON log_chunks (job, service, id);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

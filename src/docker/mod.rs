@@ -1,0 +1,115 @@
+//! Containers and images: the only code that talks to the container engine.
+//!
+//! The worker sees the [`Executor`] trait: run a step in a container, build an image from a
+//! context directory, push an image. `engine.rs` implements it on the Docker Engine API
+//! through bollard; another backend (Podman, a remote builder) would be one more file.
+//! Every container deploybot creates carries the label `deploybot.job=<id>`, so a job's
+//! leftovers (and a crashed process's orphans) can be found and removed.
+
+mod engine;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+pub use engine::DockerEngine;
+
+/// The label every deploybot container and image carries, with the job id as value.
+pub const JOB_LABEL: &str = "deploybot.job";
+
+/// Where an executor sends output lines (already split, without newlines).
+pub trait LogSink: Send + Sync {
+    fn line(&self, text: &str);
+}
+
+/// One step: commands run in order by `sh -e` in `image`, with the workspace mounted.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub job: i64,
+    pub image: String,
+    pub commands: Vec<String>,
+    /// The checkout on this host, mounted at `/workspace`.
+    pub workspace: PathBuf,
+    /// Working directory inside the workspace (relative).
+    pub workdir: String,
+    pub network: bool,
+    /// `uid:gid` to run as; None keeps the image's user.
+    pub user: Option<String>,
+    /// Named volumes (name → container path): the dependency caches.
+    pub volumes: BTreeMap<String, String>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub job: i64,
+    /// The build context directory on this host.
+    pub context: PathBuf,
+    /// The Dockerfile, relative to the context.
+    pub dockerfile: String,
+    /// Full reference to tag the image with (`registry/repo:tag`).
+    pub tag: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Credentials for a registry; built into the engine's type only inside the push call.
+#[derive(Debug)]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("container engine: {0}")]
+    Engine(String),
+    #[error("image {image} is not available locally (nothing is pulled during a build)")]
+    MissingImage { image: String },
+    #[error("image build failed: {0}")]
+    Build(String),
+    #[error("push of {reference} failed: {reason}")]
+    Push { reference: String, reason: String },
+    #[error("canceled")]
+    Canceled,
+    #[error("timed out after {0} s")]
+    TimedOut(u64),
+    #[error("build context {path}: {reason}")]
+    Context { path: String, reason: String },
+}
+
+/// What the worker needs from a container engine.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs a step to completion (or cancellation); returns its exit code.
+    fn run_step(
+        &self,
+        spec: &StepSpec,
+        log: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<i64, ExecError>> + Send;
+
+    /// Builds and tags an image; returns its id.
+    fn build_image(
+        &self,
+        spec: &BuildSpec,
+        log: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<String, ExecError>> + Send;
+
+    /// Pushes a tagged image; returns the registry's digest (`sha256:...`).
+    fn push_image(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryAuth>,
+        log: &dyn LogSink,
+    ) -> impl Future<Output = Result<String, ExecError>> + Send;
+
+    /// Removes every container labelled with `job` (or every deploybot container for None).
+    fn remove_containers(
+        &self,
+        job: Option<i64>,
+    ) -> impl Future<Output = Result<usize, ExecError>> + Send;
+}

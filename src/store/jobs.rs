@@ -1,0 +1,383 @@
+//! Jobs as the worker sees them: claiming with a lease, recording stages, images and logs, and
+//! finishing. The worker writes through this connection of its own (SQLite serialises it with
+//! intake's writer; both keep their transactions short). Calls block: use `spawn_blocking`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::{db_path, timestamp, writer::open_connection, StoreError};
+
+/// A job this worker holds the lease on.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub project: String,
+    pub git_ref: String,
+    pub ref_kind: String,
+    pub ref_name: String,
+    pub sha: String,
+    pub attempt: i64,
+    /// The stored `PushEvent` JSON of the delivery that queued the job.
+    pub event_json: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub project: String,
+    pub git_ref: String,
+    pub sha: String,
+    pub state: String,
+    pub attempt: i64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageRow {
+    pub service: String,
+    pub stage: String,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub detail: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageRow {
+    pub service: String,
+    pub reference: String,
+    pub digest: Option<String>,
+}
+
+/// A job with what it did, per service and stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobDetail {
+    pub job: JobRow,
+    pub stages: Vec<StageRow>,
+    pub images: Vec<ImageRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogChunk {
+    pub id: i64,
+    pub service: String,
+    pub stage: String,
+    pub text: String,
+}
+
+pub struct Jobs {
+    conn: Mutex<Connection>,
+    owner: String,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn now_text() -> String {
+    timestamp(OffsetDateTime::now_utc())
+}
+
+impl Jobs {
+    /// `owner` names this process in leases (a restart is a new owner).
+    pub fn open(data_dir: &Path, owner: &str) -> Result<Jobs, StoreError> {
+        Ok(Jobs {
+            conn: Mutex::new(open_connection(&db_path(data_dir))?),
+            owner: owner.to_owned(),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding this lock would be a bug in a short SQL call; the data
+        // itself is in SQLite, so carrying on with the inner value is safe.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the oldest job that is queued, or running under a lease that has expired or
+    /// belongs to a process that is gone (`reclaim_all_running` at startup), and leases it.
+    pub fn claim_next(&self, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
+        let conn = self.conn();
+        let now = now_unix();
+        let claimed = conn
+            .query_row(
+                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
+                        lease_until = ?2, started_at = COALESCE(started_at, ?3), updated_at = ?3
+                 WHERE id = (SELECT id FROM jobs
+                             WHERE state = 'queued' OR (state = 'running' AND lease_until < ?4)
+                             ORDER BY id LIMIT 1)
+                 RETURNING id, project, git_ref, ref_kind, ref_name, sha, attempt, delivery",
+                params![self.owner, now + lease.as_secs() as i64, now_text(), now],
+                |row| {
+                    Ok((
+                        ClaimedJob {
+                            id: row.get(0)?,
+                            project: row.get(1)?,
+                            git_ref: row.get(2)?,
+                            ref_kind: row.get(3)?,
+                            ref_name: row.get(4)?,
+                            sha: row.get(5)?,
+                            attempt: row.get(6)?,
+                            event_json: String::new(),
+                        },
+                        row.get::<_, i64>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((mut job, delivery)) = claimed else {
+            return Ok(None);
+        };
+        job.event_json = conn.query_row(
+            "SELECT COALESCE(event_json, '{}') FROM deliveries WHERE id = ?1",
+            [delivery],
+            |row| row.get(0),
+        )?;
+        Ok(Some(job))
+    }
+
+    /// At startup: every job still `running` belonged to a process that died; expire its
+    /// lease so `claim_next` takes it again (attempt + 1). Returns their ids.
+    pub fn reclaim_all_running(&self) -> Result<Vec<i64>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "UPDATE jobs SET lease_until = 0 WHERE state = 'running' AND lease_owner IS NOT ?1
+             RETURNING id",
+        )?;
+        let ids = statement.query_map([&self.owner], |row| row.get(0))?;
+        Ok(ids.collect::<Result<_, _>>()?)
+    }
+
+    /// Extends the lease; false if the job is no longer ours (superseded, reclaimed).
+    pub fn renew(&self, job: i64, lease: Duration) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND state = 'running' AND lease_owner = ?3",
+            params![now_unix() + lease.as_secs() as i64, job, self.owner],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Whether a newer push to the same branch is waiting or running: then this job's work
+    /// is stale. Tags are never superseded.
+    pub fn is_superseded(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
+        if job.ref_kind != "branch" {
+            return Ok(false);
+        }
+        let newer: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM jobs WHERE project = ?1 AND git_ref = ?2 AND id > ?3
+               AND state IN ('queued', 'running', 'success', 'failed')",
+            params![job.project, job.git_ref, job.id],
+            |row| row.get(0),
+        )?;
+        Ok(newer > 0)
+    }
+
+    pub fn set_stage(
+        &self,
+        job: i64,
+        service: &str,
+        stage: &str,
+        state: &str,
+        exit_code: Option<i64>,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_text();
+        let (started, finished) = match state {
+            "running" => (Some(now.as_str()), None),
+            "pending" => (None, None),
+            _ => (None, Some(now.as_str())),
+        };
+        self.conn().execute(
+            "INSERT INTO stages (job, service, stage, state, exit_code, detail, started_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (job, service, stage) DO UPDATE SET state = excluded.state,
+                exit_code = excluded.exit_code, detail = excluded.detail,
+                started_at = COALESCE(stages.started_at, excluded.started_at),
+                finished_at = excluded.finished_at",
+            params![job, service, stage, state, exit_code, detail, started, finished],
+        )?;
+        Ok(())
+    }
+
+    pub fn append_log(
+        &self,
+        job: i64,
+        service: &str,
+        stage: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO log_chunks (job, service, stage, text, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![job, service, stage, text, now_text()],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_image(
+        &self,
+        job: i64,
+        service: &str,
+        reference: &str,
+        digest: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO images (job, service, reference, digest, pushed_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (job, service) DO UPDATE SET reference = excluded.reference,
+                digest = excluded.digest, pushed_at = excluded.pushed_at",
+            params![job, service, reference, digest, digest.map(|_| now_text())],
+        )?;
+        Ok(())
+    }
+
+    /// The digest a tag was already pushed with by an earlier attempt of any job, so a retry
+    /// never pushes the same tag twice with different content.
+    pub fn pushed_digest(&self, reference: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT digest FROM images WHERE reference = ?1 AND digest IS NOT NULL
+                 ORDER BY pushed_at LIMIT 1",
+                [reference],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Ends the job (only if this process still holds it).
+    pub fn finish(&self, job: i64, state: &str, error: Option<&str>) -> Result<(), StoreError> {
+        let now = now_text();
+        self.conn().execute(
+            "UPDATE jobs SET state = ?1, error = ?2, finished_at = ?3, updated_at = ?3,
+                lease_owner = NULL, lease_until = NULL
+             WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
+            params![state, error, now, job, self.owner],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a job that was never started as superseded.
+    pub fn supersede(&self, job: i64) -> Result<(), StoreError> {
+        self.finish(
+            job,
+            "superseded",
+            Some("a newer push to the same branch replaced it"),
+        )
+    }
+
+    pub fn list(&self, limit: u32) -> Result<Vec<JobRow>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error
+             FROM jobs ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = statement.query_map([limit], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get(&self, id: i64) -> Result<Option<JobDetail>, StoreError> {
+        let conn = self.conn();
+        let job = conn
+            .query_row(
+                "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error
+                 FROM jobs WHERE id = ?1",
+                [id],
+                job_row,
+            )
+            .optional()?;
+        let Some(job) = job else { return Ok(None) };
+        let mut statement = conn.prepare(
+            "SELECT service, stage, state, exit_code, detail, started_at, finished_at FROM stages
+             WHERE job = ?1 ORDER BY service, id",
+        )?;
+        let stages = statement
+            .query_map([id], |row| {
+                Ok(StageRow {
+                    service: row.get(0)?,
+                    stage: row.get(1)?,
+                    state: row.get(2)?,
+                    exit_code: row.get(3)?,
+                    detail: row.get(4)?,
+                    started_at: row.get(5)?,
+                    finished_at: row.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut statement = conn.prepare(
+            "SELECT service, reference, digest FROM images WHERE job = ?1 ORDER BY service",
+        )?;
+        let images = statement
+            .query_map([id], |row| {
+                Ok(ImageRow {
+                    service: row.get(0)?,
+                    reference: row.get(1)?,
+                    digest: row.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(JobDetail {
+            job,
+            stages,
+            images,
+        }))
+    }
+
+    /// Log chunks after `after` (a chunk id), optionally of one service.
+    pub fn logs(
+        &self,
+        job: i64,
+        service: Option<&str>,
+        after: i64,
+    ) -> Result<Vec<LogChunk>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, service, stage, text FROM log_chunks
+             WHERE job = ?1 AND id > ?2 AND (?3 IS NULL OR service = ?3) ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![job, after, service], |row| {
+            Ok(LogChunk {
+                id: row.get(0)?,
+                service: row.get(1)?,
+                stage: row.get(2)?,
+                text: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn state(&self, job: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT state FROM jobs WHERE id = ?1", [job], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+}
+
+fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: row.get(0)?,
+        project: row.get(1)?,
+        git_ref: row.get(2)?,
+        sha: row.get(3)?,
+        state: row.get(4)?,
+        attempt: row.get(5)?,
+        created_at: row.get(6)?,
+        started_at: row.get(7)?,
+        finished_at: row.get(8)?,
+        error: row.get(9)?,
+    })
+}
