@@ -1,6 +1,7 @@
 //! deploybot: turns a signed `git push` or tag into built images, rolled-out Deployments and
 //! status reports. See ARCHITECTURE.md for the map; this crate root only lists the modules.
 
+pub mod checkout;
 pub mod cli;
 pub mod config;
 pub mod docker;

@@ -33,6 +33,38 @@ pub struct Settings {
     pub server: ServerSettings,
     pub log: LogSettings,
     pub projects: Vec<Project>,
+    pub worker: WorkerSettings,
+    pub registry: Option<RegistrySettings>,
+    pub toolchains: Vec<Toolchain>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub service_concurrency: usize,
+    pub step_timeout: Duration,
+    pub lease: Duration,
+    pub log_limit_bytes: usize,
+}
+
+/// The registry images are pushed to.
+#[derive(Debug)]
+pub struct RegistrySettings {
+    /// `host[:port]`, the prefix of every pushed image.
+    pub address: String,
+    pub username: String,
+    pub password: Option<SecretString>,
+}
+
+/// What an image name in a pipeline means on this deploybot: the image actually run, the
+/// dependency caches kept between builds (named volumes per project), the user to run as.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    pub name: String,
+    pub image: String,
+    pub caches: Vec<String>,
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +90,15 @@ pub struct Project {
     pub forge: ForgeKind,
     pub repository: RepoSlug,
     pub secrets: WebhookSecrets,
+    /// Where to fetch from; None trusts the verified payload's clone URL.
+    pub clone_url: Option<String>,
+    pub git_credentials: Option<crate::checkout::GitCredentials>,
+    /// The pipeline for repositories without a `.deploybot.toml`.
+    pub default_pipeline: Option<String>,
+    /// Image repositories this project's pipeline may build (patterns).
+    pub allowed_images: Vec<crate::pipeline::Pattern>,
+    /// Deployments this project's pipeline may name (patterns); none by default.
+    pub allowed_deployments: Vec<crate::pipeline::Pattern>,
 }
 
 /// What proves a delivery genuine. Which of these a forge needs is the forge's business
@@ -83,12 +124,32 @@ impl Settings {
             if let Some(key) = &project.secrets.signing_key {
                 values.push(key.token_text().to_owned());
             }
+            if let Some(credentials) = &project.git_credentials {
+                values.push(credentials.token.expose_secret().to_owned());
+            }
+        }
+        if let Some(password) = self.registry.as_ref().and_then(|r| r.password.as_ref()) {
+            values.push(password.expose_secret().to_owned());
         }
         values
     }
 
     pub fn project(&self, name: &str) -> Option<&Project> {
         self.projects.iter().find(|p| p.name.as_ref() == name)
+    }
+
+    /// The toolchain a pipeline's image name stands for; an unknown name is used as it is.
+    pub fn toolchain(&self, name: &str) -> Toolchain {
+        self.toolchains
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .unwrap_or_else(|| Toolchain {
+                name: name.to_owned(),
+                image: name.to_owned(),
+                caches: Vec::new(),
+                user: None,
+            })
     }
 }
 

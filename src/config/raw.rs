@@ -15,6 +15,42 @@ pub struct RawSettings {
     pub log: RawLog,
     #[serde(default)]
     pub projects: Vec<RawProject>,
+    pub worker: RawWorker,
+    pub registry: RawRegistry,
+    #[serde(default)]
+    pub toolchains: Vec<RawToolchain>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    pub enabled: bool,
+    pub concurrency: u64,
+    pub service_concurrency: u64,
+    pub step_timeout_secs: u64,
+    pub lease_secs: u64,
+    pub log_limit_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    pub address: String,
+    pub username: String,
+    pub password: Option<SecretString>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// An image name a pipeline may use, and what it really means here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToolchain {
+    pub name: String,
+    pub image: Option<String>,
+    #[serde(default)]
+    pub caches: Vec<String>,
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +85,15 @@ pub struct RawProject {
     pub signing_token: Option<SecretString>,
     pub signing_token_env: Option<String>,
     pub signing_token_file: Option<PathBuf>,
+    pub clone_url: Option<String>,
+    pub git_username: Option<String>,
+    pub git_token: Option<SecretString>,
+    pub git_token_env: Option<String>,
+    pub git_token_file: Option<PathBuf>,
+    pub default_pipeline_file: Option<PathBuf>,
+    pub allowed_images: Option<Vec<String>>,
+    #[serde(default)]
+    pub allowed_deployments: Vec<String>,
 }
 
 impl RawSettings {

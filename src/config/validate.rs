@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use super::raw::{RawProject, RawSettings};
 use super::secret::SecretSpec;
-use super::{ConfigError, LogSettings, Problem, Project, ServerSettings, Settings, WebhookSecrets};
+use super::{
+    ConfigError, LogSettings, Problem, Project, RegistrySettings, ServerSettings, Settings,
+    Toolchain, WebhookSecrets, WorkerSettings,
+};
+use crate::checkout::GitCredentials;
 use crate::domain::{ProjectName, RepoSlug};
 use crate::forge::{ForgeKind, SigningKey};
+use crate::pipeline::Pattern;
 
 pub fn settings(
     raw: RawSettings,
@@ -29,6 +34,9 @@ pub fn settings(
             projects.push(project);
         }
     }
+    let worker = worker(&raw, &mut problems);
+    let registry = registry(&raw, lookup_env, &mut problems);
+    let toolchains = toolchains(&raw, &mut problems);
     match server {
         Some(server) if problems.is_empty() => Ok(Settings {
             server,
@@ -36,9 +44,100 @@ pub fn settings(
                 filter: raw.log.filter,
             },
             projects,
+            worker,
+            registry,
+            toolchains,
         }),
         _ => Err(ConfigError::Invalid(problems)),
     }
+}
+
+fn worker(raw: &RawSettings, problems: &mut Vec<Problem>) -> WorkerSettings {
+    let w = &raw.worker;
+    let mut at_least_one = |field: &str, value: u64| {
+        if value == 0 {
+            problems.push(Problem {
+                field: format!("worker.{field}"),
+                message: "must be greater than 0".into(),
+            });
+        }
+        usize::try_from(value).unwrap_or(usize::MAX)
+    };
+    WorkerSettings {
+        enabled: w.enabled,
+        concurrency: at_least_one("concurrency", w.concurrency),
+        service_concurrency: at_least_one("service_concurrency", w.service_concurrency),
+        step_timeout: Duration::from_secs(
+            at_least_one("step_timeout_secs", w.step_timeout_secs) as u64
+        ),
+        lease: Duration::from_secs(at_least_one("lease_secs", w.lease_secs) as u64),
+        log_limit_bytes: at_least_one("log_limit_bytes", w.log_limit_bytes),
+    }
+}
+
+fn registry(
+    raw: &RawSettings,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<RegistrySettings> {
+    let r = &raw.registry;
+    let spec = SecretSpec {
+        field: "registry.password".into(),
+        inline: r.password.as_ref(),
+        env: r.password_env.as_ref(),
+        file: r.password_file.as_ref(),
+    };
+    let password = spec
+        .resolve(lookup_env)
+        .map_err(|p| problems.push(p))
+        .ok()
+        .flatten();
+    if r.address.is_empty() {
+        return None;
+    }
+    if r.address.contains('/') || r.address.contains(' ') {
+        problems.push(Problem {
+            field: "registry.address".into(),
+            message: format!(
+                "\"{}\" should be host[:port], without scheme or path",
+                r.address
+            ),
+        });
+    }
+    if password.is_some() && r.username.is_empty() {
+        problems.push(Problem {
+            field: "registry.username".into(),
+            message: "missing: a password is set".into(),
+        });
+    }
+    Some(RegistrySettings {
+        address: r.address.clone(),
+        username: r.username.clone(),
+        password,
+    })
+}
+
+fn toolchains(raw: &RawSettings, problems: &mut Vec<Problem>) -> Vec<Toolchain> {
+    raw.toolchains
+        .iter()
+        .enumerate()
+        .map(|(index, t)| {
+            for cache in &t.caches {
+                if !cache.starts_with('/') {
+                    problems.push(Problem {
+                        field: format!("toolchains[{index}].caches"),
+                        message: format!("\"{cache}\" must be an absolute path in the container"),
+                    });
+                }
+            }
+            Toolchain {
+                name: t.name.clone(),
+                image: t.image.clone().unwrap_or_else(|| t.name.clone()),
+                caches: t.caches.clone(),
+                user: t.user.clone(),
+            }
+        })
+        .collect()
 }
 
 pub fn server_only(raw: &RawSettings) -> Result<ServerSettings, ConfigError> {
@@ -186,6 +285,74 @@ fn project(
         _ => {}
     }
 
+    let git_token = SecretSpec {
+        field: field("git_token"),
+        inline: raw.git_token.as_ref(),
+        env: raw.git_token_env.as_ref(),
+        file: raw.git_token_file.as_ref(),
+    }
+    .resolve(lookup_env)
+    .map_err(|p| problems.push(p))
+    .ok()
+    .flatten();
+    let git_credentials = git_token.map(|token| GitCredentials {
+        username: raw
+            .git_username
+            .clone()
+            .unwrap_or_else(|| "x-access-token".into()),
+        token,
+    });
+    if let Some(url) = &raw.clone_url {
+        if url.contains('@') {
+            problems.push(Problem {
+                field: field("clone_url"),
+                message: "must not carry credentials; use git_token_env or git_token_file".into(),
+            });
+        }
+    }
+    let default_pipeline = match &raw.default_pipeline_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => match crate::pipeline::definition::parse(&text) {
+                Ok(_) => Some(text),
+                Err(e) => {
+                    problems.push(Problem {
+                        field: field("default_pipeline_file"),
+                        message: format!("{}: {e}", path.display()),
+                    });
+                    None
+                }
+            },
+            Err(e) => {
+                problems.push(Problem {
+                    field: field("default_pipeline_file"),
+                    message: format!("cannot read {}: {}", path.display(), e.kind()),
+                });
+                None
+            }
+        },
+    };
+    let mut patterns = |key: &str, list: &[String]| -> Vec<Pattern> {
+        list.iter()
+            .filter_map(|p| {
+                Pattern::parse(p)
+                    .map_err(|message| {
+                        problems.push(Problem {
+                            field: field(key),
+                            message,
+                        })
+                    })
+                    .ok()
+            })
+            .collect()
+    };
+    let default_images = vec![format!("{}/*", raw.name.clone().unwrap_or_default())];
+    let allowed_images = patterns(
+        "allowed_images",
+        raw.allowed_images.as_deref().unwrap_or(&default_images),
+    );
+    let allowed_deployments = patterns("allowed_deployments", &raw.allowed_deployments);
+
     if problems.len() != before {
         return None;
     }
@@ -197,6 +364,11 @@ fn project(
             secret,
             signing_key,
         },
+        clone_url: raw.clone_url.clone(),
+        git_credentials,
+        default_pipeline,
+        allowed_images,
+        allowed_deployments,
     })
 }
 

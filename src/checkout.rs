@@ -1,0 +1,243 @@
+//! Checkout: the exact commit of a push, in a fresh per-job workspace, from a per-project bare
+//! mirror that each fetch brings up to date incrementally.
+//!
+//! Runs the `git` command (its transports, proxies and credential handling are what users
+//! already trust). Credentials never appear in a URL, a process argument or a log line: they
+//! reach git as an `http.extraHeader` through `GIT_CONFIG_*` environment variables, which only
+//! the same user can read.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("clone URL \"{0}\" is not an http(s) or git URL")]
+    BadUrl(String),
+    #[error("git {step} failed: {reason}")]
+    Git { step: &'static str, reason: String },
+    #[error("commit {sha} is not in {url} (was the ref force-pushed away?)")]
+    MissingCommit { sha: String, url: String },
+    #[error("workspace {path}: {reason}")]
+    Workspace { path: String, reason: String },
+}
+
+/// Basic credentials for private repositories over HTTP(S). `Debug` shows no token
+/// (`SecretString` redacts itself).
+#[derive(Debug)]
+pub struct GitCredentials {
+    pub username: String,
+    pub token: SecretString,
+}
+
+pub struct Checkouts {
+    mirrors: PathBuf,
+    workspaces: PathBuf,
+}
+
+impl Checkouts {
+    pub fn new(data_dir: &Path) -> Checkouts {
+        Checkouts {
+            mirrors: data_dir.join("mirrors"),
+            workspaces: data_dir.join("workspaces"),
+        }
+    }
+
+    pub fn workspace(&self, job: i64) -> PathBuf {
+        self.workspaces.join(format!("job-{job}"))
+    }
+
+    /// Fetches `git_ref` from `url` into the project's mirror and writes commit `sha` (no
+    /// `.git`) into the job's workspace, which every step user may write to.
+    pub async fn checkout(
+        &self,
+        project: &str,
+        url: &str,
+        git_ref: &str,
+        sha: &str,
+        job: i64,
+        credentials: Option<&GitCredentials>,
+    ) -> Result<PathBuf, CheckoutError> {
+        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("git://"))
+        {
+            return Err(CheckoutError::BadUrl(url.to_owned()));
+        }
+        let mirror = self.mirrors.join(format!("{project}.git"));
+        if !mirror.join("HEAD").exists() {
+            tokio::fs::create_dir_all(&self.mirrors)
+                .await
+                .map_err(|e| workspace_error(&self.mirrors, e))?;
+            git(
+                &["init", "--bare", "--quiet", &mirror.to_string_lossy()],
+                None,
+                "init",
+            )
+            .await?;
+        }
+        let mirror_arg = mirror.to_string_lossy().into_owned();
+        let refspec = format!("+{git_ref}:{git_ref}");
+        git(
+            &[
+                "-C",
+                &mirror_arg,
+                "fetch",
+                "--quiet",
+                "--force",
+                "--no-tags",
+                url,
+                &refspec,
+            ],
+            credentials,
+            "fetch",
+        )
+        .await?;
+        let has_commit = git(
+            &[
+                "-C",
+                &mirror_arg,
+                "cat-file",
+                "-e",
+                &format!("{sha}^{{commit}}"),
+            ],
+            None,
+            "cat-file",
+        )
+        .await
+        .is_ok();
+        if !has_commit {
+            // The ref moved on since the push: ask for the commit itself.
+            git(
+                &["-C", &mirror_arg, "fetch", "--quiet", url, sha],
+                credentials,
+                "fetch",
+            )
+            .await
+            .map_err(|_| CheckoutError::MissingCommit {
+                sha: sha.to_owned(),
+                url: url.to_owned(),
+            })?;
+        }
+
+        let workspace = self.workspace(job);
+        let _ = tokio::fs::remove_dir_all(&workspace).await;
+        tokio::fs::create_dir_all(&workspace)
+            .await
+            .map_err(|e| workspace_error(&workspace, e))?;
+        let archive = self.workspaces.join(format!("job-{job}.tar"));
+        git(
+            &[
+                "-C",
+                &mirror_arg,
+                "archive",
+                "--format=tar",
+                "-o",
+                &archive.to_string_lossy(),
+                sha,
+            ],
+            None,
+            "archive",
+        )
+        .await?;
+        let (from, into) = (archive.clone(), workspace.clone());
+        tokio::task::spawn_blocking(move || unpack(&from, &into))
+            .await
+            .map_err(|e| workspace_error(&workspace, std::io::Error::other(e.to_string())))??;
+        let _ = tokio::fs::remove_file(&archive).await;
+        Ok(workspace)
+    }
+
+    /// Removes a job's workspace (after the job, whatever its result).
+    pub async fn clean(&self, job: i64) {
+        let _ = tokio::fs::remove_dir_all(self.workspace(job)).await;
+        let _ = tokio::fs::remove_file(self.workspaces.join(format!("job-{job}.tar"))).await;
+    }
+}
+
+fn workspace_error(path: &Path, e: std::io::Error) -> CheckoutError {
+    CheckoutError::Workspace {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Unpacks the archive and opens the tree to every user: steps run as a non-root user that
+/// must write build outputs into it.
+fn unpack(archive: &Path, into: &Path) -> Result<(), CheckoutError> {
+    let file = std::fs::File::open(archive).map_err(|e| workspace_error(archive, e))?;
+    tar::Archive::new(file)
+        .unpack(into)
+        .map_err(|e| workspace_error(into, e))?;
+    let mut stack = vec![into.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let metadata = std::fs::symlink_metadata(&path).map_err(|e| workspace_error(&path, e))?;
+        if metadata.file_type().is_symlink() {
+            continue;
+        }
+        let mode = metadata.permissions().mode();
+        let open = if metadata.is_dir() {
+            mode | 0o777
+        } else {
+            mode | 0o666
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(open))
+            .map_err(|e| workspace_error(&path, e))?;
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(|e| workspace_error(&path, e))? {
+                stack.push(entry.map_err(|e| workspace_error(&path, e))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs git with no terminal prompts; on failure, its stderr (which carries no credential:
+/// those are only in the environment) becomes the reason.
+async fn git(
+    args: &[&str],
+    credentials: Option<&GitCredentials>,
+    step: &'static str,
+) -> Result<(), CheckoutError> {
+    let mut command = Command::new("git");
+    command
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "true")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(credentials) = credentials {
+        let basic = BASE64.encode(format!(
+            "{}:{}",
+            credentials.username,
+            credentials.token.expose_secret()
+        ));
+        command
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Basic {basic}"),
+            );
+    }
+    let output = command.output().await.map_err(|e| CheckoutError::Git {
+        step,
+        reason: e.to_string(),
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(CheckoutError::Git {
+        step,
+        reason: stderr
+            .lines()
+            .last()
+            .unwrap_or("no output")
+            .trim()
+            .to_owned(),
+    })
+}
