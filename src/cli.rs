@@ -110,7 +110,7 @@ fn serve(settings: Settings) -> anyhow::Result<i32> {
     let listen = settings.server.listen;
     let projects = settings.projects.len();
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings)?;
+        let app = Application::build(settings).await?;
         tracing::info!(%listen, port = app.port(), projects, "deploybot is listening");
         app.run_until_stopped().await?;
         tracing::info!("deploybot stopped");

@@ -9,21 +9,31 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Settings;
+use crate::docker::DockerEngine;
 use crate::intake::{self, BodyBudget, IntakeState};
 use crate::metrics::Metrics;
+use crate::store::Jobs;
 use crate::store::Store;
 use crate::web as ops;
+use crate::worker::Worker;
 
 pub struct Application {
     port: u16,
     server: Server,
     store_writer: JoinHandle<()>,
+    worker: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
 }
 
 impl Application {
-    /// Opens the store and binds the listener; nothing is served until [`run_until_stopped`].
-    pub fn build(settings: Settings) -> anyhow::Result<Application> {
+    /// Opens the store, binds the listener and (when `worker.enabled`) starts the worker on
+    /// the Docker engine; nothing is served until [`run_until_stopped`]. Without a reachable
+    /// engine the worker stays off (logged): deliveries are still recorded and their jobs
+    /// wait in the queue.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let metrics = Arc::new(Metrics::new().context("setting up metrics")?);
         let (store, store_writer) = Store::open(
             &settings.server.data_dir,
@@ -37,9 +47,17 @@ impl Application {
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
         let max_body = settings.server.max_body_bytes;
         let bodies = BodyBudget::new(settings.server.max_inflight_body_bytes);
+        let settings = Arc::new(settings);
+        let wake = Arc::new(Notify::new());
+        let worker = if settings.worker.enabled {
+            start_worker(settings.clone(), wake.clone()).await
+        } else {
+            None
+        };
         let state = web::Data::new(IntakeState {
             bodies,
-            settings: Arc::new(settings),
+            settings,
+            wake,
             store,
             metrics,
         });
@@ -60,6 +78,7 @@ impl Application {
             port,
             server,
             store_writer,
+            worker,
         })
     }
 
@@ -76,6 +95,16 @@ impl Application {
     /// requests finish, then waits for the store writer to commit its last batch.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;
+        if let Some((worker, stop)) = self.worker {
+            // Running jobs stop at their next safe point and are resumed by the next start.
+            stop.cancel();
+            if tokio::time::timeout(std::time::Duration::from_secs(20), worker)
+                .await
+                .is_err()
+            {
+                tracing::warn!("The worker did not stop within 20 s");
+            }
+        }
         // The server's workers held the last store handles; with them gone the writer drains
         // its queue and ends.
         let writer = self.store_writer;
@@ -84,6 +113,35 @@ impl Application {
             .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
         Ok(())
     }
+}
+
+async fn start_worker(
+    settings: Arc<Settings>,
+    wake: Arc<Notify>,
+) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
+    let engine = match DockerEngine::connect().await {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::error!(error = %e, "Worker not started: jobs stay queued until the engine is reachable and deploybot restarts");
+            return None;
+        }
+    };
+    let owner = format!(
+        "{}-{}",
+        std::process::id(),
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
+    let jobs = match Jobs::open(&settings.server.data_dir, &owner) {
+        Ok(jobs) => Arc::new(jobs),
+        Err(e) => {
+            tracing::error!(error = %e, "Worker not started: cannot open the job store");
+            return None;
+        }
+    };
+    let stop = CancellationToken::new();
+    let worker = Worker::new(settings, jobs, Arc::new(engine), wake);
+    let handle = tokio::spawn(worker.run(stop.clone()));
+    Some((handle, stop))
 }
 
 async fn not_found() -> HttpResponse {

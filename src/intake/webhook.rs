@@ -26,6 +26,8 @@ use crate::store::{Action, NewDelivery, NewJob, Recorded, Rejection, Store};
 /// What every intake request shares.
 pub struct IntakeState {
     pub settings: Arc<Settings>,
+    /// Wakes the worker when a job is queued (it also polls, so a lost wake-up only delays).
+    pub wake: Arc<tokio::sync::Notify>,
     pub bodies: BodyBudget,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -256,6 +258,9 @@ async fn accept(
         .record(record)
         .await
         .map_err(IntakeError::Store)?;
+    if matches!(recorded, Recorded::Queued { .. }) {
+        state.wake.notify_one();
+    }
     let mut answer = answer(&delivery.id, recorded);
     if answer.status == "ignored" {
         answer.reason = note;

@@ -129,7 +129,7 @@ impl Drop for Server {
 pub fn write_config(dir: &Path, projects: &str) -> PathBuf {
     let path = dir.join("deploybot.toml");
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[log]\nfilter = \"debug\"\n\n{projects}"
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[worker]\nenabled = false\n\n[log]\nfilter = \"debug\"\n\n{projects}"
     );
     std::fs::write(&path, toml).expect("config written");
     path

@@ -129,7 +129,7 @@ impl TestApp {
     pub async fn spawn_with(projects: &str, server: &str) -> TestApp {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{server}\n{projects}",
+            "[worker]\nenabled = false\n\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{server}\n{projects}",
             data_dir.path().display()
         );
         let settings = Settings::from_sources(Sources {
@@ -138,7 +138,7 @@ impl TestApp {
             env: HashMap::new(),
         })
         .expect("test configuration is valid");
-        let app = Application::build(settings).expect("app builds");
+        let app = Application::build(settings).await.expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
         tokio::spawn(app.run_until_stopped());

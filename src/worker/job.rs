@@ -1,0 +1,693 @@
+//! One job: checkout → (per service, in parallel) check → compile → image → push.
+//!
+//! A service that fails stops at that stage and the others go on; the job's result is the
+//! worst of its services. Every failure records stage, service, exit code and the last log
+//! lines. Containers and the workspace are removed at the end, whatever happened.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::logs::{JobLog, Masker};
+use crate::checkout::Checkouts;
+use crate::config::{Project, Settings};
+use crate::docker::{BuildSpec, ExecError, Executor, RegistryAuth, StepSpec, JOB_LABEL};
+use crate::intake::PushEvent;
+use crate::pipeline::{self, Definition, Service, Stage};
+use crate::store::{ClaimedJob, Jobs, StoreError};
+
+/// Job-level stages are recorded under this service name.
+const JOB_SCOPE: &str = "-";
+
+pub struct Runner<E: Executor> {
+    pub settings: Arc<Settings>,
+    pub jobs: Arc<Jobs>,
+    pub executor: Arc<E>,
+    pub checkouts: Arc<Checkouts>,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a service stopped.
+struct Failure {
+    stage: &'static str,
+    exit_code: Option<i64>,
+    reason: String,
+}
+
+impl<E: Executor> Runner<E> {
+    pub async fn run(self, job: ClaimedJob) {
+        let span = tracing::info_span!("build", job = job.id, project = %job.project, git_ref = %job.git_ref, sha = %job.sha);
+        let _entered = span.clone();
+        let id = job.id;
+        let first_look = job.clone();
+        if self
+            .blocking(move |jobs| jobs.is_superseded(&first_look))
+            .await
+            .unwrap_or(false)
+        {
+            tracing::info!(parent: &span, "Superseded before it started");
+            let _ = self.blocking(move |jobs| jobs.supersede(id)).await;
+            return;
+        }
+        let cancel = self.shutdown.child_token();
+        let superseded = CancellationToken::new();
+        let keeper = self.keep_lease(job.clone(), cancel.clone(), superseded.clone());
+        let log = JobLog::new(
+            id,
+            self.settings.worker.log_limit_bytes,
+            Masker::new(self.settings.secret_values()),
+            self.jobs.clone(),
+        );
+        let flushing = CancellationToken::new();
+        let flusher = tokio::spawn({
+            let log = log.clone();
+            let stop = flushing.clone();
+            async move { log.flush_until(stop).await }
+        });
+
+        let outcome = self.build(&job, &log, &cancel).await;
+
+        keeper.abort();
+        flushing.cancel();
+        let _ = flusher.await;
+        if let Err(e) = self.executor.remove_containers(Some(id)).await {
+            tracing::warn!(parent: &span, error = %e, "Could not remove the job's containers");
+        }
+        self.checkouts.clean(id).await;
+        let (state, error) = if superseded.is_cancelled() {
+            (
+                "superseded",
+                Some("a newer push to the same branch replaced it".to_owned()),
+            )
+        } else if self.shutdown.is_cancelled() {
+            // Left running: its lease lapses and the next start takes it again.
+            tracing::info!(parent: &span, "Interrupted by shutdown; it will be resumed");
+            return;
+        } else {
+            match outcome {
+                Ok(()) => ("success", None),
+                Err(reason) => ("failed", Some(reason)),
+            }
+        };
+        tracing::info!(parent: &span, state, error = error.as_deref().unwrap_or(""), "Job finished");
+        let _ = self
+            .blocking(move |jobs| jobs.finish(id, state, error.as_deref()))
+            .await;
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Jobs) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let jobs = self.jobs.clone();
+        let result = tokio::task::spawn_blocking(move || f(&jobs))
+            .await
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "Job store call failed");
+        }
+        result
+    }
+
+    /// Renews the lease while the job runs; cancels it when a newer push supersedes it or the
+    /// lease is lost.
+    fn keep_lease(
+        &self,
+        job: ClaimedJob,
+        cancel: CancellationToken,
+        superseded: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let jobs = self.jobs.clone();
+        let lease = self.settings.worker.lease;
+        tokio::spawn(async move {
+            let every = (lease / 3)
+                .max(Duration::from_millis(500))
+                .min(Duration::from_secs(2));
+            loop {
+                tokio::time::sleep(every).await;
+                let (jobs, job) = (jobs.clone(), job.clone());
+                let check = tokio::task::spawn_blocking(move || {
+                    Ok::<_, StoreError>((jobs.renew(job.id, lease)?, jobs.is_superseded(&job)?))
+                })
+                .await;
+                match check {
+                    Ok(Ok((_, true))) => {
+                        superseded.cancel();
+                        cancel.cancel();
+                        return;
+                    }
+                    Ok(Ok((false, _))) => {
+                        cancel.cancel();
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    async fn build(
+        &self,
+        job: &ClaimedJob,
+        log: &JobLog,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        let project = self
+            .settings
+            .project(&job.project)
+            .ok_or_else(|| format!("project \"{}\" is no longer configured", job.project))?;
+        let event: PushEvent = serde_json::from_str(&job.event_json)
+            .map_err(|e| format!("the job's push event is unreadable: {e}"))?;
+
+        let checkout_log = log.stage(JOB_SCOPE, "checkout");
+        self.stage(job.id, JOB_SCOPE, "checkout", "running", None, None)
+            .await;
+        let url = project
+            .clone_url
+            .clone()
+            .unwrap_or_else(|| event.clone_url.clone());
+        checkout_log.note(&format!("fetching {} at {}", job.git_ref, job.sha));
+        let workspace = match self
+            .checkouts
+            .checkout(
+                &job.project,
+                &url,
+                &job.git_ref,
+                &job.sha,
+                job.id,
+                project.git_credentials.as_ref(),
+            )
+            .await
+        {
+            Ok(workspace) => workspace,
+            Err(e) => {
+                let reason = log_mask(log, &e.to_string());
+                checkout_log.note(&reason);
+                self.stage(job.id, JOB_SCOPE, "checkout", "failed", None, Some(&reason))
+                    .await;
+                return Err(format!("checkout: {reason}"));
+            }
+        };
+        self.stage(job.id, JOB_SCOPE, "checkout", "success", None, None)
+            .await;
+
+        let definition = match read_definition(&workspace, project) {
+            Ok(definition) => definition,
+            Err(reason) => {
+                checkout_log.note(&reason);
+                self.stage(job.id, JOB_SCOPE, "pipeline", "failed", None, Some(&reason))
+                    .await;
+                return Err(reason);
+            }
+        };
+        let pushes = should_push(&definition, job) && self.settings.registry.is_some();
+        checkout_log.note(&format!(
+            "{} service(s); images {}",
+            definition.services.len(),
+            if pushes {
+                "are pushed"
+            } else {
+                "are built, not pushed (not a pushing ref)"
+            }
+        ));
+        for service in &definition.services {
+            for stage in ["check", "compile", "image", "push"] {
+                let applies = match stage {
+                    "check" => service.steps.iter().any(|s| s.stage == Stage::Check),
+                    "compile" => service.steps.iter().any(|s| s.stage == Stage::Compile),
+                    "push" => pushes,
+                    _ => true,
+                };
+                let state = if applies { "pending" } else { "skipped" };
+                self.stage(job.id, &service.name, stage, state, None, None)
+                    .await;
+            }
+        }
+
+        let limit = self.settings.worker.service_concurrency;
+        // Owned services and explicit borrows: the futures must not be generic over lifetimes,
+        // or the spawned job future stops being `Send`.
+        let (event, workspace) = (&event, workspace.as_path());
+        let results: Vec<(String, Result<(), Failure>)> = stream::iter(definition.services.clone())
+            .map(|service| async move {
+                let result = self
+                    .build_service(job, event, &service, workspace, pushes, log, cancel)
+                    .await;
+                (service.name, result)
+            })
+            .buffer_unordered(limit)
+            .collect()
+            .await;
+
+        let mut failures = Vec::new();
+        for (service, result) in results {
+            if let Err(failure) = result {
+                let code = failure
+                    .exit_code
+                    .map(|c| format!(", exit code {c}"))
+                    .unwrap_or_default();
+                failures.push(format!(
+                    "{service} failed at {}{code}: {}",
+                    failure.stage, failure.reason
+                ));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            failures.sort();
+            Err(failures.join("; "))
+        }
+    }
+
+    async fn stage(
+        &self,
+        job: i64,
+        service: &str,
+        stage: &str,
+        state: &str,
+        exit: Option<i64>,
+        detail: Option<&str>,
+    ) {
+        let (service, stage, state, detail) = (
+            service.to_owned(),
+            stage.to_owned(),
+            state.to_owned(),
+            detail.map(str::to_owned),
+        );
+        let _ = self
+            .blocking(move |jobs| {
+                jobs.set_stage(job, &service, &stage, &state, exit, detail.as_deref())
+            })
+            .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_service(
+        &self,
+        job: &ClaimedJob,
+        event: &PushEvent,
+        service: &Service,
+        workspace: &std::path::Path,
+        pushes: bool,
+        log: &JobLog,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let timeout = self.settings.worker.step_timeout;
+        let result = self
+            .service_stages(job, event, service, workspace, pushes, log, cancel, timeout)
+            .await;
+        if let Err(failure) = &result {
+            let tail = log.tail(&service.name).join("\n");
+            let detail = if tail.is_empty() {
+                failure.reason.clone()
+            } else {
+                format!("{}\n--- last lines ---\n{tail}", failure.reason)
+            };
+            self.stage(
+                job.id,
+                &service.name,
+                failure.stage,
+                "failed",
+                failure.exit_code,
+                Some(&detail),
+            )
+            .await;
+            // What did not run after the failure is skipped, not pending forever.
+            let order = ["check", "compile", "image", "push"];
+            let after = order
+                .iter()
+                .position(|s| *s == failure.stage)
+                .map_or(order.len(), |p| p + 1);
+            for stage in &order[after..] {
+                self.stage(job.id, &service.name, stage, "skipped", None, None)
+                    .await;
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn service_stages(
+        &self,
+        job: &ClaimedJob,
+        event: &PushEvent,
+        service: &Service,
+        workspace: &std::path::Path,
+        pushes: bool,
+        log: &JobLog,
+        cancel: &CancellationToken,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        for stage in [Stage::Check, Stage::Compile] {
+            let steps: Vec<_> = service.steps.iter().filter(|s| s.stage == stage).collect();
+            if steps.is_empty() {
+                continue;
+            }
+            let name = stage.as_str();
+            self.stage(job.id, &service.name, name, "running", None, None)
+                .await;
+            let sink = log.stage(&service.name, name);
+            for step in steps {
+                for image in &step.images {
+                    let toolchain = self.settings.toolchain(image);
+                    sink.note(&format!(
+                        "{name} in {} ({})",
+                        toolchain.image,
+                        if step.network {
+                            "network on"
+                        } else {
+                            "network off"
+                        }
+                    ));
+                    let volumes: BTreeMap<String, String> = toolchain
+                        .caches
+                        .iter()
+                        .map(|path| (cache_volume(&job.project, path), path.clone()))
+                        .collect();
+                    let spec = StepSpec {
+                        job: job.id,
+                        image: toolchain.image.clone(),
+                        commands: step.commands.clone(),
+                        workspace: workspace.to_path_buf(),
+                        workdir: step.workdir.clone(),
+                        network: step.network,
+                        user: toolchain.user.clone(),
+                        volumes,
+                        env: vec![
+                            ("CI".into(), "true".into()),
+                            ("DEPLOYBOT_REF".into(), job.git_ref.clone()),
+                            ("DEPLOYBOT_SHA".into(), job.sha.clone()),
+                        ],
+                    };
+                    let code = with_timeout(timeout, self.executor.run_step(&spec, &sink, cancel))
+                        .await
+                        .map_err(|e| Failure {
+                            stage: name,
+                            exit_code: None,
+                            reason: e.to_string(),
+                        })?;
+                    if code != 0 {
+                        return Err(Failure {
+                            stage: name,
+                            exit_code: Some(code),
+                            reason: format!("a command in {} exited with {code}", toolchain.image),
+                        });
+                    }
+                }
+                for artifact in &step.artifacts {
+                    if !workspace.join(&step.workdir).join(artifact).exists() {
+                        return Err(Failure {
+                            stage: name,
+                            exit_code: None,
+                            reason: format!(
+                                "the step did not produce {artifact} in {}",
+                                step.workdir
+                            ),
+                        });
+                    }
+                }
+            }
+            self.stage(job.id, &service.name, name, "success", Some(0), None)
+                .await;
+        }
+
+        // Image.
+        self.stage(job.id, &service.name, "image", "running", None, None)
+            .await;
+        let sink = log.stage(&service.name, "image");
+        let reference = image_reference(
+            self.settings.registry.as_ref().map(|r| r.address.as_str()),
+            service,
+            job,
+        );
+        let labels = BTreeMap::from([
+            (
+                "org.opencontainers.image.revision".to_owned(),
+                job.sha.clone(),
+            ),
+            (
+                "org.opencontainers.image.source".to_owned(),
+                event.clone_url.clone(),
+            ),
+            // The push's time, not the build's: a retried build of the same push is the same image.
+            (
+                "org.opencontainers.image.created".to_owned(),
+                crate::store::timestamp(event.received_at),
+            ),
+            (
+                "org.opencontainers.image.version".to_owned(),
+                job.ref_name.clone(),
+            ),
+            (JOB_LABEL.to_owned(), job.id.to_string()),
+        ]);
+        let build = BuildSpec {
+            job: job.id,
+            context: workspace.join(&service.context),
+            dockerfile: service.dockerfile.clone(),
+            tag: reference.clone(),
+            labels,
+        };
+        let image_id = with_timeout(timeout, self.executor.build_image(&build, &sink, cancel))
+            .await
+            .map_err(|e| Failure {
+                stage: "image",
+                exit_code: None,
+                reason: e.to_string(),
+            })?;
+        sink.note(&format!("built {reference} ({image_id})"));
+        let _ = {
+            let (id, service, reference) = (job.id, service.name.clone(), reference.clone());
+            self.blocking(move |jobs| jobs.record_image(id, &service, &reference, None))
+                .await
+        };
+        self.stage(
+            job.id,
+            &service.name,
+            "image",
+            "success",
+            None,
+            Some(&reference),
+        )
+        .await;
+
+        if !pushes {
+            return Ok(());
+        }
+        // Push, once per tag: a retry of a job that already pushed reuses that digest.
+        self.stage(job.id, &service.name, "push", "running", None, None)
+            .await;
+        let sink = log.stage(&service.name, "push");
+        let earlier = {
+            let reference = reference.clone();
+            self.blocking(move |jobs| jobs.pushed_digest(&reference))
+                .await
+                .ok()
+                .flatten()
+        };
+        let digest = match earlier {
+            Some(digest) => {
+                sink.note(&format!(
+                    "{reference} was already pushed as {digest}; not pushing again"
+                ));
+                digest
+            }
+            None => {
+                let auth = self.settings.registry.as_ref().and_then(|r| {
+                    r.password.as_ref().map(|password| RegistryAuth {
+                        server: r.address.clone(),
+                        username: r.username.clone(),
+                        password: password.clone(),
+                    })
+                });
+                with_timeout(
+                    timeout,
+                    self.executor.push_image(&reference, auth.as_ref(), &sink),
+                )
+                .await
+                .map_err(|e| Failure {
+                    stage: "push",
+                    exit_code: None,
+                    reason: log_mask(log, &e.to_string()),
+                })?
+            }
+        };
+        sink.note(&format!("pushed {reference}@{digest}"));
+        {
+            let (id, service, reference, digest) = (
+                job.id,
+                service.name.clone(),
+                reference.clone(),
+                digest.clone(),
+            );
+            let _ = self
+                .blocking(move |jobs| jobs.record_image(id, &service, &reference, Some(&digest)))
+                .await;
+        }
+        self.stage(
+            job.id,
+            &service.name,
+            "push",
+            "success",
+            None,
+            Some(&format!("{reference}@{digest}")),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+/// Error texts are masked like log lines before they are stored or shown.
+fn log_mask(log: &JobLog, text: &str) -> String {
+    log.masker().mask(text)
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, ExecError>>,
+) -> Result<T, ExecError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(ExecError::TimedOut(limit.as_secs())))
+}
+
+/// The named volume that keeps one cache path of one project between builds.
+fn cache_volume(project: &str, path: &str) -> String {
+    let path: String = path
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("deploybot-cache-{project}-{path}")
+}
+
+/// `registry/image:tag` for a tag push, `registry/image:sha-<12>` for a branch.
+fn image_reference(registry: Option<&str>, service: &Service, job: &ClaimedJob) -> String {
+    let tag = if job.ref_kind == "tag" {
+        sanitize_tag(&job.ref_name)
+    } else {
+        format!("sha-{}", &job.sha[..12.min(job.sha.len())])
+    };
+    match registry {
+        Some(registry) => format!("{registry}/{}:{tag}", service.image),
+        None => format!("{}:{tag}", service.image),
+    }
+}
+
+/// Docker tags allow `[A-Za-z0-9_.-]`, up to 128 characters.
+fn sanitize_tag(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect()
+}
+
+fn should_push(definition: &Definition, job: &ClaimedJob) -> bool {
+    let patterns = if job.ref_kind == "tag" {
+        &definition.push.tags
+    } else {
+        &definition.push.branches
+    };
+    patterns.iter().any(|p| p.matches(&job.ref_name))
+}
+
+/// The repository's `.deploybot.toml`, else the project's default, checked against what the
+/// project allows.
+fn read_definition(workspace: &std::path::Path, project: &Project) -> Result<Definition, String> {
+    let path = workspace.join(pipeline::definition::FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(_) => project.default_pipeline.clone().ok_or_else(|| {
+            format!(
+                "no {} in the repository and no default_pipeline_file for project {}",
+                pipeline::definition::FILE_NAME,
+                project.name
+            )
+        })?,
+    };
+    let definition = pipeline::definition::parse(&text).map_err(|e| e.to_string())?;
+    for service in &definition.services {
+        if !project
+            .allowed_images
+            .iter()
+            .any(|p| p.matches(&service.image))
+        {
+            return Err(format!(
+                "service \"{}\": image \"{}\" is not allowed for project {} (allowed_images)",
+                service.name, service.image, project.name
+            ));
+        }
+        if let Some(deployment) = &service.deployment {
+            if !project
+                .allowed_deployments
+                .iter()
+                .any(|p| p.matches(deployment))
+            {
+                return Err(format!(
+                    "service \"{}\": Deployment \"{deployment}\" is not allowed for project {} (allowed_deployments)",
+                    service.name, project.name
+                ));
+            }
+        }
+    }
+    Ok(definition)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_images_are_named_after_the_tag_and_branch_images_after_the_commit() {
+        let definition =
+            pipeline::definition::parse("[[services]]\nname = \"web\"\nimage = \"team/web\"\n")
+                .unwrap();
+        let mut job = ClaimedJob {
+            id: 1,
+            project: "team".into(),
+            git_ref: "refs/tags/v1.2.3".into(),
+            ref_kind: "tag".into(),
+            ref_name: "v1.2.3".into(),
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            attempt: 1,
+            event_json: String::new(),
+        };
+        let service = &definition.services[0];
+        assert_eq!(
+            image_reference(Some("127.0.0.1:5000"), service, &job),
+            "127.0.0.1:5000/team/web:v1.2.3"
+        );
+        assert!(should_push(&definition, &job));
+        job.ref_kind = "branch".into();
+        job.ref_name = "main".into();
+        assert_eq!(
+            image_reference(Some("r"), service, &job),
+            "r/team/web:sha-0123456789ab"
+        );
+        assert!(
+            !should_push(&definition, &job),
+            "branches do not push by default"
+        );
+    }
+
+    #[test]
+    fn cache_volumes_are_per_project_and_path() {
+        assert_eq!(
+            cache_volume("myevents", "/go"),
+            "deploybot-cache-myevents-go"
+        );
+        assert_eq!(
+            cache_volume("myevents", "/npm-cache/x"),
+            "deploybot-cache-myevents-npm-cache-x"
+        );
+    }
+}

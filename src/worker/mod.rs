@@ -1,0 +1,107 @@
+//! The worker: claims queued jobs from the store under a lease and runs them, a bounded
+//! number at a time, until shutdown.
+//!
+//! On start it takes back the jobs a dead process left `running` (attempt + 1), removes that
+//! process's containers (found by label) and its workspaces. A newer push to the same branch
+//! supersedes an older job, queued or running (its containers are killed); tags never are.
+
+mod job;
+pub mod logs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkout::Checkouts;
+use crate::config::Settings;
+use crate::docker::Executor;
+use crate::store::Jobs;
+
+/// How often an idle worker looks for work when nobody wakes it.
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct Worker<E: Executor> {
+    settings: Arc<Settings>,
+    jobs: Arc<Jobs>,
+    executor: Arc<E>,
+    checkouts: Arc<Checkouts>,
+    wake: Arc<Notify>,
+}
+
+impl<E: Executor> Worker<E> {
+    pub fn new(
+        settings: Arc<Settings>,
+        jobs: Arc<Jobs>,
+        executor: Arc<E>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let checkouts = Arc::new(Checkouts::new(&settings.server.data_dir));
+        Worker {
+            settings,
+            jobs,
+            executor,
+            checkouts,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown`; running jobs are then canceled at their next safe point and
+    /// stay `running` with a lapsing lease, so the next start takes them again.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let jobs = self.jobs.clone();
+        match tokio::task::spawn_blocking(move || jobs.reclaim_all_running()).await {
+            Ok(Ok(ids)) if !ids.is_empty() => {
+                tracing::warn!(?ids, "Taking back jobs a previous process left running")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "Could not reclaim running jobs"),
+            _ => {}
+        }
+        match self.executor.remove_containers(None).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(count = n, "Removed containers left by a previous process"),
+            Err(e) => tracing::error!(error = %e, "Could not look for orphaned containers"),
+        }
+        let slots = Arc::new(Semaphore::new(self.settings.worker.concurrency));
+        let mut running = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit,
+                () = shutdown.cancelled() => break,
+            };
+            let Ok(permit) = permit else { break };
+            let jobs = self.jobs.clone();
+            let lease = self.settings.worker.lease;
+            let claimed = tokio::task::spawn_blocking(move || jobs.claim_next(lease)).await;
+            match claimed {
+                Ok(Ok(Some(job))) => {
+                    let runner = job::Runner {
+                        settings: self.settings.clone(),
+                        jobs: self.jobs.clone(),
+                        executor: self.executor.clone(),
+                        checkouts: self.checkouts.clone(),
+                        shutdown: shutdown.clone(),
+                    };
+                    running.spawn(async move {
+                        runner.run(job).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "Could not claim a job"),
+                Err(e) => tracing::error!(error = %e, "Claiming a job panicked"),
+            }
+            drop(permit);
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+                () = shutdown.cancelled() => break,
+            }
+            while running.try_join_next().is_some() {}
+        }
+        while running.join_next().await.is_some() {}
+    }
+}
