@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings};
 use crate::startup::Application;
-use crate::store::Reader;
+use crate::store::{Jobs, Reader};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,18 +44,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List build jobs, newest first: id, project, ref, sha, state, attempt, timings.
+    Jobs {
+        /// How many to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show one job: its state per service and stage (with exit codes and the failure's
+    /// last log lines) and the images it built or pushed, with digests.
+    Job {
+        /// The job id (from `deploybot jobs` or the webhook's answer).
+        id: i64,
+    },
+    /// Print a job's build log (secrets already masked); --follow keeps printing until the
+    /// job ends.
+    Logs {
+        /// The job id.
+        job: i64,
+        /// Only this service's log.
+        #[arg(long)]
+        service: Option<String>,
+        /// Keep following the log while the job runs.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 /// Exit code for a configuration that cannot be used.
 pub const EXIT_BAD_CONFIG: i32 = 2;
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    if let Command::Deliveries { limit, json } = cli.command {
+    // Reading commands need only the store's location, not the projects' secrets.
+    if !matches!(cli.command, Command::Serve | Command::CheckConfig) {
         let server = match Settings::load_server(cli.config.as_deref()) {
             Ok(server) => server,
             Err(error) => return Ok(report_config_error(&error)),
         };
-        return list_deliveries(&server.data_dir, limit, json);
+        return read_command(cli.command, &server.data_dir);
     }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(settings) => settings,
@@ -79,10 +104,170 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Serve => serve(settings),
-        Command::Deliveries { limit, json } => {
-            list_deliveries(&settings.server.data_dir, limit, json)
+        other => read_command(other, &settings.server.data_dir),
+    }
+}
+
+fn read_command(command: Command, data_dir: &std::path::Path) -> anyhow::Result<i32> {
+    match command {
+        Command::Deliveries { limit, json } => list_deliveries(data_dir, limit, json),
+        Command::Jobs { limit } => {
+            let jobs = Jobs::open(data_dir, "cli")?;
+            print!("{}", jobs_table(&jobs.list(limit)?));
+            Ok(0)
+        }
+        Command::Job { id } => {
+            let jobs = Jobs::open(data_dir, "cli")?;
+            match jobs.get(id)? {
+                Some(detail) => {
+                    print!("{}", job_report(&detail));
+                    Ok(0)
+                }
+                None => {
+                    eprintln!("job {id}: no such job");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Logs {
+            job,
+            service,
+            follow,
+        } => print_logs(data_dir, job, service.as_deref(), follow),
+        Command::Serve | Command::CheckConfig => Ok(2),
+    }
+}
+
+fn print_logs(
+    data_dir: &std::path::Path,
+    job: i64,
+    service: Option<&str>,
+    follow: bool,
+) -> anyhow::Result<i32> {
+    let jobs = Jobs::open(data_dir, "cli")?;
+    if jobs.state(job)?.is_none() {
+        eprintln!("job {job}: no such job");
+        return Ok(1);
+    }
+    let mut after = 0;
+    loop {
+        // Read the state first: lines written before the job ended are then all visible.
+        let running = matches!(jobs.state(job)?.as_deref(), Some("queued" | "running"));
+        for chunk in jobs.logs(job, service, after)? {
+            for line in chunk.text.lines() {
+                println!("{} {}| {line}", chunk.service, chunk.stage);
+            }
+            after = chunk.id;
+        }
+        if !follow || !running {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+fn jobs_table(rows: &[crate::store::JobRow]) -> String {
+    let header = [
+        "JOB", "PROJECT", "REF", "SHA", "STATE", "ATTEMPT", "CREATED", "FINISHED",
+    ];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.project.clone(),
+                r.git_ref.clone(),
+                r.sha.chars().take(12).collect(),
+                r.state.clone(),
+                r.attempt.to_string(),
+                r.created_at.clone(),
+                r.finished_at.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(&header, &cells, "(no jobs yet)")
+}
+
+fn job_report(detail: &crate::store::JobDetail) -> String {
+    let job = &detail.job;
+    let mut out = format!(
+        "job {}  {}  {} @ {}\nstate: {} (attempt {})\n",
+        job.id, job.project, job.git_ref, job.sha, job.state, job.attempt
+    );
+    if let Some(error) = &job.error {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    out.push('\n');
+    let cells: Vec<[String; 4]> = detail
+        .stages
+        .iter()
+        .map(|s| {
+            [
+                s.service.clone(),
+                s.stage.clone(),
+                s.state.clone(),
+                s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["SERVICE", "STAGE", "STATE", "EXIT"],
+        &cells,
+        "(no stages yet)",
+    ));
+    for stage in detail.stages.iter().filter(|s| s.state == "failed") {
+        if let Some(detail) = &stage.detail {
+            out.push_str(&format!(
+                "\n{} failed at {}:\n{detail}\n",
+                stage.service, stage.stage
+            ));
         }
     }
+    if !detail.images.is_empty() {
+        out.push_str("\nimages:\n");
+        for image in &detail.images {
+            match &image.digest {
+                Some(digest) => out.push_str(&format!(
+                    "  {}  {}@{digest}\n",
+                    image.service, image.reference
+                )),
+                None => out.push_str(&format!(
+                    "  {}  {} (built, not pushed)\n",
+                    image.service, image.reference
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table<const N: usize>(header: &[&str; N], cells: &[[String; N]], empty: &str) -> String {
+    let mut widths = header.map(str::len);
+    for row in cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for row in cells {
+        line(row);
+    }
+    if cells.is_empty() {
+        out.push_str(empty);
+        out.push('\n');
+    }
+    out
 }
 
 fn list_deliveries(data_dir: &std::path::Path, limit: u32, json: bool) -> anyhow::Result<i32> {
@@ -152,28 +337,5 @@ fn deliveries_table(rows: &[crate::store::DeliveryRow]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(padded.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(&header.map(String::from));
-    for row in &cells {
-        line(row);
-    }
-    if rows.is_empty() {
-        out.push_str("(no deliveries recorded yet)\n");
-    }
-    out
+    table(&header, &cells, "(no deliveries recorded yet)")
 }
