@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod fixtures;
+pub mod infra;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,13 +126,27 @@ impl TestApp {
         TestApp::spawn_with(FIXTURE_PROJECTS, "").await
     }
 
-    /// `projects` is TOML for `[[projects]]`; `server` is extra `[server]` keys.
+    /// `projects` is TOML for `[[projects]]`; `server` is extra `[server]` keys. The worker
+    /// is off: these apps test intake.
     pub async fn spawn_with(projects: &str, server: &str) -> TestApp {
+        TestApp::spawn_config(&format!(
+            "[worker]\nenabled = false\n\n[server]\n{server}\n{projects}"
+        ))
+        .await
+    }
+
+    /// Any configuration; `[server]` must come first in it (listen and data_dir are added).
+    pub async fn spawn_config(config: &str) -> TestApp {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let toml = format!(
-            "[worker]\nenabled = false\n\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{server}\n{projects}",
+        let server = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
             data_dir.path().display()
         );
+        let toml = if config.contains("[server]\n") {
+            config.replacen("[server]\n", &server, 1)
+        } else {
+            format!("{server}\n{config}")
+        };
         let settings = Settings::from_sources(Sources {
             file: None,
             inline_toml: Some(&toml),

@@ -14,3 +14,4 @@ mod github_intake;
 mod gitlab_intake;
 mod idempotency;
 mod operations;
+mod pipeline;

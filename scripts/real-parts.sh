@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs and starts the real parts deploybot's tests and demo use, on a fresh Debian machine:
+# the Docker engine (Debian's docker.io, dockerd started if not running), Debian's
+# docker-registry and htpasswd (the tests start their own registries on random ports), git,
+# and the local base images (scripts/build-base-images.sh; nothing can be pulled here, and a
+# second run on the same machine finds them built).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v git >/dev/null || need+=(git)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -yq "${need[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "== starting dockerd (log: /tmp/dockerd.log)"
+  (setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { tail -20 /tmp/dockerd.log; echo "dockerd did not start" >&2; exit 1; }
+fi
+
+echo "== base images"
+bash scripts/build-base-images.sh golang node static

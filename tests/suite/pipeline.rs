@@ -1,0 +1,345 @@
+//! Builds for real: the sample MyEvents repository (tests/fixtures/myevents) served by
+//! `git daemon`, built by the worker on the Docker engine, pushed to docker-registry with
+//! htpasswd auth. Each test starts from a real signed push fixture rewritten to point at the
+//! local git server.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::infra::{docker_with_base_images, GitServer, Registry};
+use crate::common::{json, Delivery, TestApp, TEST_SECRET};
+
+const SERVICES: [&str; 3] = ["bookingservice", "eventservice", "frontend"];
+
+struct Build {
+    app: TestApp,
+    registry: Registry,
+    git: GitServer,
+    sha: String,
+}
+
+fn config(registry: &Registry, password: &str) -> String {
+    format!(
+        r#"[server]
+
+[worker]
+enabled = true
+concurrency = 2
+service_concurrency = 3
+step_timeout_secs = 600
+lease_secs = 6
+
+[registry]
+address = "{address}"
+username = "{username}"
+password = "{password}"
+
+[[toolchains]]
+name = "golang:1.19"
+image = "deploybot-local/golang:1.19"
+caches = ["/go"]
+user = "1000:1000"
+
+[[toolchains]]
+name = "node:18"
+image = "deploybot-local/node:18"
+caches = ["/npm-cache"]
+user = "1000:1000"
+
+[[projects]]
+name = "myevents"
+forge = "github"
+repository = "bradrydzewski/drone-test-go"
+webhook_secret = "{TEST_SECRET}"
+allowed_deployments = ["eventservice", "bookingservice", "frontend"]
+"#,
+        address = registry.address,
+        username = registry.username,
+    )
+}
+
+impl Build {
+    async fn start() -> Option<Build> {
+        Build::start_with_password(None).await
+    }
+
+    async fn start_with_password(password: Option<&str>) -> Option<Build> {
+        docker_with_base_images()?;
+        let registry = Registry::start()?;
+        let (git, sha) = GitServer::start()?;
+        let app =
+            TestApp::spawn_config(&config(&registry, password.unwrap_or(&registry.password))).await;
+        Some(Build {
+            app,
+            registry,
+            git,
+            sha,
+        })
+    }
+
+    /// The published GitHub tag push (drone/go-scm's capture), rewritten to this ref, commit
+    /// and git server, and signed.
+    fn push(&self, git_ref: &str, sha: &str) -> Delivery {
+        let fixture = Delivery::fixture("github/push.tag").with_unique_id();
+        let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
+        payload["ref"] = git_ref.into();
+        payload["after"] = sha.into();
+        payload["head_commit"]["id"] = sha.into();
+        payload["repository"]["clone_url"] = self.git.url.clone().into();
+        fixture.with_github_body(serde_json::to_vec(&payload).unwrap(), TEST_SECRET)
+    }
+
+    async fn send(&self, git_ref: &str, sha: &str) -> i64 {
+        let response = self.app.post("myevents", &self.push(git_ref, sha)).await;
+        assert_eq!(response.status(), 202);
+        json(response).await["job"].as_i64().unwrap()
+    }
+
+    fn jobs(&self) -> deploybot::store::Jobs {
+        deploybot::store::Jobs::open(self.app.data_dir.path(), "test").unwrap()
+    }
+
+    async fn finished(&self, job: i64) -> deploybot::store::JobDetail {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let detail = self.jobs().get(job).unwrap().unwrap();
+            if !matches!(detail.job.state.as_str(), "queued" | "running") {
+                return detail;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job} did not finish: {detail:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn log(&self, job: i64) -> String {
+        self.jobs()
+            .logs(job, None, 0)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.text)
+            .collect()
+    }
+}
+
+fn stage<'a>(
+    detail: &'a deploybot::store::JobDetail,
+    service: &str,
+    stage: &str,
+) -> &'a deploybot::store::StageRow {
+    detail
+        .stages
+        .iter()
+        .find(|s| s.service == service && s.stage == stage)
+        .unwrap_or_else(|| panic!("no {service}/{stage} in {:?}", detail.stages))
+}
+
+fn image_label(reference: &str, label: &str) -> String {
+    let output = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "-f",
+            &format!("{{{{index .Config.Labels \"{label}\"}}}}"),
+            reference,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_tag_push_builds_and_pushes_every_service_image() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+    build.git.tag("v1.0.0", &build.sha);
+
+    let job = build.send("refs/tags/v1.0.0", &build.sha).await;
+    let detail = build.finished(job).await;
+
+    assert_eq!(
+        detail.job.state,
+        "success",
+        "{detail:#?}\n{}",
+        build.log(job)
+    );
+    assert_eq!(detail.images.len(), 3);
+    for service in SERVICES {
+        for name in ["check", "image", "push"] {
+            let expected = if service == "frontend" && name == "check" {
+                "skipped"
+            } else {
+                "success"
+            };
+            assert_eq!(
+                stage(&detail, service, name).state,
+                expected,
+                "{service}/{name}"
+            );
+        }
+        assert_eq!(
+            stage(&detail, service, "compile").state,
+            "success",
+            "{service}/compile"
+        );
+        let image = detail.images.iter().find(|i| i.service == service).unwrap();
+        let reference = format!("{}/myevents/{service}:v1.0.0", build.registry.address);
+        assert_eq!(image.reference, reference);
+        let pushed = build
+            .registry
+            .digest(&format!("myevents/{service}"), "v1.0.0")
+            .await;
+        assert_eq!(
+            pushed.as_deref(),
+            image.digest.as_deref(),
+            "{service} is in the registry at the recorded digest"
+        );
+        assert_eq!(
+            image_label(&reference, "org.opencontainers.image.revision"),
+            build.sha
+        );
+        assert_eq!(
+            image_label(&reference, "org.opencontainers.image.source"),
+            build.git.url
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_push_builds_every_image_and_pushes_none() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+
+    let job = build.send("refs/heads/master", &build.sha).await;
+    let detail = build.finished(job).await;
+
+    assert_eq!(
+        detail.job.state,
+        "success",
+        "{detail:#?}\n{}",
+        build.log(job)
+    );
+    for service in SERVICES {
+        assert_eq!(stage(&detail, service, "image").state, "success");
+        assert_eq!(stage(&detail, service, "push").state, "skipped");
+        let image = detail.images.iter().find(|i| i.service == service).unwrap();
+        assert_eq!(image.digest, None, "{service} was not pushed");
+        let tag = format!("sha-{}", &build.sha[..12]);
+        assert_eq!(
+            build
+                .registry
+                .digest(&format!("myevents/{service}"), &tag)
+                .await,
+            None
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_go_vet_fails_only_that_service_with_its_stage_exit_code_and_log_tail() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+    let sha = build
+        .git
+        .commit("vet error", "master", Some("v1.0.1"), |work| {
+            let main = work.join("src/eventservice/main.go");
+            let text = std::fs::read_to_string(&main).unwrap();
+            let broken = text.replacen(
+                "func main() {",
+                "func main() {\n\tfmt.Printf(\"%d\\n\", \"not a number\")",
+                1,
+            );
+            let broken = if broken.contains("\"fmt\"") {
+                broken
+            } else {
+                broken.replacen("import (", "import (\n\t\"fmt\"", 1)
+            };
+            std::fs::write(&main, broken).unwrap();
+        });
+
+    let job = build.send("refs/tags/v1.0.1", &sha).await;
+    let detail = build.finished(job).await;
+
+    assert_eq!(detail.job.state, "failed");
+    let error = detail.job.error.clone().unwrap();
+    assert!(
+        error.starts_with("eventservice failed at check, exit code 1"),
+        "{error}"
+    );
+    let check = stage(&detail, "eventservice", "check");
+    assert_eq!((check.state.as_str(), check.exit_code), ("failed", Some(1)));
+    let tail = check.detail.clone().unwrap();
+    assert!(
+        tail.contains("--- last lines ---") && tail.contains("Printf"),
+        "{tail}"
+    );
+    for later in ["compile", "image", "push"] {
+        assert_eq!(
+            stage(&detail, "eventservice", later).state,
+            "skipped",
+            "{later}"
+        );
+    }
+    for service in ["bookingservice", "frontend"] {
+        assert_eq!(
+            stage(&detail, service, "push").state,
+            "success",
+            "{service} went on"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_registry_password_fails_the_push_clearly_and_shows_the_password_nowhere() {
+    let wrong = "wrong-registry-password-7d1f";
+    let Some(build) = Build::start_with_password(Some(wrong)).await else {
+        return;
+    };
+    build.git.tag("v2.0.0", &build.sha);
+
+    let job = build.send("refs/tags/v2.0.0", &build.sha).await;
+    let detail = build.finished(job).await;
+
+    assert_eq!(detail.job.state, "failed");
+    let push = stage(&detail, "eventservice", "push");
+    assert_eq!(push.state, "failed");
+    let reason = push.detail.clone().unwrap();
+    assert!(
+        reason.contains("push of") && reason.to_lowercase().contains("auth"),
+        "{reason}"
+    );
+    let everything = format!("{detail:?}{}", build.log(job));
+    assert!(!everything.contains(wrong), "the password leaked");
+    assert!(
+        !everything.contains(&build.registry.password),
+        "the real password leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_push_to_the_same_branch_supersedes_the_older_job() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+    let older = build.send("refs/heads/master", &build.sha).await;
+    let newer_sha = build.git.commit("newer", "master", None, |_| {});
+    let newer = build.send("refs/heads/master", &newer_sha).await;
+
+    let older = build.finished(older).await;
+    let newer = build.finished(newer).await;
+
+    assert_eq!(older.job.state, "superseded", "{older:#?}");
+    assert_eq!(
+        newer.job.state,
+        "success",
+        "{newer:#?}\n{}",
+        build.log(newer.job.id)
+    );
+}
