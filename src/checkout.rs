@@ -42,6 +42,8 @@ pub struct Checkouts {
 
 impl Checkouts {
     pub fn new(data_dir: &Path) -> Checkouts {
+        // Absolute: git runs with `-C <mirror>`, and the engine bind-mounts the workspace.
+        let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         Checkouts {
             mirrors: data_dir.join("mirrors"),
             workspaces: data_dir.join("workspaces"),

@@ -9,6 +9,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context;
 
+use sha2::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +120,11 @@ async fn start_worker(
     settings: Arc<Settings>,
     wake: Arc<Notify>,
 ) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
-    let engine = match DockerEngine::connect().await {
+    // One deploybot per store: its containers are labelled with a digest of the store's path.
+    let data_dir = std::fs::canonicalize(&settings.server.data_dir)
+        .unwrap_or_else(|_| settings.server.data_dir.clone());
+    let instance = hex::encode(&sha2::Sha256::digest(data_dir.to_string_lossy().as_bytes())[..6]);
+    let engine = match DockerEngine::connect(&instance).await {
         Ok(engine) => engine,
         Err(e) => {
             tracing::error!(error = %e, "Worker not started: jobs stay queued until the engine is reachable and deploybot restarts");

@@ -16,10 +16,13 @@ use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use super::{BuildSpec, ExecError, Executor, LogSink, RegistryAuth, StepSpec, JOB_LABEL};
+use super::{
+    BuildSpec, ExecError, Executor, LogSink, RegistryAuth, StepSpec, INSTANCE_LABEL, JOB_LABEL,
+};
 
 pub struct DockerEngine {
     docker: Docker,
+    instance: String,
 }
 
 fn engine(e: bollard::errors::Error) -> ExecError {
@@ -29,14 +32,18 @@ fn engine(e: bollard::errors::Error) -> ExecError {
 impl DockerEngine {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket) and checks that it
     /// answers, so a missing daemon fails at startup, not at the first push.
-    pub async fn connect() -> Result<DockerEngine, ExecError> {
+    /// `instance` names this deploybot's containers (see [`INSTANCE_LABEL`]).
+    pub async fn connect(instance: &str) -> Result<DockerEngine, ExecError> {
         let docker = Docker::connect_with_local_defaults().map_err(engine)?;
         docker.ping().await.map_err(|e| {
             ExecError::Engine(format!(
                 "cannot reach the Docker engine ({e}); is dockerd running?"
             ))
         })?;
-        Ok(DockerEngine { docker })
+        Ok(DockerEngine {
+            docker,
+            instance: instance.to_owned(),
+        })
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
@@ -126,10 +133,10 @@ impl Executor for DockerEngine {
             working_dir: Some(format!("/workspace/{}", spec.workdir)),
             user: spec.user.clone(),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(HashMap::from([(
-                JOB_LABEL.to_owned(),
-                spec.job.to_string(),
-            )])),
+            labels: Some(HashMap::from([
+                (JOB_LABEL.to_owned(), spec.job.to_string()),
+                (INSTANCE_LABEL.to_owned(), self.instance.clone()),
+            ])),
             host_config: Some(HostConfig {
                 binds: Some(binds),
                 // Hermetic unless the step asks for the network.
@@ -263,11 +270,11 @@ impl Executor for DockerEngine {
     }
 
     async fn remove_containers(&self, job: Option<i64>) -> Result<usize, ExecError> {
-        let label = match job {
-            Some(job) => format!("{JOB_LABEL}={job}"),
-            None => JOB_LABEL.to_owned(),
-        };
-        let filters = HashMap::from([("label".to_owned(), vec![label])]);
+        let mut labels = vec![format!("{INSTANCE_LABEL}={}", self.instance)];
+        if let Some(job) = job {
+            labels.push(format!("{JOB_LABEL}={job}"));
+        }
+        let filters = HashMap::from([("label".to_owned(), labels)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)

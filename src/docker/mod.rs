@@ -19,6 +19,9 @@ pub use engine::DockerEngine;
 
 /// The label every deploybot container and image carries, with the job id as value.
 pub const JOB_LABEL: &str = "deploybot.job";
+/// Which deploybot (which store) a container belongs to: several may share one engine, and
+/// one must never remove another's containers.
+pub const INSTANCE_LABEL: &str = "deploybot.instance";
 
 /// Where an executor sends output lines (already split, without newlines).
 pub trait LogSink: Send + Sync {
@@ -107,7 +110,7 @@ pub trait Executor: Send + Sync + 'static {
         log: &dyn LogSink,
     ) -> impl Future<Output = Result<String, ExecError>> + Send;
 
-    /// Removes every container labelled with `job` (or every deploybot container for None).
+    /// Removes this deploybot's containers of `job` (or all of its containers, for None).
     fn remove_containers(
         &self,
         job: Option<i64>,

@@ -79,20 +79,8 @@ impl Build {
         })
     }
 
-    /// The published GitHub tag push (drone/go-scm's capture), rewritten to this ref, commit
-    /// and git server, and signed.
-    fn push(&self, git_ref: &str, sha: &str) -> Delivery {
-        let fixture = Delivery::fixture("github/push.tag").with_unique_id();
-        let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
-        payload["ref"] = git_ref.into();
-        payload["after"] = sha.into();
-        payload["head_commit"]["id"] = sha.into();
-        payload["repository"]["clone_url"] = self.git.url.clone().into();
-        fixture.with_github_body(serde_json::to_vec(&payload).unwrap(), TEST_SECRET)
-    }
-
     async fn send(&self, git_ref: &str, sha: &str) -> i64 {
-        let response = self.app.post("myevents", &self.push(git_ref, sha)).await;
+        let response = self.app.post("myevents", &signed_push(&self.git.url, git_ref, sha)).await;
         assert_eq!(response.status(), 202);
         json(response).await["job"].as_i64().unwrap()
     }
@@ -124,6 +112,18 @@ impl Build {
             .map(|c| c.text)
             .collect()
     }
+}
+
+/// The published GitHub tag push (drone/go-scm's capture), rewritten to this ref, commit and
+/// git server, and signed.
+fn signed_push(git_url: &str, git_ref: &str, sha: &str) -> Delivery {
+    let fixture = Delivery::fixture("github/push.tag").with_unique_id();
+    let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
+    payload["ref"] = git_ref.into();
+    payload["after"] = sha.into();
+    payload["head_commit"]["id"] = sha.into();
+    payload["repository"]["clone_url"] = git_url.into();
+    fixture.with_github_body(serde_json::to_vec(&payload).unwrap(), TEST_SECRET)
 }
 
 fn stage<'a>(
@@ -342,4 +342,67 @@ async fn a_newer_push_to_the_same_branch_supersedes_the_older_job() {
         "{newer:#?}\n{}",
         build.log(newer.job.id)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_killed_mid_way_completes_once_after_a_restart() {
+    use crate::common::binary::Server;
+    let Some(()) = docker_with_base_images() else { return };
+    let Some(registry) = Registry::start() else { return };
+    let Some((git, sha)) = GitServer::start() else { return };
+    git.tag("v3.0.0", &sha);
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("deploybot.toml");
+    let config = config(&registry, &registry.password).replacen(
+        "[server]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+        1,
+    );
+    std::fs::write(&config_path, config).unwrap();
+    let server = Server::start(dir.path(), &config_path, &[]);
+    let delivery = signed_push(&git.url, "refs/tags/v3.0.0", &sha);
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/hooks/myevents", server.address))
+        .body(delivery.body.clone());
+    for (k, v) in &delivery.headers {
+        request = request.header(k, v);
+    }
+    let job = json(request.send().await.unwrap()).await["job"].as_i64().unwrap();
+    let jobs = deploybot::store::Jobs::open(&dir.path().join("data"), "test").unwrap();
+
+    // Kill -9 as soon as a step is running.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let detail = jobs.get(job).unwrap().unwrap();
+        if detail.stages.iter().any(|s| s.state == "running" && s.service != "-") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no step started: {detail:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill_hard();
+    let restarted = Server::start(dir.path(), &config_path, &[]);
+
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let detail = loop {
+        let detail = jobs.get(job).unwrap().unwrap();
+        if !matches!(detail.job.state.as_str(), "queued" | "running") {
+            break detail;
+        }
+        assert!(Instant::now() < deadline, "job did not finish after the restart: {detail:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(detail.job.state, "success", "{detail:#?}\n{}", restarted.log());
+    assert_eq!(detail.job.attempt, 2, "taken back once after the crash");
+    assert!(restarted.log().contains("Taking back jobs a previous process left running"));
+    for service in SERVICES {
+        let image = detail.images.iter().find(|i| i.service == service).unwrap();
+        let pushed = registry.digest(&format!("myevents/{service}"), "v3.0.0").await;
+        assert_eq!(pushed.as_deref(), image.digest.as_deref(), "{service}: one push, one digest");
+    }
+    let leftovers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=deploybot.job={job}")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&leftovers.stdout).trim().is_empty(), "no step container is left");
 }
