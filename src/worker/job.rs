@@ -391,10 +391,23 @@ impl<E: Executor> Runner<E> {
                             reason: e.to_string(),
                         })?;
                     if code != 0 {
+                        // The script echoes each command before running it: the last one
+                        // echoed is the one that failed.
+                        let failed = log
+                            .tail(&service.name)
+                            .iter()
+                            .rev()
+                            .find_map(|l| l.strip_prefix("$ ").map(str::to_owned));
+                        let reason = match failed {
+                            Some(command) => {
+                                format!("`{command}` exited with {code} (in {})", toolchain.image)
+                            }
+                            None => format!("a command in {} exited with {code}", toolchain.image),
+                        };
                         return Err(Failure {
                             stage: name,
                             exit_code: Some(code),
-                            reason: format!("a command in {} exited with {code}", toolchain.image),
+                            reason,
                         });
                     }
                 }
