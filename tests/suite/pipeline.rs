@@ -447,3 +447,90 @@ async fn a_build_killed_mid_way_completes_once_after_a_restart() {
         "no step container is left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_printed_by_a_step_is_masked_in_the_stored_log() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+    let password = build.registry.password.clone();
+    // A careless step prints a configured secret (here the registry password) to its output.
+    let sha = build.git.commit("leaky step", "leaky", None, |work| {
+        let path = work.join(".deploybot.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let leaky = text.replacen(
+            "commands = [\"go vet ./...\", \"go test ./...\"]",
+            &format!(
+                "commands = [\"echo token is {password}\", \"go vet ./...\", \"go test ./...\"]"
+            ),
+            1,
+        );
+        std::fs::write(&path, leaky).unwrap();
+    });
+
+    let job = build.send("refs/heads/leaky", &sha).await;
+    let detail = build.finished(job).await;
+
+    assert_eq!(detail.job.state, "success", "{detail:#?}");
+    let log = build.log(job);
+    assert!(
+        log.contains("token is ***"),
+        "the line is kept, the value masked:\n{log}"
+    );
+    assert!(
+        !log.contains(&password),
+        "the secret reached the stored log"
+    );
+    assert!(!format!("{detail:?}").contains(&password));
+}
+
+#[tokio::test]
+async fn the_cli_shows_jobs_stages_and_logs_of_a_store() {
+    use crate::common::binary::run;
+    // Arrange: a store with one job that failed at web's check, made through the library.
+    let app = TestApp::spawn().await;
+    let (response, _) = app.deliver_fixture("github/push.tag").await;
+    assert_eq!(response.status(), 202);
+    let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "seed").unwrap();
+    let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+    jobs.set_stage(job.id, "web", "check", "failed", Some(2), Some("boom"))
+        .unwrap();
+    jobs.append_log(job.id, "web", "check", "$ make\nboom\n")
+        .unwrap();
+    jobs.finish(job.id, "failed", Some("web failed at check, exit code 2"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = app.data_dir.path().display().to_string();
+    let env = [("DEPLOYBOT__SERVER__DATA_DIR", data_dir.as_str())];
+
+    // Act
+    let list = run(dir.path(), &["jobs"], &env);
+    let one = run(dir.path(), &["job", "1"], &env);
+    let logs = run(dir.path(), &["logs", "1", "--service", "web"], &env);
+    let missing = run(dir.path(), &["job", "99"], &env);
+
+    // Assert
+    let list = String::from_utf8(list.stdout).unwrap();
+    let words: Vec<&str> = list.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        words[..5],
+        ["1", "drone", "refs/tags/v0.0.1", "d2b75aa7797e", "failed"],
+        "{list}"
+    );
+    let one = String::from_utf8(one.stdout).unwrap();
+    assert!(one.contains("state: failed (attempt 1)"), "{one}");
+    assert!(
+        one.contains("error: web failed at check, exit code 2"),
+        "{one}"
+    );
+    assert!(one.contains("web failed at check:\nboom"), "{one}");
+    assert_eq!(
+        String::from_utf8(logs.stdout).unwrap(),
+        "web check| $ make\nweb check| boom\n"
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(missing.stderr).unwrap().trim(),
+        "job 99: no such job"
+    );
+}
