@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Pipeline benchmark: the sample MyEvents repository (tests/fixtures/myevents) built and pushed by
+#   (a) the seed's pipeline: a plain sequential shell script with the docker CLI (bench/seed-pipeline.sh)
+#   (b) deploybot, from a signed tag push to the job finished (its last image pushed)
+# cold (fresh dependency caches, no image layers left) and warm (a second tag, unchanged code),
+# ROUNDS times (default 3), printing every time, the medians and the ratios.
+#
+#   bench/pipeline.sh            # needs root: installs and starts Docker, docker-registry, git
+#
+# Run it on an otherwise idle machine. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+rounds=${ROUNDS:-3}
+state=${BENCH_STATE_DIR:-/tmp/deploybot-bench}/pipeline
+rm -rf "$state"; mkdir -p "$state"
+export BENCH_SECRET=${BENCH_SECRET:-deploybot-bench-secret}
+export REGISTRY_PASSWORD=bench-registry-$RANDOM$RANDOM
+
+bash scripts/real-parts.sh >&2
+echo "== building deploybot (release)" >&2
+cargo build --release --locked --quiet
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+# --- registry with htpasswd (password on stdin) ---
+reg_port=$(free_port)
+printf '%s' "$REGISTRY_PASSWORD" | htpasswd -iBc "$state/htpasswd" bench >/dev/null 2>&1
+cat > "$state/registry.yml" <<YAML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $state/registry}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$reg_port}
+auth: {htpasswd: {realm: bench, path: $state/htpasswd}}
+YAML
+/usr/bin/docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 &
+pids+=($!); wait_port "$reg_port"
+registry=127.0.0.1:$reg_port
+
+# --- the sample repository, served by git daemon ---
+work=$state/work; served=$state/served
+cp -r tests/fixtures/myevents "$work"
+export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
+git -C "$work" init -q --initial-branch=master && git -C "$work" add -A && git -C "$work" commit -qm sample
+sha=$(git -C "$work" rev-parse HEAD)
+mkdir -p "$served" && git clone -q --bare "$work" "$served/myevents.git"
+git_port=$(free_port)
+git daemon --reuseaddr --export-all --listen=127.0.0.1 --port="$git_port" --base-path="$served" "$served" &
+pids+=($!); wait_port "$git_port"
+git_url=git://127.0.0.1:$git_port/myevents.git
+tag() { git -C "$work" tag -f "$1" "$sha" >/dev/null && git -C "$work" push -q -f "$served/myevents.git" "refs/tags/$1"; }
+
+# --- deploybot ---
+db_port=$(free_port)
+cat > "$state/deploybot.toml" <<TOML
+[server]
+listen = "127.0.0.1:$db_port"
+data_dir = "$state/deploybot-data"
+[log]
+filter = "warn"
+[worker]
+service_concurrency = 3
+[registry]
+address = "$registry"
+username = "bench"
+password_env = "REGISTRY_PASSWORD"
+[[toolchains]]
+name = "golang:1.19"
+image = "deploybot-local/golang:1.19"
+caches = ["/go"]
+user = "1000:1000"
+[[toolchains]]
+name = "node:18"
+image = "deploybot-local/node:18"
+caches = ["/npm-cache"]
+user = "1000:1000"
+[[projects]]
+name = "bench"
+forge = "github"
+repository = "bradrydzewski/drone-test-go"
+webhook_secret_env = "BENCH_SECRET"
+allowed_images = ["myevents/*"]
+allowed_deployments = ["*"]
+TOML
+"$root/target/release/deploybot" serve --config "$state/deploybot.toml" >"$state/deploybot.log" 2>&1 &
+pids+=($!); wait_port "$db_port"
+
+# Seconds from a signed tag push to the job finished.
+deploybot_run() {
+  local tag=$1 t0 job
+  tag "$tag"
+  t0=$(date +%s.%N)
+  job=$(python3 - "$root/tests/fixtures/github/push.tag.json" "$tag" "$sha" "$git_url" "$db_port" <<'PY'
+import hashlib, hmac, json, os, sys, urllib.request, uuid
+body_file, tag, sha, url, port = sys.argv[1:]
+payload = json.load(open(body_file))
+payload.update({"ref": f"refs/tags/{tag}", "after": sha})
+payload["repository"]["clone_url"] = url
+body = json.dumps(payload).encode()
+sig = "sha256=" + hmac.new(os.environ["BENCH_SECRET"].encode(), body, hashlib.sha256).hexdigest()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/bench", data=body, method="POST", headers={
+    "Content-Type": "application/json", "X-GitHub-Event": "push",
+    "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": sig})
+print(json.load(urllib.request.urlopen(req))["job"])
+PY
+)
+  while :; do
+    st=$("$root/target/release/deploybot" jobs --limit 50 --config "$state/deploybot.toml" | awk -v j="$job" '$1==j {print $5}')
+    case $st in success) break ;; failed|superseded) echo "deploybot job $job $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot.toml" >&2; exit 1 ;; esac
+    sleep 0.1
+  done
+  python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
+}
+
+seed_run() {
+  local tag=$1 t0
+  tag "$tag"
+  t0=$(date +%s.%N)
+  REGISTRY=$registry GIT_URL=$git_url TAG=$tag STATE=$state bash "$root/bench/seed-pipeline.sh" >"$state/seed-$tag.log" 2>&1 \
+    || { tail -20 "$state/seed-$tag.log" >&2; exit 1; }
+  python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
+}
+
+# Cold: no dependency caches and no image layers from an earlier build of the sample.
+make_cold() {
+  docker volume rm -f deploybot-cache-bench-go deploybot-cache-bench-npm-cache seed-gocache seed-npmcache >/dev/null 2>&1 || true
+  docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '(^|/)myevents/' | xargs -r docker rmi -f >/dev/null 2>&1 || true
+  docker image prune -f >/dev/null 2>&1 || true
+}
+
+results=$state/results.txt; : > "$results"
+for r in $(seq "$rounds"); do
+  make_cold; s_cold=$(seed_run "v$r.0.0-seed")
+  s_warm=$(seed_run "v$r.0.1-seed")
+  make_cold; d_cold=$(deploybot_run "v$r.0.0")
+  d_warm=$(deploybot_run "v$r.0.1")
+  echo "round $r: seed script cold ${s_cold}s warm ${s_warm}s | deploybot cold ${d_cold}s warm ${d_warm}s" | tee -a "$results"
+done
+
+python3 - "$results" <<'PY'
+import re, statistics, sys
+rows = [list(map(float, re.findall(r"([\d.]+)s", l))) for l in open(sys.argv[1])]
+med = [statistics.median(c) for c in zip(*rows)]
+s_cold, s_warm, d_cold, d_warm = med
+print()
+print(f"== medians of {len(rows)} rounds (seconds, tag push to last image pushed)")
+print(f"{'':22}{'cold':>8}{'warm':>8}")
+print(f"{'seed shell script':22}{s_cold:8.1f}{s_warm:8.1f}")
+print(f"{'deploybot':22}{d_cold:8.1f}{d_warm:8.1f}")
+print(f"{'deploybot / seed':22}{d_cold/s_cold:8.2f}{d_warm/s_warm:8.2f}")
+print(f"targets: warm deploybot <= 0.6x the script ({'met' if d_warm/s_warm <= 0.6 else 'NOT met'}); "
+      f"unchanged tag <= 10 s ({'met' if d_warm <= 10 else 'NOT met'})")
+PY
