@@ -242,16 +242,16 @@ impl Jobs {
         Ok(())
     }
 
-    /// The digest a tag was already pushed with by an earlier attempt of any job, so a retry
-    /// never pushes the same tag twice with different content.
-    pub fn pushed_digest(&self, reference: &str) -> Result<Option<String>, StoreError> {
+    /// The digest an image reference was first pushed with, and the commit it was built
+    /// from: a retry reuses it, and a moved tag is refused (pushed tags are immutable).
+    pub fn pushed_digest(&self, reference: &str) -> Result<Option<(String, String)>, StoreError> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT digest FROM images WHERE reference = ?1 AND digest IS NOT NULL
-                 ORDER BY pushed_at LIMIT 1",
+                "SELECT i.digest, j.sha FROM images i JOIN jobs j ON j.id = i.job
+                 WHERE i.reference = ?1 AND i.digest IS NOT NULL ORDER BY i.pushed_at LIMIT 1",
                 [reference],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?)
     }

@@ -502,11 +502,21 @@ impl<E: Executor> Runner<E> {
                 .flatten()
         };
         let digest = match earlier {
-            Some(digest) => {
+            Some((digest, sha)) if sha == job.sha => {
                 sink.note(&format!(
                     "{reference} was already pushed as {digest}; not pushing again"
                 ));
                 digest
+            }
+            Some((digest, sha)) => {
+                return Err(Failure {
+                    stage: "push",
+                    exit_code: None,
+                    reason: format!(
+                        "{reference} was already pushed from commit {} as {digest}; pushed tags are immutable (use a new tag)",
+                        &sha[..12.min(sha.len())]
+                    ),
+                });
             }
             None => {
                 let auth = self.settings.registry.as_ref().and_then(|r| {

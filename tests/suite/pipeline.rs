@@ -534,3 +534,43 @@ async fn the_cli_shows_jobs_stages_and_logs_of_a_store() {
         "job 99: no such job"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_moved_to_another_commit_is_never_pushed_over() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+    build.git.tag("v4.0.0", &build.sha);
+    let first = build
+        .finished(build.send("refs/tags/v4.0.0", &build.sha).await)
+        .await;
+    assert_eq!(first.job.state, "success", "{first:#?}");
+    let before = build
+        .registry
+        .digest("myevents/eventservice", "v4.0.0")
+        .await;
+    let moved = build
+        .git
+        .commit("moved tag", "master", Some("v4.0.0"), |_| {});
+
+    let second = build
+        .finished(build.send("refs/tags/v4.0.0", &moved).await)
+        .await;
+
+    assert_eq!(second.job.state, "failed");
+    let push = stage(&second, "eventservice", "push");
+    assert!(
+        push.detail
+            .as_deref()
+            .unwrap()
+            .contains("pushed tags are immutable"),
+        "{push:?}"
+    );
+    assert_eq!(
+        build
+            .registry
+            .digest("myevents/eventservice", "v4.0.0")
+            .await,
+        before
+    );
+}
