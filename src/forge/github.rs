@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use super::signature::verify_github;
 use super::{
-    json_bytes, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource, Hook, HookError,
-    Push, VerifyContext,
+    json_bytes, recorded_headers, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource,
+    Hook, HookError, Push, VerifyContext,
 };
 use crate::config::WebhookSecrets;
 use crate::domain::{CommitSha, DeliveryId, GitRef, RepoSlug};
@@ -40,12 +40,7 @@ impl Forge for GitHub {
                 header: DELIVERY,
                 reason: e.to_string(),
             })?;
-        let mut recorded = Vec::new();
-        for name in RECORDED {
-            if let Some(value) = headers.header(name)? {
-                recorded.push((name, value.to_owned()));
-            }
-        }
+        let recorded = recorded_headers(headers, &RECORDED)?;
         Ok(DeliveryHeaders {
             id,
             event,

@@ -8,8 +8,8 @@ use super::signature::{
     token_matches, verify_standard, StandardHeaders, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use super::{
-    json_bytes, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource, Hook, HookError,
-    Push, VerifyContext,
+    json_bytes, recorded_headers, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource,
+    Hook, HookError, Push, VerifyContext,
 };
 use crate::config::WebhookSecrets;
 use crate::domain::{CommitSha, DeliveryId, GitRef, RepoSlug};
@@ -52,12 +52,7 @@ impl Forge for GitLab {
             header,
             reason: e.to_string(),
         })?;
-        let mut recorded = Vec::new();
-        for name in RECORDED {
-            if let Some(value) = headers.header(name)? {
-                recorded.push((name, value.to_owned()));
-            }
-        }
+        let recorded = recorded_headers(headers, &RECORDED)?;
         Ok(DeliveryHeaders {
             id,
             event,

@@ -159,6 +159,20 @@ pub trait Forge: Send + Sync {
     fn parse(&self, event: &str, encoding: BodyEncoding, body: &[u8]) -> Result<Hook, HookError>;
 }
 
+/// The values of `names` that are present, to keep with the delivery record.
+pub(crate) fn recorded_headers(
+    headers: &dyn HeaderSource,
+    names: &[&'static str],
+) -> Result<Vec<(&'static str, String)>, HookError> {
+    let mut recorded = Vec::new();
+    for name in names {
+        if let Some(value) = headers.header(name)? {
+            recorded.push((*name, value.to_owned()));
+        }
+    }
+    Ok(recorded)
+}
+
 /// Every forge deploybot speaks.
 pub static ALL: [&dyn Forge; 2] = [&GitHub, &GitLab];
 

@@ -30,6 +30,16 @@ pub struct Runner<E: Executor> {
     pub shutdown: CancellationToken,
 }
 
+/// What every service of one job is built with.
+struct JobContext<'a> {
+    job: &'a ClaimedJob,
+    event: &'a PushEvent,
+    workspace: &'a std::path::Path,
+    pushes: bool,
+    log: &'a JobLog,
+    cancel: &'a CancellationToken,
+}
+
 /// Why a service stopped.
 struct Failure {
     stage: &'static str,
@@ -230,12 +240,18 @@ impl<E: Executor> Runner<E> {
         let limit = self.settings.worker.service_concurrency;
         // Owned services and explicit borrows: the futures must not be generic over lifetimes,
         // or the spawned job future stops being `Send`.
-        let (event, workspace) = (&event, workspace.as_path());
+        let context = JobContext {
+            job,
+            event: &event,
+            workspace: &workspace,
+            pushes,
+            log,
+            cancel,
+        };
+        let context = &context;
         let results: Vec<(String, Result<(), Failure>)> = stream::iter(definition.services.clone())
             .map(|service| async move {
-                let result = self
-                    .build_service(job, event, &service, workspace, pushes, log, cancel)
-                    .await;
+                let result = self.build_service(context, &service).await;
                 (service.name, result)
             })
             .buffer_unordered(limit)
@@ -285,21 +301,10 @@ impl<E: Executor> Runner<E> {
             .await;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn build_service(
-        &self,
-        job: &ClaimedJob,
-        event: &PushEvent,
-        service: &Service,
-        workspace: &std::path::Path,
-        pushes: bool,
-        log: &JobLog,
-        cancel: &CancellationToken,
-    ) -> Result<(), Failure> {
+    async fn build_service(&self, cx: &JobContext<'_>, service: &Service) -> Result<(), Failure> {
+        let (job, log) = (cx.job, cx.log);
         let timeout = self.settings.worker.step_timeout;
-        let result = self
-            .service_stages(job, event, service, workspace, pushes, log, cancel, timeout)
-            .await;
+        let result = self.service_stages(cx, service, timeout).await;
         if let Err(failure) = &result {
             let tail = log.tail(&service.name).join("\n");
             let detail = if tail.is_empty() {
@@ -330,18 +335,14 @@ impl<E: Executor> Runner<E> {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn service_stages(
         &self,
-        job: &ClaimedJob,
-        event: &PushEvent,
+        cx: &JobContext<'_>,
         service: &Service,
-        workspace: &std::path::Path,
-        pushes: bool,
-        log: &JobLog,
-        cancel: &CancellationToken,
         timeout: Duration,
     ) -> Result<(), Failure> {
+        let (job, event, workspace, log, cancel) =
+            (cx.job, cx.event, cx.workspace, cx.log, cx.cancel);
         for stage in [Stage::Check, Stage::Compile] {
             let steps: Vec<_> = service.steps.iter().filter(|s| s.stage == stage).collect();
             if steps.is_empty() {
@@ -487,7 +488,7 @@ impl<E: Executor> Runner<E> {
         )
         .await;
 
-        if !pushes {
+        if !cx.pushes {
             return Ok(());
         }
         // Push, once per tag: a retry of a job that already pushed reuses that digest.

@@ -93,18 +93,7 @@ impl Build {
     }
 
     async fn finished(&self, job: i64) -> deploybot::store::JobDetail {
-        let deadline = Instant::now() + Duration::from_secs(900);
-        loop {
-            let detail = self.jobs().get(job).unwrap().unwrap();
-            if !matches!(detail.job.state.as_str(), "queued" | "running") {
-                return detail;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {job} did not finish: {detail:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        finished(&self.jobs(), job).await
     }
 
     fn log(&self, job: i64) -> String {
@@ -114,6 +103,22 @@ impl Build {
             .into_iter()
             .map(|c| c.text)
             .collect()
+    }
+}
+
+/// Waits (up to 15 minutes) until the job is neither queued nor running.
+async fn finished(jobs: &deploybot::store::Jobs, job: i64) -> deploybot::store::JobDetail {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let detail = jobs.get(job).unwrap().unwrap();
+        if !matches!(detail.job.state.as_str(), "queued" | "running") {
+            return detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job} did not finish: {detail:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -400,18 +405,7 @@ async fn a_build_killed_mid_way_completes_once_after_a_restart() {
     server.kill_hard();
     let restarted = Server::start(dir.path(), &config_path, &[]);
 
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let detail = loop {
-        let detail = jobs.get(job).unwrap().unwrap();
-        if !matches!(detail.job.state.as_str(), "queued" | "running") {
-            break detail;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job did not finish after the restart: {detail:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let detail = finished(&jobs, job).await;
     assert_eq!(
         detail.job.state,
         "success",
