@@ -153,6 +153,29 @@ impl Checkouts {
         Ok(workspace)
     }
 
+    /// The id of the commit's root tree: equal trees mean byte-identical checkouts.
+    pub async fn tree_id(&self, project: &str, sha: &str) -> Result<String, CheckoutError> {
+        let mirror = self.mirrors.join(format!("{project}.git"));
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(&mirror)
+            .args(["rev-parse", &format!("{sha}^{{tree}}")])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| CheckoutError::Git {
+                step: "rev-parse",
+                reason: e.to_string(),
+            })?;
+        if !output.status.success() {
+            return Err(CheckoutError::Git {
+                step: "rev-parse",
+                reason: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     /// Removes a job's workspace (after the job, whatever its result).
     pub async fn clean(&self, job: i64) {
         let _ = tokio::fs::remove_dir_all(self.workspace(job)).await;

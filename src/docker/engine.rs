@@ -8,8 +8,9 @@ use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
-    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
+    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -17,7 +18,8 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BuildSpec, ExecError, Executor, LogSink, RegistryAuth, StepSpec, INSTANCE_LABEL, JOB_LABEL,
+    BuildSpec, ExecError, Executor, LogSink, RegistryAuth, StepSpec, INPUT_LABEL, INSTANCE_LABEL,
+    JOB_LABEL,
 };
 
 pub struct DockerEngine {
@@ -267,6 +269,41 @@ impl Executor for DockerEngine {
             .into_iter()
             .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
             .ok_or_else(|| push_error("the registry reported no digest".into()))
+    }
+
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, ExecError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(image.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn find_built(&self, input: &str) -> Result<Option<String>, ExecError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{INPUT_LABEL}={input}")])]);
+        let options = ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let images = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(engine)?;
+        Ok(images.into_iter().next().map(|image| image.id))
+    }
+
+    async fn tag(&self, image: &str, reference: &str) -> Result<(), ExecError> {
+        let (repository, tag) = split_reference(reference);
+        let options = TagImageOptionsBuilder::default()
+            .repo(repository)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(image, Some(options))
+            .await
+            .map_err(engine)
     }
 
     async fn remove_containers(&self, job: Option<i64>) -> Result<usize, ExecError> {

@@ -19,6 +19,9 @@ pub use engine::DockerEngine;
 
 /// The label every deploybot container and image carries, with the job id as value.
 pub const JOB_LABEL: &str = "deploybot.job";
+/// On images: a digest of every input of the build (see `worker::job`), so an unchanged
+/// service is reused instead of rebuilt.
+pub const INPUT_LABEL: &str = "deploybot.input";
 /// Which deploybot (which store) a container belongs to: several may share one engine, and
 /// one must never remove another's containers.
 pub const INSTANCE_LABEL: &str = "deploybot.instance";
@@ -109,6 +112,25 @@ pub trait Executor: Send + Sync + 'static {
         auth: Option<&RegistryAuth>,
         log: &dyn LogSink,
     ) -> impl Future<Output = Result<String, ExecError>> + Send;
+
+    /// The id of a local image, or None if there is no such image.
+    fn image_id(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<String>, ExecError>> + Send;
+
+    /// A local image labelled with this build-input digest ([`INPUT_LABEL`]), if any.
+    fn find_built(
+        &self,
+        input: &str,
+    ) -> impl Future<Output = Result<Option<String>, ExecError>> + Send;
+
+    /// Tags a local image (by id) with a full reference.
+    fn tag(
+        &self,
+        image: &str,
+        reference: &str,
+    ) -> impl Future<Output = Result<(), ExecError>> + Send;
 
     /// Removes this deploybot's containers of `job` (or all of its containers, for None).
     fn remove_containers(

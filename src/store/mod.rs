@@ -10,9 +10,9 @@
 
 mod jobs;
 mod reader;
-mod schema;
+pub(crate) mod schema;
 mod segments;
-mod writer;
+pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
 

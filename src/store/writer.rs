@@ -115,7 +115,7 @@ pub fn spawn(
     Ok((commands, thread))
 }
 
-pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|source| StoreError::Open {
         path: path.to_owned(),
         source,

@@ -12,9 +12,12 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::logs::{JobLog, Masker};
+use super::reuse;
 use crate::checkout::Checkouts;
 use crate::config::{Project, Settings};
-use crate::docker::{BuildSpec, ExecError, Executor, RegistryAuth, StepSpec, JOB_LABEL};
+use crate::docker::{
+    BuildSpec, ExecError, Executor, RegistryAuth, StepSpec, INPUT_LABEL, JOB_LABEL,
+};
 use crate::intake::PushEvent;
 use crate::pipeline::{self, Definition, Service, Stage};
 use crate::store::{ClaimedJob, Jobs, StoreError};
@@ -33,6 +36,8 @@ pub struct Runner<E: Executor> {
 /// What every service of one job is built with.
 struct JobContext<'a> {
     job: &'a ClaimedJob,
+    /// The commit's root tree id, when known: the key to reusing unchanged images.
+    tree: Option<String>,
     event: &'a PushEvent,
     workspace: &'a std::path::Path,
     pushes: bool,
@@ -240,8 +245,10 @@ impl<E: Executor> Runner<E> {
         let limit = self.settings.worker.service_concurrency;
         // Owned services and explicit borrows: the futures must not be generic over lifetimes,
         // or the spawned job future stops being `Send`.
+        let tree = self.checkouts.tree_id(&job.project, &job.sha).await.ok();
         let context = JobContext {
             job,
+            tree,
             event: &event,
             workspace: &workspace,
             pushes,
@@ -249,14 +256,18 @@ impl<E: Executor> Runner<E> {
             cancel,
         };
         let context = &context;
-        let results: Vec<(String, Result<(), Failure>)> = stream::iter(definition.services.clone())
-            .map(|service| async move {
-                let result = self.build_service(context, &service).await;
-                (service.name, result)
-            })
-            .buffer_unordered(limit)
-            .collect()
-            .await;
+        let mut results: Vec<(String, Result<(), Failure>)> = Vec::new();
+        for phase in phases(&definition.services) {
+            let done: Vec<_> = stream::iter(phase)
+                .map(|service| async move {
+                    let result = self.build_service(context, &service).await;
+                    (service.name, result)
+                })
+                .buffer_unordered(limit)
+                .collect()
+                .await;
+            results.extend(done);
+        }
 
         let mut failures = Vec::new();
         for (service, result) in results {
@@ -343,6 +354,42 @@ impl<E: Executor> Runner<E> {
     ) -> Result<(), Failure> {
         let (job, event, workspace, log, cancel) =
             (cx.job, cx.event, cx.workspace, cx.log, cx.cancel);
+        let reference = image_reference(
+            self.settings.registry.as_ref().map(|r| r.address.as_str()),
+            service,
+            job,
+        );
+        let dockerfile =
+            std::fs::read_to_string(workspace.join(&service.context).join(&service.dockerfile))
+                .unwrap_or_default();
+        let input = match &cx.tree {
+            Some(tree) => {
+                let commit = reuse::Commit {
+                    source: &event.clone_url,
+                    sha: &job.sha,
+                    tree,
+                };
+                reuse::build_input(
+                    &*self.executor,
+                    &self.settings,
+                    &commit,
+                    service,
+                    &dockerfile,
+                )
+                .await
+            }
+            None => None,
+        };
+        let built = match &input {
+            Some(input) => self.executor.find_built(input).await.ok().flatten(),
+            None => None,
+        };
+        if let Some(image) = built {
+            return self
+                .reuse_image(cx, service, &image, &reference, timeout)
+                .await;
+        }
+
         for stage in [Stage::Check, Stage::Compile] {
             let steps: Vec<_> = service.steps.iter().filter(|s| s.stage == stage).collect();
             if steps.is_empty() {
@@ -433,12 +480,7 @@ impl<E: Executor> Runner<E> {
         self.stage(job.id, &service.name, "image", "running", None, None)
             .await;
         let sink = log.stage(&service.name, "image");
-        let reference = image_reference(
-            self.settings.registry.as_ref().map(|r| r.address.as_str()),
-            service,
-            job,
-        );
-        let labels = BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (
                 "org.opencontainers.image.revision".to_owned(),
                 job.sha.clone(),
@@ -452,12 +494,11 @@ impl<E: Executor> Runner<E> {
                 "org.opencontainers.image.created".to_owned(),
                 crate::store::timestamp(event.received_at),
             ),
-            (
-                "org.opencontainers.image.version".to_owned(),
-                job.ref_name.clone(),
-            ),
             (JOB_LABEL.to_owned(), job.id.to_string()),
         ]);
+        if let Some(input) = &input {
+            labels.insert(INPUT_LABEL.to_owned(), input.clone());
+        }
         let build = BuildSpec {
             job: job.id,
             context: workspace.join(&service.context),
@@ -488,15 +529,71 @@ impl<E: Executor> Runner<E> {
         )
         .await;
 
+        self.push_stage(cx, service, &reference, timeout).await
+    }
+
+    /// Same inputs as an image built before: tag that image instead of building again.
+    async fn reuse_image(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        image: &str,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let job = cx.job;
+        for stage in [Stage::Check, Stage::Compile] {
+            if service.steps.iter().any(|s| s.stage == stage) {
+                let detail = "unchanged inputs: the image built from them is reused";
+                self.stage(
+                    job.id,
+                    &service.name,
+                    stage.as_str(),
+                    "skipped",
+                    None,
+                    Some(detail),
+                )
+                .await;
+            }
+        }
+        self.executor
+            .tag(image, reference)
+            .await
+            .map_err(|e| Failure {
+                stage: "image",
+                exit_code: None,
+                reason: e.to_string(),
+            })?;
+        let note = format!("unchanged inputs: reusing {image} as {reference}");
+        cx.log.stage(&service.name, "image").note(&note);
+        let _ = {
+            let (id, service, reference) = (job.id, service.name.clone(), reference.to_owned());
+            self.blocking(move |jobs| jobs.record_image(id, &service, &reference, None))
+                .await
+        };
+        self.stage(job.id, &service.name, "image", "success", None, Some(&note))
+            .await;
+        self.push_stage(cx, service, reference, timeout).await
+    }
+
+    /// Push, once per tag: a retry of a job that already pushed reuses that digest, and a
+    /// tag pushed from another commit is refused.
+    async fn push_stage(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let (job, log) = (cx.job, cx.log);
         if !cx.pushes {
             return Ok(());
         }
-        // Push, once per tag: a retry of a job that already pushed reuses that digest.
         self.stage(job.id, &service.name, "push", "running", None, None)
             .await;
         let sink = log.stage(&service.name, "push");
         let earlier = {
-            let reference = reference.clone();
+            let reference = reference.to_owned();
             self.blocking(move |jobs| jobs.pushed_digest(&reference))
                 .await
                 .ok()
@@ -529,7 +626,7 @@ impl<E: Executor> Runner<E> {
                 });
                 with_timeout(
                     timeout,
-                    self.executor.push_image(&reference, auth.as_ref(), &sink),
+                    self.executor.push_image(reference, auth.as_ref(), &sink),
                 )
                 .await
                 .map_err(|e| Failure {
@@ -544,7 +641,7 @@ impl<E: Executor> Runner<E> {
             let (id, service, reference, digest) = (
                 job.id,
                 service.name.clone(),
-                reference.clone(),
+                reference.to_owned(),
                 digest.clone(),
             );
             let _ = self
@@ -562,6 +659,24 @@ impl<E: Executor> Runner<E> {
         .await;
         Ok(())
     }
+}
+
+/// The order services are built in: the first service of each toolchain goes in the first
+/// phase, the others after it, so that services sharing a cache (two Go services, say) do not
+/// fill a cold cache twice side by side; services with different toolchains still overlap.
+fn phases(services: &[Service]) -> Vec<Vec<Service>> {
+    let mut seen = std::collections::HashSet::new();
+    let (first, rest): (Vec<Service>, Vec<Service>) = services.iter().cloned().partition(|s| {
+        let toolchain = s
+            .steps
+            .first()
+            .and_then(|step| step.images.first().cloned());
+        toolchain.is_none_or(|t| seen.insert(t))
+    });
+    [first, rest]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 /// Error texts are masked like log lines before they are stored or shown.

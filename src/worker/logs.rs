@@ -195,6 +195,58 @@ impl LogSink for StageLog {
 mod tests {
     use super::*;
 
+    fn job_log(limit: usize) -> (tempfile::TempDir, Arc<Jobs>, JobLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn =
+            crate::store::writer::open_connection(&dir.path().join("deploybot.db")).unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO deliveries (project, outcome, received_at) VALUES ('p', 'queued', 't');
+             INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
+                               created_at, updated_at)
+             VALUES (1, 'p', 'refs/tags/v1', 'tag', 'v1', 'x', 'running', 't', 't');",
+        )
+        .unwrap();
+        let jobs = Arc::new(Jobs::open(dir.path(), "test").unwrap());
+        let log = JobLog::new(1, limit, Masker::new(vec!["hunter2".into()]), jobs.clone());
+        (dir, jobs, log)
+    }
+
+    #[tokio::test]
+    async fn a_log_past_its_limit_ends_with_a_visible_truncation_line() {
+        let (_dir, jobs, log) = job_log(20);
+        let sink = log.stage("web", "compile");
+        for line in ["0123456789", "abcdefghij", "never stored"] {
+            sink.line(line);
+        }
+        log.flush().await;
+
+        let text: String = jobs
+            .logs(1, None, 0)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.text)
+            .collect();
+        assert_eq!(
+            text,
+            "0123456789\n[deploybot] log truncated: this job's log reached its limit of 20 bytes\n"
+        );
+        assert_eq!(
+            log.tail("web").last().unwrap(),
+            "never stored",
+            "the tail still sees it"
+        );
+    }
+
+    #[tokio::test]
+    async fn stored_lines_are_masked() {
+        let (_dir, jobs, log) = job_log(1000);
+        log.stage("web", "check").line("password=hunter2");
+        log.flush().await;
+        let chunks = jobs.logs(1, Some("web"), 0).unwrap();
+        assert_eq!(chunks[0].text, "password=***\n");
+    }
+
     #[test]
     fn every_secret_value_is_masked_longest_first() {
         let masker = Masker::new(vec!["s3cret".into(), "s3cret-and-more".into(), "x".into()]);

@@ -7,6 +7,7 @@
 
 mod job;
 pub mod logs;
+mod reuse;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -568,3 +568,44 @@ async fn a_tag_moved_to_another_commit_is_never_pushed_over() {
         before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_tag_reuses_every_image_instead_of_rebuilding() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+    build.git.tag("v5.0.0", &build.sha);
+    build.git.tag("v5.0.1", &build.sha);
+    let first = build
+        .finished(build.send("refs/tags/v5.0.0", &build.sha).await)
+        .await;
+    assert_eq!(first.job.state, "success", "{first:#?}");
+
+    let second = build
+        .finished(build.send("refs/tags/v5.0.1", &build.sha).await)
+        .await;
+
+    assert_eq!(second.job.state, "success", "{second:#?}");
+    for service in SERVICES {
+        let compile = stage(&second, service, "compile");
+        assert_eq!(compile.state, "skipped", "{service}");
+        assert!(
+            compile
+                .detail
+                .as_deref()
+                .unwrap()
+                .starts_with("unchanged inputs"),
+            "{compile:?}"
+        );
+        let old = build
+            .registry
+            .digest(&format!("myevents/{service}"), "v5.0.0")
+            .await;
+        let new = build
+            .registry
+            .digest(&format!("myevents/{service}"), "v5.0.1")
+            .await;
+        assert!(new.is_some());
+        assert_eq!(new, old, "{service}: the very same image under the new tag");
+    }
+}
