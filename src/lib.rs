@@ -10,6 +10,7 @@ pub mod forge;
 pub mod intake;
 pub mod metrics;
 pub mod pipeline;
+pub mod report;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

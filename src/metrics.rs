@@ -21,6 +21,11 @@ pub struct Metrics {
     /// Rejections that could not be queued for recording because the writer was busy.
     pub rejections_not_recorded: IntCounter,
     pub writer: WriterStats,
+    /// Reports (commit statuses, chat messages) by kind and outcome (sent, retried,
+    /// superseded, failed).
+    pub reports: IntCounterVec,
+    /// Reports waiting in the outbox.
+    pub outbox_pending: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -71,6 +76,19 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(intake_seconds.clone()))?;
         registry.register(Box::new(rejections_not_recorded.clone()))?;
+        let reports = IntCounterVec::new(
+            Opts::new(
+                "reports_total",
+                "Commit statuses and chat messages by kind and outcome",
+            ),
+            &["kind", "outcome"],
+        )?;
+        let outbox_pending = prometheus::IntGauge::new(
+            "outbox_pending",
+            "Reports waiting to be delivered (including ones backing off)",
+        )?;
+        registry.register(Box::new(reports.clone()))?;
+        registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(commit_seconds.clone()))?;
         Ok(Metrics {
@@ -83,6 +101,8 @@ impl Metrics {
                 batch_size,
                 commit_seconds,
             },
+            reports,
+            outbox_pending,
         })
     }
 

@@ -17,8 +17,9 @@ use crate::config::Settings;
 use crate::docker::DockerEngine;
 use crate::intake::{self, BodyBudget, IntakeState};
 use crate::metrics::Metrics;
-use crate::store::Jobs;
+use crate::report::sender::Sender;
 use crate::store::Store;
+use crate::store::{Jobs, Outbox};
 use crate::web as ops;
 use crate::worker::Worker;
 
@@ -27,6 +28,7 @@ pub struct Application {
     server: Server,
     store_writer: JoinHandle<()>,
     worker: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
+    sender: (tokio::task::JoinHandle<()>, CancellationToken),
 }
 
 impl Application {
@@ -50,8 +52,16 @@ impl Application {
         let bodies = BodyBudget::new(settings.server.max_inflight_body_bytes);
         let settings = Arc::new(settings);
         let wake = Arc::new(Notify::new());
+        let reports = Arc::new(Notify::new());
+        let outbox =
+            Arc::new(Outbox::open(&settings.server.data_dir).context("opening the outbox")?);
+        let sender_stop = CancellationToken::new();
+        let sender = tokio::spawn(
+            Sender::new(&settings, outbox, reports.clone(), metrics.clone())
+                .run(sender_stop.clone()),
+        );
         let worker = if settings.worker.enabled {
-            start_worker(settings.clone(), wake.clone()).await
+            start_worker(settings.clone(), wake.clone(), reports.clone()).await
         } else {
             None
         };
@@ -59,6 +69,7 @@ impl Application {
             bodies,
             settings,
             wake,
+            reports,
             store,
             metrics,
         });
@@ -80,6 +91,7 @@ impl Application {
             server,
             store_writer,
             worker,
+            sender: (sender, sender_stop),
         })
     }
 
@@ -106,6 +118,10 @@ impl Application {
                 tracing::warn!("The worker did not stop within 20 s");
             }
         }
+        // Undelivered reports stay in the outbox for the next start.
+        let (sender, stop) = self.sender;
+        stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sender).await;
         // The server's workers held the last store handles; with them gone the writer drains
         // its queue and ends.
         let writer = self.store_writer;
@@ -119,6 +135,7 @@ impl Application {
 async fn start_worker(
     settings: Arc<Settings>,
     wake: Arc<Notify>,
+    reports: Arc<Notify>,
 ) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
     // One deploybot per store: its containers are labelled with a digest of the store's path.
     let data_dir = std::fs::canonicalize(&settings.server.data_dir)
@@ -144,7 +161,7 @@ async fn start_worker(
         }
     };
     let stop = CancellationToken::new();
-    let worker = Worker::new(settings, jobs, Arc::new(engine), wake);
+    let worker = Worker::new(settings, jobs, Arc::new(engine), wake, reports);
     let handle = tokio::spawn(worker.run(stop.clone()));
     Some((handle, stop))
 }

@@ -36,6 +36,38 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub registry: Option<RegistrySettings>,
     pub toolchains: Vec<Toolchain>,
+    pub report: ReportSettings,
+    pub chat: Vec<ChatChannel>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportSettings {
+    pub base_url: Option<String>,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub timeout: Duration,
+}
+
+/// Where a project's commit statuses go.
+#[derive(Debug)]
+pub struct StatusReporting {
+    pub api_url: String,
+    pub token: SecretString,
+}
+
+#[derive(Debug)]
+pub struct ChatChannel {
+    pub name: String,
+    pub webhook_url: SecretString,
+    pub on: Vec<String>,
+    pub projects: Vec<String>,
+}
+
+impl ChatChannel {
+    pub fn wants(&self, project: &str, result: &str) -> bool {
+        (self.projects.is_empty() || self.projects.iter().any(|p| p == project))
+            && self.on.iter().any(|r| r == result)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +131,8 @@ pub struct Project {
     pub allowed_images: Vec<crate::pipeline::Pattern>,
     /// Deployments this project's pipeline may name (patterns); none by default.
     pub allowed_deployments: Vec<crate::pipeline::Pattern>,
+    /// Commit statuses, when a token is configured.
+    pub statuses: Option<StatusReporting>,
 }
 
 /// What proves a delivery genuine. Which of these a forge needs is the forge's business
@@ -127,6 +161,12 @@ impl Settings {
             if let Some(credentials) = &project.git_credentials {
                 values.push(credentials.token.expose_secret().to_owned());
             }
+            if let Some(statuses) = &project.statuses {
+                values.push(statuses.token.expose_secret().to_owned());
+            }
+        }
+        for channel in &self.chat {
+            values.push(channel.webhook_url.expose_secret().to_owned());
         }
         if let Some(password) = self.registry.as_ref().and_then(|r| r.password.as_ref()) {
             values.push(password.expose_secret().to_owned());

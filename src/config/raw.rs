@@ -19,6 +19,33 @@ pub struct RawSettings {
     pub registry: RawRegistry,
     #[serde(default)]
     pub toolchains: Vec<RawToolchain>,
+    pub report: RawReport,
+    #[serde(default)]
+    pub chat: Vec<RawChat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    pub base_url: String,
+    pub max_attempts: u64,
+    pub retry_base_ms: u64,
+    pub timeout_secs: u64,
+}
+
+/// A chat channel: a Slack-compatible incoming webhook (its URL is a secret).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChat {
+    pub name: String,
+    pub webhook_url: Option<SecretString>,
+    pub webhook_url_env: Option<String>,
+    pub webhook_url_file: Option<PathBuf>,
+    /// Job results that post here (`success`, `failed`); default both.
+    pub on: Option<Vec<String>>,
+    /// Projects that post here; default all.
+    #[serde(default)]
+    pub projects: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +121,10 @@ pub struct RawProject {
     pub allowed_images: Option<Vec<String>>,
     #[serde(default)]
     pub allowed_deployments: Vec<String>,
+    pub status_token: Option<SecretString>,
+    pub status_token_env: Option<String>,
+    pub status_token_file: Option<PathBuf>,
+    pub api_url: Option<String>,
 }
 
 impl RawSettings {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::raw::{RawProject, RawSettings};
 use super::secret::SecretSpec;
 use super::{
-    ConfigError, LogSettings, Problem, Project, RegistrySettings, ServerSettings, Settings,
-    Toolchain, WebhookSecrets, WorkerSettings,
+    ChatChannel, ConfigError, LogSettings, Problem, Project, RegistrySettings, ReportSettings,
+    ServerSettings, Settings, StatusReporting, Toolchain, WebhookSecrets, WorkerSettings,
 };
 use crate::checkout::GitCredentials;
 use crate::domain::{ProjectName, RepoSlug};
@@ -37,6 +37,14 @@ pub fn settings(
     let worker = worker(&raw, &mut problems);
     let registry = registry(&raw, lookup_env, &mut problems);
     let toolchains = toolchains(&raw, &mut problems);
+    let report = ReportSettings {
+        base_url: Some(raw.report.base_url.trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty()),
+        max_attempts: u32::try_from(raw.report.max_attempts.max(1)).unwrap_or(u32::MAX),
+        retry_base: Duration::from_millis(raw.report.retry_base_ms.max(1)),
+        timeout: Duration::from_secs(raw.report.timeout_secs.max(1)),
+    };
+    let chat = chat_channels(&raw, lookup_env, &mut problems);
     match server {
         Some(server) if problems.is_empty() => Ok(Settings {
             server,
@@ -47,6 +55,8 @@ pub fn settings(
             worker,
             registry,
             toolchains,
+            report,
+            chat,
         }),
         _ => Err(ConfigError::Invalid(problems)),
     }
@@ -138,6 +148,54 @@ fn toolchains(raw: &RawSettings, problems: &mut Vec<Problem>) -> Vec<Toolchain> 
             }
         })
         .collect()
+}
+
+fn chat_channels(
+    raw: &RawSettings,
+    lookup_env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<ChatChannel> {
+    let mut channels = Vec::new();
+    for (index, c) in raw.chat.iter().enumerate() {
+        let spec = SecretSpec {
+            field: format!("chat[{index}].webhook_url"),
+            inline: c.webhook_url.as_ref(),
+            env: c.webhook_url_env.as_ref(),
+            file: c.webhook_url_file.as_ref(),
+        };
+        let url = match spec.resolve(lookup_env) {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                problems.push(Problem {
+                    field: format!("chat[{index}].webhook_url"),
+                    message: "missing: set webhook_url, webhook_url_env or webhook_url_file".into(),
+                });
+                continue;
+            }
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        let on =
+            c.on.clone()
+                .unwrap_or_else(|| vec!["success".into(), "failed".into()]);
+        for result in &on {
+            if !["success", "failed"].contains(&result.as_str()) {
+                problems.push(Problem {
+                    field: format!("chat[{index}].on"),
+                    message: format!("unknown result \"{result}\" (expected success or failed)"),
+                });
+            }
+        }
+        channels.push(ChatChannel {
+            name: c.name.clone(),
+            webhook_url: url,
+            on,
+            projects: c.projects.clone(),
+        });
+    }
+    channels
 }
 
 pub fn server_only(raw: &RawSettings) -> Result<ServerSettings, ConfigError> {
@@ -352,6 +410,34 @@ fn project(
         raw.allowed_images.as_deref().unwrap_or(&default_images),
     );
     let allowed_deployments = patterns("allowed_deployments", &raw.allowed_deployments);
+    let status_token = SecretSpec {
+        field: field("status_token"),
+        inline: raw.status_token.as_ref(),
+        env: raw.status_token_env.as_ref(),
+        file: raw.status_token_file.as_ref(),
+    }
+    .resolve(lookup_env)
+    .map_err(|p| problems.push(p))
+    .ok()
+    .flatten();
+    let statuses = match (status_token, &raw.api_url, forge) {
+        (None, _, _) => None,
+        (Some(token), Some(api_url), _) => Some(StatusReporting {
+            api_url: api_url.clone(),
+            token,
+        }),
+        (Some(token), None, Some(ForgeKind::Github)) => Some(StatusReporting {
+            api_url: "https://api.github.com".into(),
+            token,
+        }),
+        (Some(_), None, _) => {
+            problems.push(Problem {
+                field: field("api_url"),
+                message: "missing: a GitLab project with a status_token needs its API root, e.g. https://gitlab.example.com/api/v4".into(),
+            });
+            None
+        }
+    };
 
     if problems.len() != before {
         return None;
@@ -369,6 +455,7 @@ fn project(
         default_pipeline,
         allowed_images,
         allowed_deployments,
+        statuses,
     })
 }
 

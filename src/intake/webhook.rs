@@ -21,13 +21,15 @@ use crate::config::{Project, Settings};
 use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
 use crate::metrics::Metrics;
-use crate::store::{Action, NewDelivery, NewJob, Recorded, Rejection, Store};
+use crate::store::{Action, NewDelivery, NewJob, NewReport, Recorded, Rejection, Store};
 
 /// What every intake request shares.
 pub struct IntakeState {
     pub settings: Arc<Settings>,
     /// Wakes the worker when a job is queued (it also polls, so a lost wake-up only delays).
     pub wake: Arc<tokio::sync::Notify>,
+    /// Wakes the report sender when a status was queued with a job.
+    pub reports: Arc<tokio::sync::Notify>,
     pub bodies: BodyBudget,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -239,7 +241,15 @@ async fn accept(
             });
         }
     }
-    let record = to_record(project, forge, delivery, hook, body, received_at);
+    let record = to_record(
+        state.settings.report.base_url.as_deref(),
+        project,
+        forge,
+        delivery,
+        hook,
+        body,
+        received_at,
+    );
     if let Some(git_ref) = &record.git_ref {
         span.record("git_ref", git_ref.as_str());
     }
@@ -260,6 +270,7 @@ async fn accept(
         .map_err(IntakeError::Store)?;
     if matches!(recorded, Recorded::Queued { .. }) {
         state.wake.notify_one();
+        state.reports.notify_one();
     }
     let mut answer = answer(&delivery.id, recorded);
     if answer.status == "ignored" {
@@ -346,6 +357,7 @@ async fn read_body(
 
 /// The store record for a verified delivery, with the neutral event for a push.
 fn to_record(
+    base_url: Option<&str>,
     project: &Project,
     forge: &dyn Forge,
     delivery: &DeliveryHeaders,
@@ -379,6 +391,7 @@ fn to_record(
             outcome: "pong",
             reason: String::new(),
         },
+        reports: Vec::new(),
     };
     match hook {
         Hook::Push(push) => {
@@ -392,6 +405,37 @@ fn to_record(
             record.event_json = serde_json::to_string(&event).ok();
             record.git_ref = Some(push.git_ref.to_string());
             record.sha = Some(push.sha.to_string());
+            if project.statuses.is_some() {
+                // The first status, committed with the job: the push is accepted and queued.
+                let status = crate::report::text::StatusFor {
+                    repository: push.repository.as_ref(),
+                    sha: push.sha.as_ref(),
+                    git_ref: push.git_ref.as_ref(),
+                    base_url,
+                    job: 0,
+                };
+                let mut report = status.status(
+                    crate::report::text::CONTEXT.to_owned(),
+                    crate::report::StatusState::Pending,
+                    &format!(
+                        "Queued: {} accepted, waiting for a worker",
+                        push.git_ref.name()
+                    ),
+                );
+                if let crate::report::Report::Status {
+                    target_url: Some(url),
+                    ..
+                } = &mut report
+                {
+                    *url = url.replace("/jobs/0", "/jobs/{job}");
+                }
+                record.reports.push(NewReport {
+                    project: project.name.to_string(),
+                    channel: "forge".into(),
+                    job: None,
+                    report,
+                });
+            }
             record.action = Action::Queue(NewJob {
                 git_ref: push.git_ref.to_string(),
                 ref_kind: push.git_ref.kind(),

@@ -194,13 +194,30 @@ impl Jobs {
         exit_code: Option<i64>,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.set_stage_reporting(job, service, stage, state, exit_code, detail, &[])
+    }
+
+    /// Sets a stage and queues the reports it causes, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_stage_reporting(
+        &self,
+        job: i64,
+        service: &str,
+        stage: &str,
+        state: &str,
+        exit_code: Option<i64>,
+        detail: Option<&str>,
+        reports: &[super::NewReport],
+    ) -> Result<(), StoreError> {
         let now = now_text();
         let (started, finished) = match state {
             "running" => (Some(now.as_str()), None),
             "pending" => (None, None),
             _ => (None, Some(now.as_str())),
         };
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO stages (job, service, stage, state, exit_code, detail, started_at, finished_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (job, service, stage) DO UPDATE SET state = excluded.state,
@@ -209,6 +226,8 @@ impl Jobs {
                 finished_at = excluded.finished_at",
             params![job, service, stage, state, exit_code, detail, started, finished],
         )?;
+        super::outbox::insert(&tx, reports, Some(job))?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -258,13 +277,31 @@ impl Jobs {
 
     /// Ends the job (only if this process still holds it).
     pub fn finish(&self, job: i64, state: &str, error: Option<&str>) -> Result<(), StoreError> {
+        self.finish_reporting(job, state, error, &[])
+    }
+
+    /// Ends the job and queues the reports it causes, in one transaction; nothing is queued
+    /// if the job was no longer ours.
+    pub fn finish_reporting(
+        &self,
+        job: i64,
+        state: &str,
+        error: Option<&str>,
+        reports: &[super::NewReport],
+    ) -> Result<(), StoreError> {
         let now = now_text();
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
             "UPDATE jobs SET state = ?1, error = ?2, finished_at = ?3, updated_at = ?3,
                 lease_owner = NULL, lease_until = NULL
              WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
             params![state, error, now, job, self.owner],
         )?;
+        if changed == 1 {
+            super::outbox::insert(&tx, reports, Some(job))?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! unreferenced are cut off at the next start. Reads use their own connections ([`Reader`]).
 
 mod jobs;
+mod outbox;
 mod reader;
 pub(crate) mod schema;
 mod segments;
@@ -20,6 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
+pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
 pub use writer::WriterStats;
 
@@ -67,6 +69,8 @@ pub struct NewDelivery {
     pub body: actix_web::web::Bytes,
     pub received_at: OffsetDateTime,
     pub action: Action,
+    /// Reports to send once this delivery's job is recorded (the first `pending` status).
+    pub reports: Vec<NewReport>,
 }
 
 #[derive(Debug)]

@@ -79,6 +79,24 @@ const MIGRATIONS: &[&str] = &[
         at          TEXT NOT NULL
     );
     CREATE INDEX log_chunks_by_job ON log_chunks (job, service, id);",
+    // 3: the outbox of reports (commit statuses, chat messages).
+    "CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY,
+        project     TEXT NOT NULL,
+        channel     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        job         INTEGER,
+        state       TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'sent', 'superseded', 'failed')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_at     INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        created_at  TEXT NOT NULL,
+        done_at     TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (state, next_at, id);
+    CREATE INDEX outbox_by_key ON outbox (project, channel, key, id);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

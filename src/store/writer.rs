@@ -383,9 +383,9 @@ fn insert_delivery(
                 job.sha,
                 received,
             ])?;
-            Recorded::Queued {
-                job: tx.last_insert_rowid(),
-            }
+            let job = tx.last_insert_rowid();
+            super::outbox::insert(tx, &d.reports, Some(job))?;
+            Recorded::Queued { job }
         }
     };
     Ok((recorded, Some(delivery_row)))

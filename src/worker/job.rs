@@ -12,6 +12,7 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::logs::{JobLog, Masker};
+use super::reporter::Reporter;
 use super::reuse;
 use crate::checkout::Checkouts;
 use crate::config::{Project, Settings};
@@ -20,7 +21,8 @@ use crate::docker::{
 };
 use crate::intake::PushEvent;
 use crate::pipeline::{self, Definition, Service, Stage};
-use crate::store::{ClaimedJob, Jobs, StoreError};
+use crate::report::StatusState;
+use crate::store::{ClaimedJob, Jobs, NewReport, StoreError};
 
 /// Job-level stages are recorded under this service name.
 const JOB_SCOPE: &str = "-";
@@ -31,11 +33,14 @@ pub struct Runner<E: Executor> {
     pub executor: Arc<E>,
     pub checkouts: Arc<Checkouts>,
     pub shutdown: CancellationToken,
+    /// Wakes the report sender after statuses are queued.
+    pub reports: Arc<tokio::sync::Notify>,
 }
 
 /// What every service of one job is built with.
 struct JobContext<'a> {
     job: &'a ClaimedJob,
+    reporter: Option<&'a Reporter>,
     /// The commit's root tree id, when known: the key to reusing unchanged images.
     tree: Option<String>,
     event: &'a PushEvent,
@@ -43,6 +48,15 @@ struct JobContext<'a> {
     pushes: bool,
     log: &'a JobLog,
     cancel: &'a CancellationToken,
+}
+
+impl JobContext<'_> {
+    /// The commit status for `service`, if the project reports statuses.
+    fn status(&self, service: &str, state: StatusState, words: &str) -> Vec<NewReport> {
+        self.reporter
+            .map(|r| r.status(Some(service), state, words))
+            .unwrap_or_default()
+    }
 }
 
 /// Why a service stopped.
@@ -83,7 +97,10 @@ impl<E: Executor> Runner<E> {
             async move { log.flush_until(stop).await }
         });
 
-        let outcome = self.build(&job, &log, &cancel).await;
+        let reporter = serde_json::from_str::<PushEvent>(&job.event_json)
+            .ok()
+            .map(|event| Reporter::new(&self.settings, &event, id));
+        let outcome = self.build(&job, &log, &cancel, reporter.as_ref()).await;
 
         keeper.abort();
         flushing.cancel();
@@ -108,9 +125,14 @@ impl<E: Executor> Runner<E> {
             }
         };
         tracing::info!(parent: &span, state, error = error.as_deref().unwrap_or(""), "Job finished");
+        let detail = self.blocking(move |jobs| jobs.get(id)).await.ok().flatten();
+        let reports = reporter
+            .map(|r| r.finished(state, error.as_deref(), detail.as_ref()))
+            .unwrap_or_default();
         let _ = self
-            .blocking(move |jobs| jobs.finish(id, state, error.as_deref()))
+            .blocking(move |jobs| jobs.finish_reporting(id, state, error.as_deref(), &reports))
             .await;
+        self.reports.notify_one();
     }
 
     async fn blocking<T: Send + 'static>(
@@ -169,6 +191,7 @@ impl<E: Executor> Runner<E> {
         job: &ClaimedJob,
         log: &JobLog,
         cancel: &CancellationToken,
+        reporter: Option<&Reporter>,
     ) -> Result<(), String> {
         let project = self
             .settings
@@ -237,7 +260,16 @@ impl<E: Executor> Runner<E> {
                     _ => true,
                 };
                 let state = if applies { "pending" } else { "skipped" };
-                self.stage(job.id, &service.name, stage, state, None, None)
+                // The service's first status goes with its first stage row.
+                let reports = match (stage, reporter) {
+                    ("check", Some(reporter)) => reporter.status(
+                        Some(&service.name),
+                        StatusState::Pending,
+                        &format!("Building {} ({})", service.name, job.ref_name),
+                    ),
+                    _ => Vec::new(),
+                };
+                self.stage_with(job.id, &service.name, stage, state, None, None, reports)
                     .await;
             }
         }
@@ -248,6 +280,7 @@ impl<E: Executor> Runner<E> {
         let tree = self.checkouts.tree_id(&job.project, &job.sha).await.ok();
         let context = JobContext {
             job,
+            reporter,
             tree,
             event: &event,
             workspace: &workspace,
@@ -299,17 +332,45 @@ impl<E: Executor> Runner<E> {
         exit: Option<i64>,
         detail: Option<&str>,
     ) {
+        self.stage_with(job, service, stage, state, exit, detail, Vec::new())
+            .await
+    }
+
+    /// Sets a stage and, in the same transaction, queues the reports it causes.
+    #[allow(clippy::too_many_arguments)]
+    async fn stage_with(
+        &self,
+        job: i64,
+        service: &str,
+        stage: &str,
+        state: &str,
+        exit: Option<i64>,
+        detail: Option<&str>,
+        reports: Vec<NewReport>,
+    ) {
         let (service, stage, state, detail) = (
             service.to_owned(),
             stage.to_owned(),
             state.to_owned(),
             detail.map(str::to_owned),
         );
+        let queued = !reports.is_empty();
         let _ = self
             .blocking(move |jobs| {
-                jobs.set_stage(job, &service, &stage, &state, exit, detail.as_deref())
+                jobs.set_stage_reporting(
+                    job,
+                    &service,
+                    &stage,
+                    &state,
+                    exit,
+                    detail.as_deref(),
+                    &reports,
+                )
             })
             .await;
+        if queued {
+            self.reports.notify_one();
+        }
     }
 
     async fn build_service(&self, cx: &JobContext<'_>, service: &Service) -> Result<(), Failure> {
@@ -323,13 +384,20 @@ impl<E: Executor> Runner<E> {
             } else {
                 format!("{}\n--- last lines ---\n{tail}", failure.reason)
             };
-            self.stage(
+            let code = failure
+                .exit_code
+                .map(|c| format!(" (exit {c})"))
+                .unwrap_or_default();
+            let words = format!("{} failed{code}: {}", failure.stage, failure.reason);
+            let reports = cx.status(&service.name, StatusState::Failure, &words);
+            self.stage_with(
                 job.id,
                 &service.name,
                 failure.stage,
                 "failed",
                 failure.exit_code,
                 Some(&detail),
+                reports,
             )
             .await;
             // What did not run after the failure is skipped, not pending forever.
@@ -587,6 +655,22 @@ impl<E: Executor> Runner<E> {
     ) -> Result<(), Failure> {
         let (job, log) = (cx.job, cx.log);
         if !cx.pushes {
+            // Built, and by policy not pushed: that is this service's success.
+            let words = format!(
+                "Built {reference}; not pushed ({} is not a pushing ref)",
+                job.ref_name
+            );
+            let reports = cx.status(&service.name, StatusState::Success, &words);
+            self.stage_with(
+                job.id,
+                &service.name,
+                "push",
+                "skipped",
+                None,
+                None,
+                reports,
+            )
+            .await;
             return Ok(());
         }
         self.stage(job.id, &service.name, "push", "running", None, None)
@@ -648,13 +732,20 @@ impl<E: Executor> Runner<E> {
                 .blocking(move |jobs| jobs.record_image(id, &service, &reference, Some(&digest)))
                 .await;
         }
-        self.stage(
+        let pushed = format!("{reference}@{digest}");
+        let reports = cx.status(
+            &service.name,
+            StatusState::Success,
+            &format!("Pushed {pushed}"),
+        );
+        self.stage_with(
             job.id,
             &service.name,
             "push",
             "success",
             None,
-            Some(&format!("{reference}@{digest}")),
+            Some(&pushed),
+            reports,
         )
         .await;
         Ok(())

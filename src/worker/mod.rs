@@ -7,6 +7,7 @@
 
 mod job;
 pub mod logs;
+mod reporter;
 mod reuse;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct Worker<E: Executor> {
     executor: Arc<E>,
     checkouts: Arc<Checkouts>,
     wake: Arc<Notify>,
+    reports: Arc<Notify>,
 }
 
 impl<E: Executor> Worker<E> {
@@ -38,6 +40,7 @@ impl<E: Executor> Worker<E> {
         jobs: Arc<Jobs>,
         executor: Arc<E>,
         wake: Arc<Notify>,
+        reports: Arc<Notify>,
     ) -> Self {
         let checkouts = Arc::new(Checkouts::new(&settings.server.data_dir));
         Worker {
@@ -46,6 +49,7 @@ impl<E: Executor> Worker<E> {
             executor,
             checkouts,
             wake,
+            reports,
         }
     }
 
@@ -84,6 +88,7 @@ impl<E: Executor> Worker<E> {
                         executor: self.executor.clone(),
                         checkouts: self.checkouts.clone(),
                         shutdown: shutdown.clone(),
+                        reports: self.reports.clone(),
                     };
                     running.spawn(async move {
                         runner.run(job).await;

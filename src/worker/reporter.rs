@@ -1,0 +1,176 @@
+//! What a job tells the outside world as it goes: commit statuses (overall `deploybot` and one
+//! `deploybot/<service>` context per service) and, at the end, chat messages. This only builds
+//! the outbox rows; the worker writes them with the state change that causes them.
+
+use crate::config::Settings;
+use crate::intake::PushEvent;
+use crate::report::text::{self, ServiceLine, StatusFor};
+use crate::report::StatusState;
+use crate::store::{JobDetail, NewReport};
+
+pub struct Reporter {
+    project: String,
+    statuses: bool,
+    repository: String,
+    sha: String,
+    git_ref: String,
+    pusher: String,
+    base_url: Option<String>,
+    job: i64,
+    /// The chat channels that want this project's successes, and its failures.
+    chat_on_success: Vec<String>,
+    chat_on_failed: Vec<String>,
+}
+
+impl Reporter {
+    pub fn new(settings: &Settings, event: &PushEvent, job: i64) -> Reporter {
+        let statuses = settings
+            .project(&event.project)
+            .is_some_and(|p| p.statuses.is_some());
+        Reporter {
+            project: event.project.clone(),
+            statuses,
+            repository: event.repository.clone(),
+            sha: event.sha.clone(),
+            git_ref: event.git_ref.clone(),
+            pusher: event.pusher.clone(),
+            base_url: settings.report.base_url.clone(),
+            job,
+            chat_on_success: chats_wanting(settings, &event.project, "success"),
+            chat_on_failed: chats_wanting(settings, &event.project, "failed"),
+        }
+    }
+
+    /// A commit status for `context` (None: the overall one), if the project reports them.
+    pub fn status(&self, service: Option<&str>, state: StatusState, words: &str) -> Vec<NewReport> {
+        if !self.statuses {
+            return Vec::new();
+        }
+        let context = service.map_or_else(|| text::CONTEXT.to_owned(), text::service_context);
+        let status = StatusFor {
+            repository: &self.repository,
+            sha: &self.sha,
+            git_ref: &self.git_ref,
+            base_url: self.base_url.as_deref(),
+            job: self.job,
+        };
+        vec![NewReport {
+            project: self.project.clone(),
+            channel: "forge".into(),
+            job: Some(self.job),
+            report: status.status(context, state, words),
+        }]
+    }
+
+    /// The reports of a finished job: the overall status, and a message for every chat
+    /// channel that wants this project's `result` (`success` or `failed`).
+    pub fn finished(
+        &self,
+        result: &str,
+        error: Option<&str>,
+        detail: Option<&JobDetail>,
+    ) -> Vec<NewReport> {
+        let (state, words) = match result {
+            "success" => (
+                StatusState::Success,
+                "Built and pushed every service".to_owned(),
+            ),
+            "superseded" => (
+                StatusState::Error,
+                "Superseded by a newer push to this branch".to_owned(),
+            ),
+            _ => (StatusState::Failure, error.unwrap_or("failed").to_owned()),
+        };
+        let mut reports = self.status(None, state, &words);
+        if result == "superseded" {
+            return reports;
+        }
+        let Some(detail) = detail else { return reports };
+        let mut services: Vec<ServiceLine> = Vec::new();
+        for stage in detail.stages.iter().filter(|s| s.service != "-") {
+            let failed = stage.state == "failed";
+            match services.iter_mut().find(|l| l.service == stage.service) {
+                Some(line) if failed => line.result = format!("failed at {}", stage.stage),
+                Some(_) => {}
+                None => services.push(ServiceLine {
+                    service: stage.service.clone(),
+                    result: if failed {
+                        format!("failed at {}", stage.stage)
+                    } else {
+                        "ok".into()
+                    },
+                    image: None,
+                }),
+            }
+        }
+        for line in &mut services {
+            line.image = detail
+                .images
+                .iter()
+                .find(|i| i.service == line.service)
+                .map(|i| match &i.digest {
+                    Some(digest) => format!("{}@{digest}", i.reference),
+                    None => format!("{} (not pushed)", i.reference),
+                });
+        }
+        let tail = detail
+            .stages
+            .iter()
+            .find(|s| s.state == "failed")
+            .and_then(|s| s.detail.as_deref());
+        let seconds = duration_seconds(detail);
+        let link = text::target_url(self.base_url.as_deref(), self.job);
+        let ref_name = self
+            .git_ref
+            .trim_start_matches("refs/tags/")
+            .trim_start_matches("refs/heads/");
+        let channels = if result == "success" {
+            &self.chat_on_success
+        } else {
+            &self.chat_on_failed
+        };
+        for name in channels {
+            reports.push(NewReport {
+                project: self.project.clone(),
+                channel: format!("chat:{name}"),
+                job: Some(self.job),
+                report: text::chat_message(
+                    &self.project,
+                    ref_name,
+                    &self.sha,
+                    &self.pusher,
+                    result,
+                    seconds,
+                    &services,
+                    tail,
+                    link.as_deref(),
+                ),
+            });
+        }
+        reports
+    }
+}
+
+fn chats_wanting(settings: &Settings, project: &str, result: &str) -> Vec<String> {
+    settings
+        .chat
+        .iter()
+        .filter(|c| c.wants(project, result))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+fn duration_seconds(detail: &JobDetail) -> i64 {
+    let parse = |t: &Option<String>| {
+        t.as_deref().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    match (
+        parse(&detail.job.started_at),
+        Some(time::OffsetDateTime::now_utc()),
+    ) {
+        (Some(start), Some(end)) => (end - start).whole_seconds().max(0),
+        _ => 0,
+    }
+}
