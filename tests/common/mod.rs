@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod fixtures;
+pub mod forge_double;
 pub mod infra;
 
 use std::collections::HashMap;
@@ -116,9 +117,22 @@ pub fn unique_delivery_id() -> String {
 /// The app, in-process, on a random port, with its own store.
 pub struct TestApp {
     pub address: String,
-    pub data_dir: TempDir,
+    pub data_dir: DataDir,
     pub client: reqwest::Client,
     handle: actix_web::dev::ServerHandle,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A store directory: the test's own temporary one, or one a test shares between apps.
+pub struct DataDir {
+    path: std::path::PathBuf,
+    _owned: Option<TempDir>,
+}
+
+impl DataDir {
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
 }
 
 impl TestApp {
@@ -137,7 +151,31 @@ impl TestApp {
 
     /// Any configuration; `[server]` must come first in it (listen and data_dir are added).
     pub async fn spawn_config(config: &str) -> TestApp {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        let owned = tempfile::tempdir().expect("temp dir");
+        let path = owned.path().to_owned();
+        TestApp::spawn_in(
+            DataDir {
+                path,
+                _owned: Some(owned),
+            },
+            config,
+        )
+        .await
+    }
+
+    /// Like [`spawn_config`], on a store directory the test keeps (for restarts).
+    pub async fn spawn_config_in(dir: &std::path::Path, config: &str) -> TestApp {
+        TestApp::spawn_in(
+            DataDir {
+                path: dir.to_owned(),
+                _owned: None,
+            },
+            config,
+        )
+        .await
+    }
+
+    async fn spawn_in(data_dir: DataDir, config: &str) -> TestApp {
         let server = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
             data_dir.path().display()
@@ -156,12 +194,21 @@ impl TestApp {
         let app = Application::build(settings).await.expect("app builds");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
-        tokio::spawn(app.run_until_stopped());
+        let task = tokio::spawn(app.run_until_stopped());
         TestApp {
             address,
             data_dir,
             client: reqwest::Client::new(),
             handle,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the app as SIGTERM would and waits until its store is closed.
+    pub async fn stop(mut self) {
+        self.handle.stop(true).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 

@@ -15,3 +15,4 @@ mod gitlab_intake;
 mod idempotency;
 mod operations;
 mod pipeline;
+mod report;
