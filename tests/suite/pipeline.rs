@@ -21,6 +21,12 @@ struct Build {
 }
 
 fn config(registry: &Registry, password: &str) -> String {
+    config_with(registry, password, "")
+}
+
+/// The build configuration plus `extra` TOML: keys for the project (they follow its table),
+/// then any further tables.
+fn config_with(registry: &Registry, password: &str, extra: &str) -> String {
     format!(
         r#"[server]
 
@@ -54,6 +60,7 @@ forge = "github"
 repository = "bradrydzewski/drone-test-go"
 webhook_secret = "{TEST_SECRET}"
 allowed_deployments = ["eventservice", "bookingservice", "frontend"]
+{extra}
 "#,
         address = registry.address,
         username = registry.username,
@@ -66,11 +73,15 @@ impl Build {
     }
 
     async fn start_with_password(password: Option<&str>) -> Option<Build> {
+        Build::start_with(password, "").await
+    }
+
+    async fn start_with(password: Option<&str>, extra: &str) -> Option<Build> {
         docker_with_base_images()?;
         let registry = Registry::start()?;
         let (git, sha) = GitServer::start()?;
-        let app =
-            TestApp::spawn_config(&config(&registry, password.unwrap_or(&registry.password))).await;
+        let password = password.unwrap_or(&registry.password).to_owned();
+        let app = TestApp::spawn_config(&config_with(&registry, &password, extra)).await;
         Some(Build {
             app,
             registry,
@@ -251,7 +262,13 @@ async fn a_branch_push_builds_every_image_and_pushes_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_go_vet_fails_only_that_service_with_its_stage_exit_code_and_log_tail() {
-    let Some(build) = Build::start().await else {
+    use crate::common::forge_double::{ForgeDouble, STATUS_TOKEN};
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let extra = format!(
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n",
+        github.server.uri()
+    );
+    let Some(build) = Build::start_with(None, &extra).await else {
         return;
     };
     let sha = build
@@ -304,6 +321,28 @@ async fn a_failing_go_vet_fails_only_that_service_with_its_stage_exit_code_and_l
             "{service} went on"
         );
     }
+    // The forge shows it too: failure on the service's context, saying what and where.
+    let seen = github.wait_for(8, 30).await;
+    let last = |context: &str| {
+        seen.iter()
+            .rev()
+            .find(|s| s.body["context"] == context)
+            .map(|s| {
+                (
+                    s.body["state"].as_str().unwrap().to_owned(),
+                    s.body["description"].as_str().unwrap().to_owned(),
+                )
+            })
+            .unwrap()
+    };
+    let (state, description) = last("deploybot/eventservice");
+    assert_eq!(state, "failure");
+    assert!(
+        description.starts_with("check failed (exit 2): `go vet ./...` exited with 2"),
+        "{description}"
+    );
+    assert_eq!(last("deploybot/frontend").0, "success");
+    assert_eq!(last("deploybot").0, "failure");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,4 +647,91 @@ async fn an_unchanged_tag_reuses_every_image_instead_of_rebuilding() {
         assert!(new.is_some());
         assert_eq!(new, old, "{service}: the very same image under the new tag");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_message_with_digests() {
+    use crate::common::forge_double::{ForgeDouble, STATUS_TOKEN};
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let chat = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/hooks/oncall-secret-path"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("ok"))
+        .mount(&chat)
+        .await;
+    let chat_url = format!("{}/hooks/oncall-secret-path", chat.uri());
+    let extra = format!(
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nbase_url = \"https://deploybot.example\"\nretry_base_ms = 20\n\n[[chat]]\nname = \"oncall\"\nwebhook_url = \"{chat_url}\"\n",
+        github.server.uri()
+    );
+    let Some(build) = Build::start_with(None, &extra).await else {
+        return;
+    };
+    build.git.tag("v6.0.0", &build.sha);
+
+    let job = build.send("refs/tags/v6.0.0", &build.sha).await;
+    let detail = build.finished(job).await;
+    assert_eq!(detail.job.state, "success", "{detail:#?}");
+
+    // 1 overall pending + 3 service pending + 3 service success + 1 overall success.
+    let seen = github.wait_for(8, 30).await;
+    assert_eq!(seen.len(), 8, "{seen:#?}");
+    assert!(
+        seen.iter().all(|s| s.path.ends_with(&build.sha)),
+        "every status is on the pushed sha"
+    );
+    for context in [
+        "deploybot",
+        "deploybot/eventservice",
+        "deploybot/bookingservice",
+        "deploybot/frontend",
+    ] {
+        let states: Vec<&str> = seen
+            .iter()
+            .filter(|s| s.body["context"] == context)
+            .map(|s| s.body["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["pending", "success"], "{context}");
+    }
+    for service in SERVICES {
+        let last = seen
+            .iter()
+            .rev()
+            .find(|s| s.body["context"] == format!("deploybot/{service}"))
+            .unwrap();
+        let description = last.body["description"].as_str().unwrap();
+        assert!(
+            description.starts_with("Pushed ") && description.contains("@sha256:"),
+            "{description}"
+        );
+        assert!(description.chars().count() <= 140);
+    }
+    let mut messages = Vec::new();
+    for _ in 0..100 {
+        messages = chat.received_requests().await.unwrap_or_default();
+        if !messages.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(messages.len(), 1, "one message per deploy");
+    let text: serde_json::Value = serde_json::from_slice(&messages[0].body).unwrap();
+    let text = text["text"].as_str().unwrap();
+    for image in &detail.images {
+        assert!(text.contains(image.digest.as_deref().unwrap()), "{text}");
+    }
+    assert!(
+        text.contains("v6.0.0") && text.contains(&build.sha[..7]),
+        "{text}"
+    );
+    let captured = format!(
+        "{detail:?}{}{}",
+        build.log(job),
+        github.everything_received().await
+    );
+    assert!(
+        !captured.contains("oncall-secret-path"),
+        "the chat webhook URL is a secret"
+    );
+    assert!(!captured.contains(STATUS_TOKEN));
 }
