@@ -48,11 +48,33 @@ pub struct ReportSettings {
     pub timeout: Duration,
 }
 
-/// Where a project's commit statuses go.
+/// Where a project's commit statuses go, and how deploybot authenticates there.
 #[derive(Debug)]
 pub struct StatusReporting {
     pub api_url: String,
-    pub token: SecretString,
+    pub auth: StatusAuth,
+}
+
+#[derive(Debug)]
+pub enum StatusAuth {
+    /// A personal or project access token (GitHub bearer token, GitLab `PRIVATE-TOKEN`).
+    Token(SecretString),
+    /// A GitHub App: its id and private key make JWTs, traded for installation tokens that
+    /// octocrab refreshes before they expire.
+    GitHubApp {
+        app_id: u64,
+        installation_id: u64,
+        private_key: SecretString,
+    },
+}
+
+impl StatusAuth {
+    pub fn secret(&self) -> &SecretString {
+        match self {
+            StatusAuth::Token(token) => token,
+            StatusAuth::GitHubApp { private_key, .. } => private_key,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -162,7 +184,7 @@ impl Settings {
                 values.push(credentials.token.expose_secret().to_owned());
             }
             if let Some(statuses) = &project.statuses {
-                values.push(statuses.token.expose_secret().to_owned());
+                values.push(statuses.auth.secret().expose_secret().to_owned());
             }
         }
         for channel in &self.chat {

@@ -125,6 +125,12 @@ pub struct RawProject {
     pub status_token_env: Option<String>,
     pub status_token_file: Option<PathBuf>,
     pub api_url: Option<String>,
+    /// GitHub App authentication instead of a token (organisations that use Apps).
+    pub github_app_id: Option<u64>,
+    pub github_installation_id: Option<u64>,
+    pub github_app_key: Option<SecretString>,
+    pub github_app_key_env: Option<String>,
+    pub github_app_key_file: Option<PathBuf>,
 }
 
 impl RawSettings {

@@ -8,7 +8,8 @@ use super::raw::{RawProject, RawSettings};
 use super::secret::SecretSpec;
 use super::{
     ChatChannel, ConfigError, LogSettings, Problem, Project, RegistrySettings, ReportSettings,
-    ServerSettings, Settings, StatusReporting, Toolchain, WebhookSecrets, WorkerSettings,
+    ServerSettings, Settings, StatusAuth, StatusReporting, Toolchain, WebhookSecrets,
+    WorkerSettings,
 };
 use crate::checkout::GitCredentials;
 use crate::domain::{ProjectName, RepoSlug};
@@ -420,15 +421,54 @@ fn project(
     .map_err(|p| problems.push(p))
     .ok()
     .flatten();
-    let statuses = match (status_token, &raw.api_url, forge) {
+    let app_key = SecretSpec {
+        field: field("github_app_key"),
+        inline: raw.github_app_key.as_ref(),
+        env: raw.github_app_key_env.as_ref(),
+        file: raw.github_app_key_file.as_ref(),
+    }
+    .resolve(lookup_env)
+    .map_err(|p| problems.push(p))
+    .ok()
+    .flatten();
+    let auth = match (
+        status_token,
+        raw.github_app_id,
+        raw.github_installation_id,
+        app_key,
+    ) {
+        (None, None, None, None) => None,
+        (Some(token), None, None, None) => Some(StatusAuth::Token(token)),
+        (None, Some(app_id), Some(installation_id), Some(private_key)) => {
+            if forge != Some(ForgeKind::Github) {
+                problems.push(Problem {
+                    field: field("github_app_id"),
+                    message: "GitHub App authentication is for GitHub projects".into(),
+                });
+            }
+            Some(StatusAuth::GitHubApp {
+                app_id,
+                installation_id,
+                private_key,
+            })
+        }
+        _ => {
+            problems.push(Problem {
+                field: field("status_token"),
+                message: "give either status_token, or all of github_app_id, github_installation_id and github_app_key".into(),
+            });
+            None
+        }
+    };
+    let statuses = match (auth, &raw.api_url, forge) {
         (None, _, _) => None,
-        (Some(token), Some(api_url), _) => Some(StatusReporting {
+        (Some(auth), Some(api_url), _) => Some(StatusReporting {
             api_url: api_url.clone(),
-            token,
+            auth,
         }),
-        (Some(token), None, Some(ForgeKind::Github)) => Some(StatusReporting {
+        (Some(auth), None, Some(ForgeKind::Github)) => Some(StatusReporting {
             api_url: "https://api.github.com".into(),
-            token,
+            auth,
         }),
         (Some(_), None, _) => {
             problems.push(Problem {
@@ -438,7 +478,6 @@ fn project(
             None
         }
     };
-
     if problems.len() != before {
         return None;
     }

@@ -5,34 +5,52 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::BodyExt;
 use octocrab::Octocrab;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::{retry_after, DeliveryError, Notifier, Report, StatusState};
+use crate::config::StatusAuth;
 
 pub struct GitHubStatuses {
     client: Octocrab,
-    api_url: String,
 }
 
 impl GitHubStatuses {
     /// `api_url`: `https://api.github.com`, or a GitHub Enterprise `…/api/v3`.
     pub fn new(
         api_url: &str,
-        token: &SecretString,
+        auth: &StatusAuth,
         timeout: Duration,
     ) -> Result<GitHubStatuses, String> {
-        let client = Octocrab::builder()
+        let builder = Octocrab::builder()
             .base_uri(api_url)
             .map_err(|_| format!("\"{api_url}\" is not a URL"))?
-            .personal_token(token.expose_secret().to_owned())
             .set_connect_timeout(Some(timeout))
-            .set_read_timeout(Some(timeout))
-            .build()
-            .map_err(|e| format!("GitHub client: {e}"))?;
-        Ok(GitHubStatuses {
-            client,
-            api_url: api_url.trim_end_matches('/').to_owned(),
-        })
+            .set_read_timeout(Some(timeout));
+        let client = match auth {
+            StatusAuth::Token(token) => builder
+                .personal_token(token.expose_secret().to_owned())
+                .build()
+                .map_err(|e| format!("GitHub client: {e}"))?,
+            StatusAuth::GitHubApp {
+                app_id,
+                installation_id,
+                private_key,
+            } => {
+                // The message of a key error never carries the key.
+                let key =
+                    jsonwebtoken::EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes())
+                        .map_err(|_| {
+                            "github_app_key is not an RSA private key in PEM form".to_owned()
+                        })?;
+                builder
+                    .app((*app_id).into(), key)
+                    .build()
+                    .map_err(|e| format!("GitHub client: {e}"))?
+                    .installation((*installation_id).into())
+                    .map_err(|e| format!("GitHub App installation: {e}"))?
+            }
+        };
+        Ok(GitHubStatuses { client })
     }
 }
 
@@ -77,7 +95,9 @@ impl Notifier for GitHubStatuses {
             "description": description,
             "context": context,
         });
-        let uri = format!("{}/repos/{repository}/statuses/{sha}", self.api_url);
+        // Relative: octocrab puts the base URI in front, and attaches credentials only to
+        // requests it sends to its own base.
+        let uri = format!("/repos/{repository}/statuses/{sha}");
         let response = self
             .client
             ._post(uri, Some(&body))

@@ -52,13 +52,15 @@ impl Sender {
             };
             let built = match project.forge {
                 ForgeKind::Github => {
-                    super::GitHubStatuses::new(&statuses.api_url, &statuses.token, timeout)
+                    super::GitHubStatuses::new(&statuses.api_url, &statuses.auth, timeout)
                         .map(ChatOrForge::GitHub)
                 }
-                ForgeKind::Gitlab => {
-                    super::GitLabStatuses::new(&statuses.api_url, statuses.token.clone(), timeout)
-                        .map(ChatOrForge::GitLab)
-                }
+                ForgeKind::Gitlab => super::GitLabStatuses::new(
+                    &statuses.api_url,
+                    statuses.auth.secret().clone(),
+                    timeout,
+                )
+                .map(ChatOrForge::GitLab),
             };
             match built {
                 Ok(destination) => {

@@ -71,6 +71,18 @@ pub struct ForgeDouble {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
 fn fixture(name: &str) -> Value {
     let path = crate::common::fixtures::fixtures_dir()
         .join("api")
@@ -82,6 +94,33 @@ impl ForgeDouble {
     /// GitHub: `POST /repos/{owner}/{repo}/statuses/{sha}`, bearer token, body keys
     /// state/target_url/description/context.
     pub async fn github(script: Vec<(u16, Option<u64>)>) -> ForgeDouble {
+        ForgeDouble::github_accepting(script, STATUS_TOKEN).await
+    }
+
+    /// Like [`github`], for a GitHub App: installation tokens are handed out at
+    /// `POST /app/installations/{id}/access_tokens` to a bearer JWT, and statuses must carry
+    /// that installation token.
+    pub async fn github_app(installation: u64, token: &str) -> ForgeDouble {
+        let double = ForgeDouble::github_accepting(vec![(201, None)], token).await;
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::path(format!(
+                "/app/installations/{installation}/access_tokens"
+            )))
+            .and(wiremock::matchers::header_regex(
+                "Authorization",
+                r"^Bearer eyJ[\w-]+\.[\w-]+\.[\w-]+$",
+            ))
+            .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({
+                "token": token,
+                "expires_at": "2099-01-01T00:00:00Z",
+                "permissions": { "statuses": "write" },
+            })))
+            .mount(&double.server)
+            .await;
+        double
+    }
+
+    async fn github_accepting(script: Vec<(u16, Option<u64>)>, token: &str) -> ForgeDouble {
         let server = MockServer::start().await;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let documented = fixture("github-create-status.request.json");
@@ -94,9 +133,10 @@ impl ForgeDouble {
         assert_eq!(keys, ["context", "description", "state", "target_url"]);
         Mock::given(method("POST"))
             .and(path_regex(r"^/repos/[^/]+/[^/]+/statuses/[0-9a-f]{40}$"))
-            .and(header(
+            // GitHub takes either scheme; octocrab sends `token` for installation tokens.
+            .and(wiremock::matchers::header_regex(
                 "Authorization",
-                format!("Bearer {STATUS_TOKEN}").as_str(),
+                &format!("^(Bearer|token) {}$", regex_escape(token)),
             ))
             .respond_with(Scripted {
                 seen: seen.clone(),

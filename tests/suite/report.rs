@@ -207,3 +207,48 @@ async fn no_token_or_secret_reaches_a_status_body_or_path() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_github_app_trades_its_key_for_an_installation_token_and_reports_with_it() {
+    // A throwaway RSA key, made for this test.
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("app.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genrsa",
+            "-traditional",
+            "-out",
+            &key_path.display().to_string(),
+            "2048",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let github = ForgeDouble::github_app(42, "ghs_installationToken42").await;
+    let gitlab = ForgeDouble::gitlab(vec![(201, None)]).await;
+    let config = config(&github.server.uri(), &gitlab.server.uri(), "").replacen(
+        &format!("status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"", github.server.uri()),
+        &format!(
+            "github_app_id = 7\ngithub_installation_id = 42\ngithub_app_key_file = \"{}\"\napi_url = \"{}\"",
+            key_path.display(),
+            github.server.uri()
+        ),
+        1,
+    );
+    assert!(config.contains("github_app_id"), "{config}");
+    let app = TestApp::spawn_config(&config).await;
+
+    app.deliver_fixture("github/push.tag").await;
+
+    let seen = github.wait_for(1, 10).await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "the status went out with the installation token"
+    );
+    assert_eq!(seen[0].body["state"], "pending");
+}
