@@ -289,6 +289,8 @@ async fn no_configured_secret_appears_in_logs_or_answers() {
     // Arrange: secrets given inline, by env and by file; debug logging.
     let dir = tempfile::tempdir().unwrap();
     let file_secret = "secret-from-a-file-5c1d";
+    let status_token = "ghp_secretStatusToken77aa";
+    let chat_url = "http://127.0.0.1:9/services/T000/B000/secret-chat-path";
     let env_secret = "secret-from-the-env-77ab";
     std::fs::write(dir.path().join("gitlab-secret"), file_secret).unwrap();
     let config = write_config(
@@ -306,6 +308,21 @@ name = "from-file"
 forge = "gitlab"
 repository = "mike/diaspora"
 webhook_secret_file = "gitlab-secret"
+
+[[projects]]
+name = "reporting"
+forge = "github"
+repository = "baxterthehacker/public-repo"
+webhook_secret = "deploybot-test-secret"
+status_token = "{status_token}"
+api_url = "http://127.0.0.1:9"
+
+[report]
+retry_base_ms = 50
+
+[[chat]]
+name = "oncall"
+webhook_url = "{chat_url}"
 "#
         ),
     );
@@ -350,10 +367,14 @@ webhook_secret_file = "gitlab-secret"
         ),
         ("signed", gitlab.clone().with_unique_id()),
         ("baxter", gitlab.clone().with_unique_id()),
+        // Its status cannot be delivered (nothing listens there): retries get logged.
+        ("reporting", github.clone().with_unique_id()),
     ];
     for (project, delivery) in &cases {
         answers.push(send(&server, project, delivery).await.1);
     }
+    // Let the undeliverable status fail and be retried a few times (each attempt is logged).
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let check = run(
         dir.path(),
         &["check-config", "--config", config.to_str().unwrap()],
@@ -371,6 +392,7 @@ webhook_secret_file = "gitlab-secret"
         log.contains("Delivery rejected") && log.contains("Delivery answered"),
         "{log}"
     );
+    assert!(log.contains("Report not delivered; will retry"), "{log}");
     let captured = format!(
         "{log}\n{}\n{}\n{}\n{}",
         answers.join("\n"),
@@ -378,7 +400,14 @@ webhook_secret_file = "gitlab-secret"
         String::from_utf8_lossy(&check.stderr),
         String::from_utf8_lossy(&listing.stdout)
     );
-    for secret in [TEST_SECRET, TEST_SIGNING_TOKEN, env_secret, file_secret] {
+    for secret in [
+        TEST_SECRET,
+        TEST_SIGNING_TOKEN,
+        env_secret,
+        file_secret,
+        status_token,
+        chat_url,
+    ] {
         assert!(
             !captured.contains(secret),
             "secret leaked into captured output"

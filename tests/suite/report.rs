@@ -252,3 +252,51 @@ async fn a_github_app_trades_its_key_for_an_installation_token_and_reports_with_
     );
     assert_eq!(seen[0].body["state"], "pending");
 }
+
+#[tokio::test]
+async fn a_late_pending_never_overwrites_a_final_state() {
+    // The forge refuses the first (pending) status; before its retry is due, the job ends
+    // and its final status is queued for the same sha and context.
+    let github = ForgeDouble::github(vec![(503, None), (201, None)]).await;
+    let gitlab = ForgeDouble::gitlab(vec![(201, None)]).await;
+    let config = config(&github.server.uri(), &gitlab.server.uri(), "")
+        .replace("retry_base_ms = 20", "retry_base_ms = 1500");
+    let app = TestApp::spawn_config(&config).await;
+    app.deliver_fixture("github/push.tag").await;
+    github.wait_for(1, 10).await;
+
+    let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "test").unwrap();
+    let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+    let status = deploybot::report::text::StatusFor {
+        repository: "bradrydzewski/drone-test-go",
+        sha: &job.sha,
+        git_ref: &job.git_ref,
+        base_url: None,
+        job: job.id,
+    };
+    let success = status.status(
+        "deploybot".into(),
+        deploybot::report::StatusState::Success,
+        "Built and pushed every service",
+    );
+    let reports = [deploybot::store::NewReport {
+        project: "drone".into(),
+        channel: "forge".into(),
+        job: Some(job.id),
+        report: success,
+    }];
+    jobs.finish_reporting(job.id, "success", None, &reports)
+        .unwrap();
+
+    // Well past the pending's retry time.
+    let seen = github.wait_for(3, 4).await;
+    let states: Vec<&str> = seen
+        .iter()
+        .map(|s| s.body["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["pending", "success"],
+        "the stale pending is never sent again"
+    );
+}
