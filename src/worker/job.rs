@@ -540,8 +540,18 @@ impl<E: Executor> Runner<E> {
                     }
                 }
             }
-            self.stage(job.id, &service.name, name, "success", Some(0), None)
-                .await;
+            let words = format!("{name} passed; building the image");
+            let reports = cx.status(&service.name, StatusState::Pending, &words);
+            self.stage_with(
+                job.id,
+                &service.name,
+                name,
+                "success",
+                Some(0),
+                None,
+                reports,
+            )
+            .await;
         }
 
         // Image.
@@ -587,13 +597,24 @@ impl<E: Executor> Runner<E> {
             self.blocking(move |jobs| jobs.record_image(id, &service, &reference, None))
                 .await
         };
-        self.stage(
+        // The service's status follows each stage: the image is built, the push is next.
+        let reports = if cx.pushes {
+            cx.status(
+                &service.name,
+                StatusState::Pending,
+                &format!("Built {reference}; pushing"),
+            )
+        } else {
+            Vec::new()
+        };
+        self.stage_with(
             job.id,
             &service.name,
             "image",
             "success",
             None,
             Some(&reference),
+            reports,
         )
         .await;
 

@@ -188,6 +188,18 @@ impl ForgeDouble {
         }
     }
 
+    /// Waits (up to `seconds`) until what has arrived satisfies `done`.
+    pub async fn wait_until(&self, seconds: u64, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let seen = self.seen();
+            if done(&seen) || Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Every request's body and path, to scan for secrets.
     pub async fn everything_received(&self) -> String {
         let requests = self.server.received_requests().await.unwrap_or_default();

@@ -322,7 +322,23 @@ async fn a_failing_go_vet_fails_only_that_service_with_its_stage_exit_code_and_l
         );
     }
     // The forge shows it too: failure on the service's context, saying what and where.
-    let seen = github.wait_for(8, 30).await;
+    let seen = github
+        .wait_until(30, |seen| {
+            [
+                "deploybot",
+                "deploybot/eventservice",
+                "deploybot/frontend",
+                "deploybot/bookingservice",
+            ]
+            .iter()
+            .all(|c| {
+                seen.iter()
+                    .rev()
+                    .find(|s| s.body["context"] == *c)
+                    .is_some_and(|s| s.body["state"] != "pending")
+            })
+        })
+        .await;
     let last = |context: &str| {
         seen.iter()
             .rev()
@@ -673,25 +689,40 @@ async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_messag
     let detail = build.finished(job).await;
     assert_eq!(detail.job.state, "success", "{detail:#?}");
 
-    // 1 overall pending + 3 service pending + 3 service success + 1 overall success.
-    let seen = github.wait_for(8, 30).await;
-    assert_eq!(seen.len(), 8, "{seen:#?}");
-    assert!(
-        seen.iter().all(|s| s.path.ends_with(&build.sha)),
-        "every status is on the pushed sha"
-    );
-    for context in [
+    // Each context goes pending (once per stage that ends) and then to its result; older
+    // pendings still waiting are superseded, never sent after the result.
+    let contexts = [
         "deploybot",
         "deploybot/eventservice",
         "deploybot/bookingservice",
         "deploybot/frontend",
-    ] {
+    ];
+    let seen = github
+        .wait_until(30, |seen| {
+            contexts.iter().all(|c| {
+                seen.iter()
+                    .rev()
+                    .find(|s| s.body["context"] == *c)
+                    .is_some_and(|s| s.body["state"] == "success")
+            })
+        })
+        .await;
+    assert!(
+        seen.iter().all(|s| s.path.ends_with(&build.sha)),
+        "every status is on the pushed sha"
+    );
+    for context in contexts {
         let states: Vec<&str> = seen
             .iter()
             .filter(|s| s.body["context"] == context)
             .map(|s| s.body["state"].as_str().unwrap())
             .collect();
-        assert_eq!(states, ["pending", "success"], "{context}");
+        let (last, before) = states.split_last().unwrap();
+        assert_eq!(*last, "success", "{context}: {states:?}");
+        assert!(
+            !before.is_empty() && before.iter().all(|s| *s == "pending"),
+            "{context}: {states:?}"
+        );
     }
     for service in SERVICES {
         let last = seen
