@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{retry_after, DeliveryError, Notifier, Report};
+use super::{send, DeliveryError, Notifier, Report};
 
 pub struct SlackWebhook {
     client: reqwest::Client,
@@ -27,21 +27,7 @@ impl Notifier for SlackWebhook {
         let Report::Chat { message } = report else {
             return Err(DeliveryError::from_status(400, None, "not a chat message"));
         };
-        let response = self
-            .client
-            .post(self.url.expose_secret())
-            .json(message)
-            .send()
-            .await
-            .map_err(|e| {
-                DeliveryError::transient(format!("chat webhook unreachable: {}", e.without_url()))
-            })?;
-        let code = response.status().as_u16();
-        if (200..300).contains(&code) {
-            return Ok(());
-        }
-        let wait = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        Err(DeliveryError::from_status(code, wait, &text))
+        let request = self.client.post(self.url.expose_secret()).json(message);
+        send(request, "chat webhook").await
     }
 }

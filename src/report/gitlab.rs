@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{retry_after, DeliveryError, Notifier, Report, StatusState};
+use super::{send, DeliveryError, Notifier, Report, StatusState};
 
 pub struct GitLabStatuses {
     client: reqwest::Client,
@@ -78,23 +78,12 @@ impl Notifier for GitLabStatuses {
             self.api_url,
             project_id(repository)
         );
-        let response = self
+        let request = self
             .client
             .post(url)
             .header("PRIVATE-TOKEN", self.token.expose_secret())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                DeliveryError::transient(format!("GitLab unreachable: {}", e.without_url()))
-            })?;
-        let code = response.status().as_u16();
-        if (200..300).contains(&code) {
-            return Ok(());
-        }
-        let wait = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        Err(DeliveryError::from_status(code, wait, &text))
+            .json(&body);
+        send(request, "GitLab").await
     }
 }
 

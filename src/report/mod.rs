@@ -117,6 +117,24 @@ impl Notifier for ChatOrForge {
     }
 }
 
+/// Sends a prepared request and classifies the answer. Errors never carry the URL (a chat
+/// webhook's URL is a secret).
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<(), DeliveryError> {
+    let response = request.send().await.map_err(|e| {
+        DeliveryError::transient(format!("{what} unreachable: {}", e.without_url()))
+    })?;
+    let code = response.status().as_u16();
+    if (200..300).contains(&code) {
+        return Ok(());
+    }
+    let wait = retry_after(response.headers());
+    let text = response.text().await.unwrap_or_default();
+    Err(DeliveryError::from_status(code, wait, &text))
+}
+
 /// `Retry-After` as seconds (the form GitHub, GitLab and Slack send).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
