@@ -766,3 +766,76 @@ async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_messag
     );
     assert!(!captured.contains(STATUS_TOKEN));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gitlab_tag_push_reports_pending_then_success_per_service_on_gitlab() {
+    use crate::common::forge_double::{ForgeDouble, STATUS_TOKEN};
+    let Some(()) = docker_with_base_images() else {
+        return;
+    };
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let Some((git, sha)) = GitServer::start() else {
+        return;
+    };
+    let gitlab = ForgeDouble::gitlab(vec![(201, None)]).await;
+    git.tag("v7.0.0", &sha);
+    let config = config(&registry, &registry.password).replacen(
+        "[[projects]]\nname = \"myevents\"\nforge = \"github\"\nrepository = \"bradrydzewski/drone-test-go\"",
+        &format!(
+            "[[projects]]\nname = \"myevents\"\nforge = \"gitlab\"\nrepository = \"jsmith/example\"\nstatus_token = \"{STATUS_TOKEN}\"\napi_url = \"{}/api/v4\"",
+            gitlab.server.uri()
+        ),
+        1,
+    );
+    let app = TestApp::spawn_config(&config).await;
+    // GitLab's published Tag Push Hook, rewritten to this commit and git server.
+    let fixture = Delivery::fixture("gitlab/tag_push.created").with_unique_id();
+    let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
+    payload["ref"] = "refs/tags/v7.0.0".into();
+    payload["after"] = sha.clone().into();
+    payload["checkout_sha"] = sha.clone().into();
+    payload["project"]["git_http_url"] = git.url.clone().into();
+    let delivery = Delivery {
+        headers: fixture.headers,
+        body: serde_json::to_vec(&payload).unwrap(),
+    };
+
+    let response = app.post("myevents", &delivery).await;
+    assert_eq!(response.status(), 202);
+    let job = json(response).await["job"].as_i64().unwrap();
+    let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "test").unwrap();
+    let detail = finished(&jobs, job).await;
+    assert_eq!(detail.job.state, "success", "{detail:#?}");
+
+    let names = [
+        "deploybot",
+        "deploybot/eventservice",
+        "deploybot/bookingservice",
+        "deploybot/frontend",
+    ];
+    let seen = gitlab
+        .wait_until(30, |seen| {
+            names.iter().all(|n| {
+                seen.iter()
+                    .rev()
+                    .find(|s| s.body["name"] == *n)
+                    .is_some_and(|s| s.body["state"] == "success")
+            })
+        })
+        .await;
+    for name in names {
+        let states: Vec<&str> = seen
+            .iter()
+            .filter(|s| s.body["name"] == name)
+            .map(|s| s.body["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states.first(), Some(&"pending"), "{name}: {states:?}");
+        assert_eq!(states.last(), Some(&"success"), "{name}: {states:?}");
+    }
+    assert!(seen
+        .iter()
+        .all(|s| s.path == format!("/api/v4/projects/jsmith%2Fexample/statuses/{sha}")));
+    assert!(seen.iter().all(|s| s.body["ref"] == "v7.0.0"));
+}
