@@ -9,7 +9,6 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context;
 
-use sha2::Digest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -138,9 +137,7 @@ async fn start_worker(
     reports: Arc<Notify>,
 ) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
     // One deploybot per store: its containers are labelled with a digest of the store's path.
-    let data_dir = std::fs::canonicalize(&settings.server.data_dir)
-        .unwrap_or_else(|_| settings.server.data_dir.clone());
-    let instance = hex::encode(&sha2::Sha256::digest(data_dir.to_string_lossy().as_bytes())[..6]);
+    let instance = crate::docker::instance_id(&settings.server.data_dir);
     let engine = match DockerEngine::connect(&instance).await {
         Ok(engine) => engine,
         Err(e) => {

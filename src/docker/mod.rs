@@ -26,6 +26,14 @@ pub const INPUT_LABEL: &str = "deploybot.input";
 /// one must never remove another's containers.
 pub const INSTANCE_LABEL: &str = "deploybot.instance";
 
+/// The [`INSTANCE_LABEL`] value of the deploybot whose store is `data_dir`: a digest of the
+/// store's absolute path, so a restart on the same store finds its orphans.
+pub fn instance_id(data_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    hex::encode(&sha2::Sha256::digest(path.to_string_lossy().as_bytes())[..6])
+}
+
 /// Where an executor sends output lines (already split, without newlines).
 pub trait LogSink: Send + Sync {
     fn line(&self, text: &str);

@@ -488,6 +488,11 @@ async fn a_build_killed_mid_way_completes_once_after_a_restart() {
             "-aq",
             "--filter",
             &format!("label=deploybot.job={job}"),
+            "--filter",
+            &format!(
+                "label=deploybot.instance={}",
+                deploybot::docker::instance_id(&dir.path().join("data"))
+            ),
         ])
         .output()
         .unwrap();
