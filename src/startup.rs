@@ -72,9 +72,23 @@ impl Application {
             store,
             metrics,
         });
+        let views = web::Data::new(Arc::new(ops::Views {
+            jobs: Arc::new(
+                Jobs::open(&state.settings.server.data_dir, "web")
+                    .context("opening the store for reading")?,
+            ),
+            reader: std::sync::Mutex::new(
+                state
+                    .store
+                    .reader()
+                    .context("opening the store for reading")?,
+            ),
+        }));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(views.clone())
+                .configure(ops::routes)
                 .app_data(web::PayloadConfig::new(max_body))
                 .route("/hooks/{project}", web::post().to(intake::receive))
                 .route("/healthz", web::get().to(ops::healthz))

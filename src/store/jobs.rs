@@ -315,12 +315,23 @@ impl Jobs {
     }
 
     pub fn list(&self, limit: u32) -> Result<Vec<JobRow>, StoreError> {
+        self.list_filtered(limit, None, None)
+    }
+
+    /// Newest first, optionally of one project and/or in one state.
+    pub fn list_filtered(
+        &self,
+        limit: u32,
+        project: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<JobRow>, StoreError> {
         let conn = self.conn();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error
-             FROM jobs ORDER BY id DESC LIMIT ?1",
+             FROM jobs WHERE (?2 IS NULL OR project = ?2) AND (?3 IS NULL OR state = ?3)
+             ORDER BY id DESC LIMIT ?1",
         )?;
-        let rows = statement.query_map([limit], job_row)?;
+        let rows = statement.query_map(params![limit, project, state], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

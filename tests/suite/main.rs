@@ -16,3 +16,4 @@ mod idempotency;
 mod operations;
 mod pipeline;
 mod report;
+mod web;

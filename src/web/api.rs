@@ -1,0 +1,201 @@
+//! `/api/v1/`: the same data as the pages, as JSON (documented in `openapi.yaml`).
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use crate::store::{Jobs, Reader, StoreError};
+
+/// Read access to the store for the web surface.
+pub struct Views {
+    pub jobs: Arc<Jobs>,
+    pub reader: Mutex<Reader>,
+}
+
+impl Views {
+    /// Runs a store read off the async threads; errors become an opaque 500 (cause logged).
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Views) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, HttpResponse> {
+        let views = self.clone();
+        match tokio::task::spawn_blocking(move || f(&views)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Store read failed");
+                Err(error(500, "the store could not be read"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Store read panicked");
+                Err(error(500, "the store could not be read"))
+            }
+        }
+    }
+}
+
+pub fn error(status: u16, reason: &str) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(serde_json::json!({ "error": reason }))
+}
+
+#[derive(Deserialize)]
+pub struct JobsQuery {
+    pub project: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+}
+
+pub async fn jobs(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
+    let JobsQuery {
+        project,
+        state,
+        limit,
+    } = query.into_inner();
+    let limit = limit.unwrap_or(50).min(500);
+    match views
+        .read(move |v| {
+            v.jobs
+                .list_filtered(limit, project.as_deref(), state.as_deref())
+        })
+        .await
+    {
+        Ok(jobs) => HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs })),
+        Err(response) => response,
+    }
+}
+
+pub async fn job(views: web::Data<Arc<Views>>, id: web::Path<i64>) -> HttpResponse {
+    let id = id.into_inner();
+    match views.read(move |v| v.jobs.get(id)).await {
+        Ok(Some(detail)) => HttpResponse::Ok().json(detail),
+        Ok(None) => error(404, &format!("job {id}: no such job")),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LogsQuery {
+    pub service: Option<String>,
+    /// Return chunks after this one (the `next` of an earlier answer).
+    pub after: Option<i64>,
+}
+
+pub async fn logs(
+    views: web::Data<Arc<Views>>,
+    id: web::Path<i64>,
+    query: web::Query<LogsQuery>,
+) -> HttpResponse {
+    let id = id.into_inner();
+    let LogsQuery { service, after } = query.into_inner();
+    let after = after.unwrap_or(0);
+    let read = views
+        .read(move |v| {
+            let state = v.jobs.state(id)?;
+            Ok(state.map(|s| (s, v.jobs.logs(id, service.as_deref(), after))))
+        })
+        .await;
+    match read {
+        Ok(Some((state, Ok(chunks)))) => {
+            let next = chunks.last().map_or(after, |c| c.id);
+            HttpResponse::Ok().json(serde_json::json!({
+                "job": id, "state": state, "chunks": chunks, "next": next,
+            }))
+        }
+        Ok(Some((_, Err(e)))) => {
+            tracing::error!(error = %e, "Log read failed");
+            error(500, "the store could not be read")
+        }
+        Ok(None) => error(404, &format!("job {id}: no such job")),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeliveriesQuery {
+    pub limit: Option<u32>,
+}
+
+pub async fn deliveries(
+    views: web::Data<Arc<Views>>,
+    query: web::Query<DeliveriesQuery>,
+) -> HttpResponse {
+    let limit = query.limit.unwrap_or(50).min(500);
+    let read = views
+        .read(move |v| {
+            v.reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deliveries(limit)
+        })
+        .await;
+    match read {
+        Ok(rows) => HttpResponse::Ok().json(serde_json::json!({ "deliveries": rows })),
+        Err(response) => response,
+    }
+}
+
+/// Server-Sent Events: a job's log as it is written, until the job ends. Each event's id is
+/// the chunk id, so a client that reconnects with `Last-Event-ID` resumes where it was.
+pub async fn log_stream(
+    views: web::Data<Arc<Views>>,
+    id: web::Path<i64>,
+    request: actix_web::HttpRequest,
+) -> HttpResponse {
+    let id = id.into_inner();
+    let mut after: i64 = request
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let views = views.get_ref().clone();
+    if let Ok(None) = views.read(move |v| v.jobs.state(id)).await {
+        return error(404, &format!("job {id}: no such job"));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, actix_web::Error>>(16);
+    // On this worker's own thread: the follower lives as long as the response it feeds.
+    actix_web::rt::spawn(async move {
+        loop {
+            let read = views
+                .read(move |v| Ok((v.jobs.state(id)?, v.jobs.logs(id, None, after)?)))
+                .await;
+            let Ok((state, chunks)) = read else { return };
+            for chunk in chunks {
+                after = chunk.id;
+                let mut event = format!("id: {}\nevent: log\n", chunk.id);
+                for line in chunk.text.lines() {
+                    event.push_str(&format!(
+                        "data: {} {}| {line}\n",
+                        chunk.service, chunk.stage
+                    ));
+                }
+                event.push('\n');
+                if tx.send(Ok(web::Bytes::from(event))).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            let state = state.unwrap_or_default();
+            if !matches!(state.as_str(), "queued" | "running") {
+                let _ = tx
+                    .send(Ok(web::Bytes::from(format!(
+                        "event: end\ndata: {state}\n\n"
+                    ))))
+                    .await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,167 @@
+//! The read-only web surface: JSON API, pages, live logs over Server-Sent Events.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::common::{json, TestApp};
+
+/// An app whose store holds two jobs: job 1 (drone, tag) failed at web's check with a log;
+/// job 2 (baxter, branch) still queued.
+async fn seeded() -> (TestApp, deploybot::store::Jobs) {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.deliver_fixture("github/push.tag").await.0.status(), 202);
+    assert_eq!(
+        app.deliver_fixture("github/push.branch").await.0.status(),
+        202
+    );
+    let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "seed").unwrap();
+    let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+    assert_eq!(job.id, 1);
+    jobs.set_stage(
+        1,
+        "web",
+        "check",
+        "failed",
+        Some(2),
+        Some("vet: <bad> format"),
+    )
+    .unwrap();
+    jobs.set_stage(1, "web", "compile", "skipped", None, None)
+        .unwrap();
+    jobs.append_log(1, "web", "check", "$ go vet ./...\n")
+        .unwrap();
+    jobs.append_log(1, "web", "check", "main.go:3: bad format\n")
+        .unwrap();
+    jobs.record_image(1, "web", "registry/team/web:v0.0.1", None)
+        .unwrap();
+    jobs.finish(1, "failed", Some("web failed at check, exit code 2"))
+        .unwrap();
+    (app, jobs)
+}
+
+#[tokio::test]
+async fn the_jobs_api_lists_newest_first_and_filters_by_project_and_state() {
+    let (app, _jobs) = seeded().await;
+
+    let all = json(app.get("/api/v1/jobs").await).await;
+    let failed = json(app.get("/api/v1/jobs?state=failed").await).await;
+    let baxter = json(app.get("/api/v1/jobs?project=baxter").await).await;
+
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&all), [2, 1]);
+    assert_eq!(ids(&failed), [1]);
+    assert_eq!(ids(&baxter), [2]);
+}
+
+#[tokio::test]
+async fn the_job_api_gives_stages_and_images_or_a_404() {
+    let (app, _jobs) = seeded().await;
+
+    let job = json(app.get("/api/v1/jobs/1").await).await;
+    let missing = app.get("/api/v1/jobs/99").await;
+
+    assert_eq!(job["job"]["state"], "failed");
+    assert_eq!(job["stages"][0]["service"], "web");
+    assert_eq!(job["stages"][0]["exit_code"], 2);
+    assert_eq!(job["images"][0]["reference"], "registry/team/web:v0.0.1");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(json(missing).await["error"], "job 99: no such job");
+}
+
+#[tokio::test]
+async fn the_logs_api_pages_with_offsets() {
+    let (app, _jobs) = seeded().await;
+
+    let first = json(app.get("/api/v1/jobs/1/logs").await).await;
+    let next = first["next"].as_i64().unwrap();
+    let rest = json(app.get(&format!("/api/v1/jobs/1/logs?after={next}")).await).await;
+
+    assert_eq!(first["chunks"].as_array().unwrap().len(), 2);
+    assert_eq!(first["chunks"][1]["text"], "main.go:3: bad format\n");
+    assert_eq!(rest["chunks"].as_array().unwrap().len(), 0);
+    assert_eq!(rest["next"], next);
+}
+
+#[tokio::test]
+async fn the_deliveries_api_lists_what_was_recorded() {
+    let (app, _jobs) = seeded().await;
+
+    let deliveries = json(app.get("/api/v1/deliveries").await).await;
+
+    let rows = deliveries["deliveries"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["outcome"], "queued");
+    assert_eq!(rows[1]["git_ref"], "refs/tags/v0.0.1");
+}
+
+#[tokio::test]
+async fn the_job_page_marks_the_failed_service_and_links_to_its_log() {
+    let (app, _jobs) = seeded().await;
+
+    let page = app.get("/jobs/1").await.text().await.unwrap();
+    let log = app
+        .get("/jobs/1/log?service=web")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let index = app.get("/").await.text().await.unwrap();
+
+    assert!(page.contains(r#"<a class="box failed" data-service="web" data-stage="check" href="/jobs/1/log?service=web">"#), "{page}");
+    assert!(
+        page.contains("vet: &lt;bad&gt; format"),
+        "values are escaped: {page}"
+    );
+    assert!(page.contains("registry/team/web:v0.0.1"));
+    assert!(log.contains("web check| main.go:3: bad format"), "{log}");
+    assert!(index.contains(r#"<a href="/jobs/1">1</a>"#), "{index}");
+}
+
+#[tokio::test]
+async fn the_log_stream_follows_a_running_job_until_it_ends() {
+    let (app, jobs) = seeded().await;
+    let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+    jobs.append_log(job.id, "api", "compile", "first line\n")
+        .unwrap();
+    let response = app
+        .get(&format!("/api/v1/jobs/{}/logs/stream", job.id))
+        .await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.bytes_stream();
+    let mut received = String::new();
+
+    received.push_str(&next_event(&mut stream).await);
+    jobs.append_log(job.id, "api", "compile", "second line\n")
+        .unwrap();
+    received.push_str(&next_event(&mut stream).await);
+    jobs.finish(job.id, "success", None).unwrap();
+    while !received.contains("event: end") {
+        received.push_str(&next_event(&mut stream).await);
+    }
+
+    assert!(
+        received.contains("data: api compile| first line"),
+        "{received}"
+    );
+    assert!(
+        received.contains("data: api compile| second line"),
+        "{received}"
+    );
+    assert!(received.contains("event: end\ndata: success"), "{received}");
+}
+
+/// The next chunk of an event stream, within 5 s.
+async fn next_event(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<actix_web::web::Bytes>> + Unpin),
+) -> String {
+    let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+    String::from_utf8(chunk.unwrap().unwrap().unwrap().to_vec()).unwrap()
+}
