@@ -84,10 +84,14 @@ impl Application {
                     .context("opening the store for reading")?,
             ),
         }));
+        let action_token = web::Data::new(ops::ActionToken(state.settings.action_token.clone()));
+        let worker_wake = web::Data::new(state.wake.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(views.clone())
+                .app_data(action_token.clone())
+                .app_data(worker_wake.clone())
                 .configure(ops::routes)
                 .app_data(web::PayloadConfig::new(max_body))
                 .route("/hooks/{project}", web::post().to(intake::receive))

@@ -38,6 +38,8 @@ pub struct Settings {
     pub toolchains: Vec<Toolchain>,
     pub report: ReportSettings,
     pub chat: Vec<ChatChannel>,
+    /// The bearer token for actions on the web surface; None: actions are off.
+    pub action_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +191,9 @@ impl Settings {
         }
         for channel in &self.chat {
             values.push(channel.webhook_url.expose_secret().to_owned());
+        }
+        if let Some(token) = &self.action_token {
+            values.push(token.expose_secret().to_owned());
         }
         if let Some(password) = self.registry.as_ref().and_then(|r| r.password.as_ref()) {
             values.push(password.expose_secret().to_owned());

@@ -20,8 +20,17 @@ pub struct RawSettings {
     #[serde(default)]
     pub toolchains: Vec<RawToolchain>,
     pub report: RawReport,
+    pub web: RawWeb,
     #[serde(default)]
     pub chat: Vec<RawChat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    pub action_token: Option<SecretString>,
+    pub action_token_env: Option<String>,
+    pub action_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,6 +46,23 @@ pub fn settings(
         timeout: Duration::from_secs(raw.report.timeout_secs.max(1)),
     };
     let chat = chat_channels(&raw, lookup_env, &mut problems);
+    // An empty inline token means "no token" (the embedded default); a token given some other
+    // way must not be empty (SecretSpec refuses that).
+    let inline_token = raw
+        .web
+        .action_token
+        .as_ref()
+        .filter(|t| !secrecy::ExposeSecret::expose_secret(*t).is_empty());
+    let action_token = SecretSpec {
+        field: "web.action_token".into(),
+        inline: inline_token,
+        env: raw.web.action_token_env.as_ref(),
+        file: raw.web.action_token_file.as_ref(),
+    }
+    .resolve(lookup_env)
+    .map_err(|p| problems.push(p))
+    .ok()
+    .flatten();
     match server {
         Some(server) if problems.is_empty() => Ok(Settings {
             server,
@@ -58,6 +75,7 @@ pub fn settings(
             toolchains,
             report,
             chat,
+            action_token,
         }),
         _ => Err(ConfigError::Invalid(problems)),
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 pub use error::HookError;
 pub use github::GitHub;
 pub use gitlab::GitLab;
-pub use signature::{github_signature, standard_webhooks_signature, SigningKey};
+pub use signature::{github_signature, standard_webhooks_signature, token_matches, SigningKey};
 
 use crate::config::WebhookSecrets;
 use crate::domain::{CommitSha, DeliveryId, GitRef, ParseError, RepoSlug};

@@ -405,6 +405,42 @@ impl Jobs {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Puts a finished job back in the queue: its stages are cleared, its log gets a line, its
+    /// pushed digests stay (a re-run of the same commit reuses them). False if the job is
+    /// queued or running.
+    pub fn rerun(&self, job: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'queued', error = NULL, finished_at = NULL, lease_owner = NULL,
+                lease_until = NULL, updated_at = ?2
+             WHERE id = ?1 AND state NOT IN ('queued', 'running')",
+            params![job, now_text()],
+        )?;
+        if changed == 1 {
+            tx.execute("DELETE FROM stages WHERE job = ?1", [job])?;
+            tx.execute(
+                "INSERT INTO log_chunks (job, service, stage, text, at)
+                 VALUES (?1, '-', 'rerun', '[deploybot] re-run requested\n', ?2)",
+                params![job, now_text()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// Cancels a queued or running job. A running one stops at its worker's next lease check
+    /// (its containers are killed). False if the job had already ended.
+    pub fn cancel(&self, job: i64) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE jobs SET state = 'canceled', error = 'canceled by an operator',
+                finished_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND state IN ('queued', 'running')",
+            params![job, now_text()],
+        )?;
+        Ok(changed == 1)
+    }
+
     pub fn state(&self, job: i64) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()

@@ -1,10 +1,12 @@
 //! The web surface: operations endpoints (liveness, readiness, metrics), the JSON API under
 //! `/api/v1/` and server-rendered pages. Everything here reads the store; nothing here builds.
 
+mod actions;
 pub mod api;
 mod health;
 mod pages;
 
+pub use actions::ActionToken;
 pub use api::Views;
 pub use health::{healthz, metrics, readyz};
 
@@ -23,5 +25,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             "/api/v1/jobs/{id}/logs/stream",
             web::get().to(api::log_stream),
         )
-        .route("/api/v1/deliveries", web::get().to(api::deliveries));
+        .route("/api/v1/deliveries", web::get().to(api::deliveries))
+        .route("/api/v1/jobs/{id}/rerun", web::post().to(actions::rerun))
+        .route("/api/v1/jobs/{id}/cancel", web::post().to(actions::cancel));
 }

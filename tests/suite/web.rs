@@ -9,7 +9,16 @@ use crate::common::{json, TestApp};
 /// An app whose store holds two jobs: job 1 (drone, tag) failed at web's check with a log;
 /// job 2 (baxter, branch) still queued.
 async fn seeded() -> (TestApp, deploybot::store::Jobs) {
-    let app = TestApp::spawn().await;
+    seeded_with("").await
+}
+
+/// Like [`seeded`], with extra configuration.
+async fn seeded_with(extra: &str) -> (TestApp, deploybot::store::Jobs) {
+    let app = TestApp::spawn_config(&format!(
+        "[worker]\nenabled = false\n\n[server]\n\n{extra}\n{}",
+        crate::common::FIXTURE_PROJECTS
+    ))
+    .await;
     assert_eq!(app.deliver_fixture("github/push.tag").await.0.status(), 202);
     assert_eq!(
         app.deliver_fixture("github/push.branch").await.0.status(),
@@ -164,4 +173,100 @@ async fn next_event(
 ) -> String {
     let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
     String::from_utf8(chunk.unwrap().unwrap().unwrap().to_vec()).unwrap()
+}
+
+const ACTION_TOKEN: &str = "action-token-for-tests-9f2c";
+
+async fn post(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> reqwest::Response {
+    let mut request = app.client.post(format!("{}{path}", app.address));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(origin) = origin {
+        request = request.header("Origin", origin);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn actions_without_the_token_are_refused_with_401() {
+    let (app, _jobs) = seeded_with(&format!("[web]\naction_token = \"{ACTION_TOKEN}\"\n")).await;
+
+    let none = post(&app, "/api/v1/jobs/1/rerun", None, None).await;
+    let wrong = post(&app, "/api/v1/jobs/1/rerun", Some("not-the-token"), None).await;
+
+    assert_eq!(none.status(), 401);
+    assert_eq!(
+        json(none).await["error"],
+        "missing header Authorization: Bearer <action token>"
+    );
+    assert_eq!(wrong.status(), 401);
+    let job = json(app.get("/api/v1/jobs/1").await).await;
+    assert_eq!(job["job"]["state"], "failed", "nothing was done");
+}
+
+#[tokio::test]
+async fn with_the_token_a_finished_job_is_rerun_and_a_queued_one_canceled() {
+    let (app, _jobs) = seeded_with(&format!("[web]\naction_token = \"{ACTION_TOKEN}\"\n")).await;
+
+    let rerun = post(&app, "/api/v1/jobs/1/rerun", Some(ACTION_TOKEN), None).await;
+    let cancel = post(&app, "/api/v1/jobs/2/cancel", Some(ACTION_TOKEN), None).await;
+    let again = post(&app, "/api/v1/jobs/1/rerun", Some(ACTION_TOKEN), None).await;
+    let missing = post(&app, "/api/v1/jobs/99/cancel", Some(ACTION_TOKEN), None).await;
+
+    assert_eq!(rerun.status(), 202);
+    assert_eq!(cancel.status(), 202);
+    assert_eq!(again.status(), 409, "a queued job cannot be re-run");
+    assert_eq!(missing.status(), 404);
+    let one = json(app.get("/api/v1/jobs/1").await).await;
+    assert_eq!(one["job"]["state"], "queued");
+    assert_eq!(
+        one["stages"].as_array().unwrap().len(),
+        0,
+        "its stages start over"
+    );
+    let two = json(app.get("/api/v1/jobs/2").await).await;
+    assert_eq!(two["job"]["state"], "canceled");
+}
+
+#[tokio::test]
+async fn a_cross_origin_action_is_refused_even_with_the_token() {
+    let (app, _jobs) = seeded_with(&format!("[web]\naction_token = \"{ACTION_TOKEN}\"\n")).await;
+
+    let foreign = post(
+        &app,
+        "/api/v1/jobs/2/cancel",
+        Some(ACTION_TOKEN),
+        Some("https://evil.example"),
+    )
+    .await;
+    let own_origin = app.address.clone();
+    let same = post(
+        &app,
+        "/api/v1/jobs/2/cancel",
+        Some(ACTION_TOKEN),
+        Some(&own_origin),
+    )
+    .await;
+
+    assert_eq!(foreign.status(), 403);
+    assert_eq!(same.status(), 202);
+}
+
+#[tokio::test]
+async fn without_a_configured_token_actions_are_off() {
+    let (app, _jobs) = seeded().await;
+
+    let response = post(&app, "/api/v1/jobs/2/cancel", Some("anything"), None).await;
+
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        json(response).await["error"],
+        "actions are off: set web.action_token"
+    );
 }
