@@ -16,10 +16,19 @@ use crate::forge::token_matches;
 /// The action token, shared with the handlers.
 pub struct ActionToken(pub Option<SecretString>);
 
+/// Why an action was refused: the status and the one-line reason.
+struct Refused(u16, &'static str);
+
+impl Refused {
+    fn response(&self) -> HttpResponse {
+        error(self.0, self.1)
+    }
+}
+
 /// Who may act: a 401 unless the request carries the token, a 403 for a foreign origin.
-fn authorize(request: &HttpRequest, token: &ActionToken) -> Result<(), HttpResponse> {
+fn authorize(request: &HttpRequest, token: &ActionToken) -> Result<(), Refused> {
     let Some(expected) = &token.0 else {
-        return Err(error(403, "actions are off: set web.action_token"));
+        return Err(Refused(403, "actions are off: set web.action_token"));
     };
     let given = request
         .headers()
@@ -46,7 +55,7 @@ fn authorize(request: &HttpRequest, token: &ActionToken) -> Result<(), HttpRespo
             .split_once("://")
             .is_some_and(|(_, rest)| rest.trim_end_matches('/') == host);
         if !same {
-            return Err(error(403, "cross-origin actions are refused"));
+            return Err(Refused(403, "cross-origin actions are refused"));
         }
     }
     Ok(())
@@ -59,8 +68,8 @@ pub async fn rerun(
     wake: web::Data<Arc<tokio::sync::Notify>>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    if let Err(response) = authorize(&request, &token) {
-        return response;
+    if let Err(refused) = authorize(&request, &token) {
+        return refused.response();
     }
     let id = id.into_inner();
     match views
@@ -87,8 +96,8 @@ pub async fn cancel(
     token: web::Data<ActionToken>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    if let Err(response) = authorize(&request, &token) {
-        return response;
+    if let Err(refused) = authorize(&request, &token) {
+        return refused.response();
     }
     let id = id.into_inner();
     match views
