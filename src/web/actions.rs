@@ -37,9 +37,9 @@ fn authorize(request: &HttpRequest, token: &ActionToken) -> Result<(), Refused> 
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(given) if token_matches(expected, given) => {}
-        Some(_) => return Err(error(401, "the action token is not valid")),
+        Some(_) => return Err(Refused(401, "the action token is not valid")),
         None => {
-            return Err(error(
+            return Err(Refused(
                 401,
                 "missing header Authorization: Bearer <action token>",
             ))
