@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: install and start what the tests need (Docker,
 # docker-registry, git, base images: scripts/real-parts.sh), then format check, clippy, and
-# every test. Under CI=true a missing real part fails the run instead of skipping.
+# every test, then the JSON API against openapi.yaml with schemathesis. Under CI=true a missing real part fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +12,12 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked --quiet -- -D warnings
+echo "== the JSON API against openapi.yaml (schemathesis)"
+cargo build --locked --quiet
+bash scripts/api-check.sh
 echo "== cargo test"
-cargo test --locked
+log=$(mktemp)
+cargo test --locked 2>&1 | tee "$log"
+# One closing line for the whole run, summed over the test binaries.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"

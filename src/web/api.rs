@@ -47,7 +47,34 @@ pub struct JobsQuery {
     pub limit: Option<u32>,
 }
 
+/// The job states a filter may name.
+pub const JOB_STATES: [&str; 6] = [
+    "queued",
+    "running",
+    "success",
+    "failed",
+    "superseded",
+    "canceled",
+];
+
+impl JobsQuery {
+    /// A state filter must name a state; anything else is a 400, not an empty list.
+    pub fn checked_state(&self) -> Result<(), String> {
+        match &self.state {
+            Some(state) if !JOB_STATES.contains(&state.as_str()) => Err(format!(
+                "query state: unknown state \"{}\" (expected one of {})",
+                state.chars().take(40).collect::<String>(),
+                JOB_STATES.join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub async fn jobs(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
+    if let Err(reason) = query.checked_state() {
+        return error(400, &reason);
+    }
     let JobsQuery {
         project,
         state,

@@ -40,6 +40,9 @@ fn page(title: &str, body: &str) -> HttpResponse {
 
 /// `/`: recent jobs, filterable by project and state.
 pub async fn index(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
+    if let Err(reason) = query.checked_state() {
+        return super::api::error(400, &reason);
+    }
     let JobsQuery {
         project,
         state,

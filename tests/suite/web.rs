@@ -270,3 +270,36 @@ async fn without_a_configured_token_actions_are_off() {
         "actions are off: set web.action_token"
     );
 }
+
+#[tokio::test]
+async fn a_bad_query_or_path_is_a_json_400_and_a_wrong_method_a_405_with_allow() {
+    let (app, _jobs) = seeded().await;
+
+    let bad_state = app.get("/api/v1/jobs?state=AAA").await;
+    let bad_limit = app.get("/api/v1/jobs?limit=-1").await;
+    let bad_id = app.get("/api/v1/jobs/abc").await;
+    let wrong_method = app
+        .client
+        .delete(format!("{}/api/v1/jobs/1", app.address))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(bad_state.status(), 400);
+    assert!(json(bad_state).await["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("query state: unknown state \"AAA\""));
+    assert_eq!(bad_limit.status(), 400);
+    assert!(json(bad_limit).await["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("query: "));
+    assert_eq!(bad_id.status(), 400);
+    assert!(json(bad_id).await["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("path: "));
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "GET");
+}
