@@ -26,6 +26,12 @@ pub struct Metrics {
     pub reports: IntCounterVec,
     /// Reports waiting in the outbox.
     pub outbox_pending: prometheus::IntGauge,
+    /// Jobs by state, read from the store at each scrape (queued is the queue depth).
+    pub jobs: prometheus::IntGaugeVec,
+    /// Seconds a job waited in the queue before a worker took it.
+    pub queue_wait_seconds: Histogram,
+    /// Seconds each stage took, by stage and result.
+    pub stage_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -87,6 +93,26 @@ impl Metrics {
             "outbox_pending",
             "Reports waiting to be delivered (including ones backing off)",
         )?;
+        let jobs = prometheus::IntGaugeVec::new(
+            Opts::new("jobs", "Jobs by state (queued is the queue depth)"),
+            &["state"],
+        )?;
+        let queue_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "queue_wait_seconds",
+                "Time a job waited before a worker took it",
+            )
+            .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0]),
+        )?;
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new("stage_seconds", "Time each build stage took").buckets(vec![
+                0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0,
+            ]),
+            &["stage", "result"],
+        )?;
+        registry.register(Box::new(jobs.clone()))?;
+        registry.register(Box::new(queue_wait_seconds.clone()))?;
+        registry.register(Box::new(stage_seconds.clone()))?;
         registry.register(Box::new(reports.clone()))?;
         registry.register(Box::new(outbox_pending.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
@@ -103,6 +129,9 @@ impl Metrics {
             },
             reports,
             outbox_pending,
+            jobs,
+            queue_wait_seconds,
+            stage_seconds,
         })
     }
 

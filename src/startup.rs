@@ -60,7 +60,13 @@ impl Application {
                 .run(sender_stop.clone()),
         );
         let worker = if settings.worker.enabled {
-            start_worker(settings.clone(), wake.clone(), reports.clone()).await
+            start_worker(
+                settings.clone(),
+                wake.clone(),
+                reports.clone(),
+                metrics.clone(),
+            )
+            .await
         } else {
             None
         };
@@ -153,6 +159,7 @@ async fn start_worker(
     settings: Arc<Settings>,
     wake: Arc<Notify>,
     reports: Arc<Notify>,
+    metrics: Arc<Metrics>,
 ) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
     // One deploybot per store: its containers are labelled with a digest of the store's path.
     let instance = crate::docker::instance_id(&settings.server.data_dir);
@@ -176,7 +183,7 @@ async fn start_worker(
         }
     };
     let stop = CancellationToken::new();
-    let worker = Worker::new(settings, jobs, Arc::new(engine), wake, reports);
+    let worker = Worker::new(settings, jobs, Arc::new(engine), wake, reports, metrics);
     let handle = tokio::spawn(worker.run(stop.clone()));
     Some((handle, stop))
 }

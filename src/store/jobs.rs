@@ -24,6 +24,8 @@ pub struct ClaimedJob {
     pub attempt: i64,
     /// The stored `PushEvent` JSON of the delivery that queued the job.
     pub event_json: String,
+    /// When the job was queued (RFC 3339).
+    pub created_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,7 +121,7 @@ impl Jobs {
                  WHERE id = (SELECT id FROM jobs
                              WHERE state = 'queued' OR (state = 'running' AND lease_until < ?4)
                              ORDER BY id LIMIT 1)
-                 RETURNING id, project, git_ref, ref_kind, ref_name, sha, attempt, delivery",
+                 RETURNING id, project, git_ref, ref_kind, ref_name, sha, attempt, delivery, created_at",
                 params![self.owner, now + lease.as_secs() as i64, now_text(), now],
                 |row| {
                     Ok((
@@ -132,6 +134,7 @@ impl Jobs {
                             sha: row.get(5)?,
                             attempt: row.get(6)?,
                             event_json: String::new(),
+                            created_at: row.get(8)?,
                         },
                         row.get::<_, i64>(7)?,
                     ))
@@ -439,6 +442,15 @@ impl Jobs {
             params![job, now_text()],
         )?;
         Ok(changed == 1)
+    }
+
+    /// How many jobs are in each state.
+    pub fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn state(&self, job: i64) -> Result<Option<String>, StoreError> {

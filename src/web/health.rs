@@ -26,7 +26,24 @@ pub async fn readyz(state: web::Data<IntakeState>) -> HttpResponse {
 }
 
 /// Prometheus text exposition.
-pub async fn metrics(state: web::Data<IntakeState>) -> HttpResponse {
+pub async fn metrics(
+    state: web::Data<IntakeState>,
+    views: web::Data<std::sync::Arc<super::Views>>,
+) -> HttpResponse {
+    // Job counts come from the store, so they are right whichever process changed them.
+    if let Ok(counts) = views.read(|v| v.jobs.counts()).await {
+        state.metrics.jobs.reset();
+        for (job_state, count) in counts {
+            state
+                .metrics
+                .jobs
+                .with_label_values(&[&job_state])
+                .set(count);
+        }
+        for job_state in super::api::JOB_STATES {
+            state.metrics.jobs.with_label_values(&[job_state]);
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

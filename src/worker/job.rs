@@ -35,6 +35,10 @@ pub struct Runner<E: Executor> {
     pub shutdown: CancellationToken,
     /// Wakes the report sender after statuses are queued.
     pub reports: Arc<tokio::sync::Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// When each (service, stage) started running, for the stage-duration histogram.
+    pub stage_starts:
+        std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
 }
 
 /// What every service of one job is built with.
@@ -71,6 +75,15 @@ impl<E: Executor> Runner<E> {
         let span = tracing::info_span!("build", job = job.id, project = %job.project, git_ref = %job.git_ref, sha = %job.sha);
         let _entered = span.clone();
         let id = job.id;
+        if job.attempt == 1 {
+            if let Ok(queued) = time::OffsetDateTime::parse(
+                &job.created_at,
+                &time::format_description::well_known::Rfc3339,
+            ) {
+                let waited = (time::OffsetDateTime::now_utc() - queued).as_seconds_f64();
+                self.metrics.queue_wait_seconds.observe(waited.max(0.0));
+            }
+        }
         let first_look = job.clone();
         if self
             .blocking(move |jobs| jobs.is_superseded(&first_look))
@@ -336,6 +349,27 @@ impl<E: Executor> Runner<E> {
             .await
     }
 
+    /// Feeds the stage-duration histogram: a stage's clock starts when it runs and stops when
+    /// it succeeds or fails.
+    fn time_stage(&self, service: &str, stage: &str, state: &str) {
+        let mut starts = self.stage_starts.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (service.to_owned(), stage.to_owned());
+        match state {
+            "running" => {
+                starts.insert(key, std::time::Instant::now());
+            }
+            "success" | "failed" => {
+                if let Some(started) = starts.remove(&key) {
+                    self.metrics
+                        .stage_seconds
+                        .with_label_values(&[stage, state])
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Sets a stage and, in the same transaction, queues the reports it causes.
     #[allow(clippy::too_many_arguments)]
     async fn stage_with(
@@ -354,6 +388,7 @@ impl<E: Executor> Runner<E> {
             state.to_owned(),
             detail.map(str::to_owned),
         );
+        self.time_stage(&service, &stage, &state);
         let queued = !reports.is_empty();
         let _ = self
             .blocking(move |jobs| {
@@ -911,6 +946,7 @@ mod tests {
             sha: "0123456789abcdef0123456789abcdef01234567".into(),
             attempt: 1,
             event_json: String::new(),
+            created_at: String::new(),
         };
         let service = &definition.services[0];
         assert_eq!(

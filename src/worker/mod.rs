@@ -32,6 +32,7 @@ pub struct Worker<E: Executor> {
     checkouts: Arc<Checkouts>,
     wake: Arc<Notify>,
     reports: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<E: Executor> Worker<E> {
@@ -41,6 +42,7 @@ impl<E: Executor> Worker<E> {
         executor: Arc<E>,
         wake: Arc<Notify>,
         reports: Arc<Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let checkouts = Arc::new(Checkouts::new(&settings.server.data_dir));
         Worker {
@@ -50,6 +52,7 @@ impl<E: Executor> Worker<E> {
             checkouts,
             wake,
             reports,
+            metrics,
         }
     }
 
@@ -89,6 +92,8 @@ impl<E: Executor> Worker<E> {
                         checkouts: self.checkouts.clone(),
                         shutdown: shutdown.clone(),
                         reports: self.reports.clone(),
+                        metrics: self.metrics.clone(),
+                        stage_starts: Default::default(),
                     };
                     running.spawn(async move {
                         runner.run(job).await;

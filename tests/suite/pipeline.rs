@@ -188,6 +188,15 @@ async fn a_signed_tag_push_builds_and_pushes_every_service_image() {
         build.log(job)
     );
     assert_eq!(detail.images.len(), 3);
+    let metrics = build.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"deploybot_stage_seconds_count{result="success",stage="compile"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("deploybot_queue_wait_seconds_count 1"),
+        "{metrics}"
+    );
     for service in SERVICES {
         for name in ["check", "image", "push"] {
             let expected = if service == "frontend" && name == "check" {
