@@ -2,6 +2,7 @@
 # Installs and starts the real parts deploybot's tests and demo use, on a fresh Debian machine:
 # the Docker engine (Debian's docker.io, dockerd started if not running), Debian's
 # docker-registry and htpasswd (the tests start their own registries on random ports), git,
+# Debian's Chromium with playwright-core (the browser test),
 # and the local base images (scripts/build-base-images.sh; nothing can be pulled here, and a
 # second run on the same machine finds them built).
 set -euo pipefail
@@ -15,6 +16,9 @@ command -v git >/dev/null || need+=(git)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   apt-get update -q >/dev/null
@@ -27,6 +31,9 @@ if ! docker info >/dev/null 2>&1; then
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || { tail -20 /tmp/dockerd.log; echo "dockerd did not start" >&2; exit 1; }
 fi
+
+echo "== playwright-core for the browser test (tests/browser)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== base images"
 bash scripts/build-base-images.sh golang node static

@@ -116,15 +116,25 @@ fn job_body(detail: &JobDetail) -> String {
     ];
     let mut services: Vec<&str> = detail.stages.iter().map(|s| s.service.as_str()).collect();
     services.dedup();
-    body.push_str("<table class=\"grid\">");
+    // One column per stage, in pipeline order, so every service's boxes line up.
+    let used: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|name| detail.stages.iter().any(|s| s.stage == *name))
+        .collect();
+    body.push_str("<table class=\"grid\"><tr><th></th>");
+    for name in &used {
+        let _ = write!(body, "<th>{name}</th>");
+    }
+    body.push_str("</tr>");
     for service in services {
         let label = if service == "-" { "job" } else { service };
         let _ = write!(body, "<tr><th>{}</th>", escape(label));
-        for name in order {
+        for name in &used {
             if let Some(stage) = detail
                 .stages
                 .iter()
-                .find(|s| s.service == service && s.stage == name)
+                .find(|s| s.service == service && s.stage == *name)
             {
                 let _ = write!(
                     body,
@@ -135,6 +145,8 @@ fn job_body(detail: &JobDetail) -> String {
                     id = job.id,
                     exit = stage.exit_code.map(|c| format!(" · exit {c}")).unwrap_or_default(),
                 );
+            } else {
+                body.push_str("<td></td>");
             }
         }
         body.push_str("</tr>");

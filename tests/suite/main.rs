@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod binary;
+mod browser;
 mod durability;
 mod github_intake;
 mod gitlab_intake;

@@ -1,0 +1,97 @@
+//! The job page as a person sees it: headless Chromium (Debian's) driven by Playwright opens a
+//! failed job, finds the failed service's box, clicks it, and reads the log tail. Screenshots
+//! go to `artifacts/` (CI keeps that folder).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::infra::require;
+use crate::common::TestApp;
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_jobs_page_marks_the_failed_service_and_its_box_opens_the_log() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let Some(()) = require(
+        "Chromium",
+        std::path::Path::new(&chromium).exists(),
+        "apt-get install chromium",
+    ) else {
+        return;
+    };
+    let Some(()) = require(
+        "playwright-core",
+        browser_dir().join("node_modules/playwright-core").exists(),
+        "npm ci in tests/browser (scripts/real-parts.sh does)",
+    ) else {
+        return;
+    };
+    // Arrange: a job that failed at web's check, with a log.
+    let app = TestApp::spawn().await;
+    assert_eq!(app.deliver_fixture("github/push.tag").await.0.status(), 202);
+    let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "seed").unwrap();
+    let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+    jobs.set_stage(job.id, "-", "checkout", "success", None, None)
+        .unwrap();
+    jobs.set_stage(
+        job.id,
+        "web",
+        "check",
+        "failed",
+        Some(2),
+        Some("`go vet ./...` exited with 2"),
+    )
+    .unwrap();
+    jobs.set_stage(job.id, "web", "compile", "skipped", None, None)
+        .unwrap();
+    jobs.set_stage(job.id, "api", "check", "success", Some(0), None)
+        .unwrap();
+    jobs.append_log(
+        job.id,
+        "web",
+        "check",
+        "$ go vet ./...\n./main.go:12:2: fmt.Printf format %d has arg of wrong type\n",
+    )
+    .unwrap();
+    jobs.finish(job.id, "failed", Some("web failed at check, exit code 2"))
+        .unwrap();
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("failed-job-page.png");
+
+    // Act
+    let address = app.address.clone();
+    let job_id = job.id.to_string();
+    let screenshot_arg = screenshot.display().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .current_dir(browser_dir())
+            .env("CHROMIUM", chromium)
+            .args([
+                "job-page.mjs",
+                &address,
+                &job_id,
+                "web",
+                "format %d has arg of wrong type",
+                &screenshot_arg,
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+
+    // Assert
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(screenshot.exists());
+    assert!(artifacts.join("failed-job-page-log.png").exists());
+}
