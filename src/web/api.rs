@@ -58,14 +58,26 @@ pub const JOB_STATES: [&str; 6] = [
 ];
 
 impl JobsQuery {
+    /// The filters, with empty values (an HTML form's "any") meaning no filter.
+    pub fn filters(self) -> (Option<String>, Option<String>, u32) {
+        let keep = |v: Option<String>| v.filter(|v| !v.is_empty());
+        (
+            keep(self.project),
+            keep(self.state),
+            self.limit.unwrap_or(50).min(500),
+        )
+    }
+
     /// A state filter must name a state; anything else is a 400, not an empty list.
     pub fn checked_state(&self) -> Result<(), String> {
         match &self.state {
-            Some(state) if !JOB_STATES.contains(&state.as_str()) => Err(format!(
-                "query state: unknown state \"{}\" (expected one of {})",
-                state.chars().take(40).collect::<String>(),
-                JOB_STATES.join(", ")
-            )),
+            Some(state) if !state.is_empty() && !JOB_STATES.contains(&state.as_str()) => {
+                Err(format!(
+                    "query state: unknown state \"{}\" (expected one of {})",
+                    state.chars().take(40).collect::<String>(),
+                    JOB_STATES.join(", ")
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -75,12 +87,7 @@ pub async fn jobs(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) ->
     if let Err(reason) = query.checked_state() {
         return error(400, &reason);
     }
-    let JobsQuery {
-        project,
-        state,
-        limit,
-    } = query.into_inner();
-    let limit = limit.unwrap_or(50).min(500);
+    let (project, state, limit) = query.into_inner().filters();
     match views
         .read(move |v| {
             v.jobs

@@ -34,6 +34,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(only!("/", get, "GET", pages::index))
         .service(only!("/jobs/{id}", get, "GET", pages::job))
         .service(only!("/jobs/{id}/log", get, "GET", pages::log))
+        .service(only!("/deliveries", get, "GET", pages::deliveries))
         .service(only!("/api/v1/jobs", get, "GET", api::jobs))
         .service(only!("/api/v1/jobs/{id}", get, "GET", api::job))
         .service(only!("/api/v1/jobs/{id}/logs", get, "GET", api::logs))

@@ -43,12 +43,7 @@ pub async fn index(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -
     if let Err(reason) = query.checked_state() {
         return super::api::error(400, &reason);
     }
-    let JobsQuery {
-        project,
-        state,
-        limit,
-    } = query.into_inner();
-    let limit = limit.unwrap_or(50).min(500);
+    let (project, state, limit) = query.into_inner().filters();
     let read = views
         .read(move |v| {
             v.jobs
@@ -59,7 +54,14 @@ pub async fn index(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -
         Ok(jobs) => jobs,
         Err(response) => return response,
     };
-    let mut body = String::from("<h1>Jobs</h1><table><tr><th>job</th><th>project</th><th>ref</th><th>sha</th><th>state</th><th>attempt</th><th>created</th><th>finished</th></tr>");
+    let mut body = String::from(
+        "<h1>Jobs</h1><p><a href=\"/deliveries\">deliveries</a></p><form method=get>\
+         <input name=project placeholder=project> <select name=state><option value=\"\">any state</option>",
+    );
+    for job_state in super::api::JOB_STATES {
+        let _ = write!(body, "<option>{job_state}</option>");
+    }
+    body.push_str("</select> <button>filter</button></form><table><tr><th>job</th><th>project</th><th>ref</th><th>sha</th><th>state</th><th>attempt</th><th>created</th><th>finished</th></tr>");
     for job in &jobs {
         let _ = write!(
             body,
@@ -177,6 +179,48 @@ fn job_body(detail: &JobDetail) -> String {
         body.push_str("</table>");
     }
     body
+}
+
+/// `/deliveries`: the recorded webhook deliveries and what became of each (queued, ignored
+/// with why, rejected with why), so a person can see why a push did nothing.
+pub async fn deliveries(views: web::Data<Arc<Views>>) -> HttpResponse {
+    let read = views
+        .read(|v| {
+            v.reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deliveries(200)
+        })
+        .await;
+    let rows = match read {
+        Ok(rows) => rows,
+        Err(response) => return response,
+    };
+    let mut body = String::from("<h1>Deliveries</h1><table><tr><th>received</th><th>project</th><th>forge</th><th>event</th><th>ref</th><th>sha</th><th>outcome</th><th>delivery</th></tr>");
+    for row in &rows {
+        let outcome = match (row.outcome.as_str(), row.job, row.reason.as_deref()) {
+            ("queued", Some(job), _) => format!("<a href=\"/jobs/{job}\">queued (job {job})</a>"),
+            (outcome, _, Some(reason)) if !reason.is_empty() => {
+                format!("{}: {}", escape(outcome), escape(reason))
+            }
+            (outcome, _, _) => escape(outcome),
+        };
+        let dash = |v: &Option<String>| escape(v.as_deref().unwrap_or("-"));
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td class=\"outcome {}\">{outcome}</td><td><code>{}</code></td></tr>",
+            escape(&row.received_at),
+            escape(&row.project),
+            dash(&row.forge),
+            dash(&row.event),
+            dash(&row.git_ref),
+            escape(&row.sha.as_deref().unwrap_or("-").chars().take(12).collect::<String>()),
+            escape(&row.outcome),
+            dash(&row.delivery_id),
+        );
+    }
+    body.push_str("</table>");
+    page("Deliveries", &body)
 }
 
 /// `/jobs/{id}/log`: one service's log (or all), following live while the job runs.

@@ -303,3 +303,35 @@ async fn a_bad_query_or_path_is_a_json_400_and_a_wrong_method_a_405_with_allow()
     assert_eq!(wrong_method.status(), 405);
     assert_eq!(wrong_method.headers()["allow"], "GET");
 }
+
+#[tokio::test]
+async fn the_deliveries_page_says_what_became_of_each_delivery() {
+    let (app, _jobs) = seeded().await;
+    let bad = crate::common::Delivery::fixture("github/push.branch")
+        .with_unique_id()
+        .with_header("X-Hub-Signature-256", "sha256=00");
+    assert_eq!(app.post("baxter", &bad).await.status(), 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let page = app.get("/deliveries").await.text().await.unwrap();
+    let filtered = app
+        .get("/?project=&state=failed")
+        .await
+        .text()
+        .await
+        .unwrap();
+
+    assert!(
+        page.contains(r#"<a href="/jobs/1">queued (job 1)</a>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains("rejected: signature in X-Hub-Signature-256 does not match the body"),
+        "{page}"
+    );
+    assert!(
+        filtered.contains(r#"<a href="/jobs/1">1</a>"#)
+            && !filtered.contains(r#"<a href="/jobs/2">"#),
+        "{filtered}"
+    );
+}
