@@ -61,6 +61,54 @@ fn authorize(request: &HttpRequest, token: &ActionToken) -> Result<(), Refused> 
     Ok(())
 }
 
+/// One action on one job: what it does to the store, the state it leaves, and what a job it
+/// cannot act on is told.
+struct Action {
+    name: &'static str,
+    apply: fn(&crate::store::Jobs, i64) -> Result<bool, crate::store::StoreError>,
+    leaves: &'static str,
+    only: &'static str,
+}
+
+const RERUN: Action = Action {
+    name: "Re-run",
+    apply: crate::store::Jobs::rerun,
+    leaves: "queued",
+    only: "only a finished job can be re-run",
+};
+
+const CANCEL: Action = Action {
+    name: "Cancel",
+    apply: crate::store::Jobs::cancel,
+    leaves: "canceled",
+    only: "only a queued or running job can be canceled",
+};
+
+async fn act(
+    request: &HttpRequest,
+    views: &Arc<Views>,
+    token: &ActionToken,
+    id: i64,
+    action: Action,
+) -> HttpResponse {
+    if let Err(refused) = authorize(request, token) {
+        return refused.response();
+    }
+    let apply = action.apply;
+    match views
+        .read(move |v| Ok((v.jobs.state(id)?, apply(&v.jobs, id)?)))
+        .await
+    {
+        Ok((None, _)) => error(404, &format!("job {id}: no such job")),
+        Ok((Some(_), true)) => {
+            tracing::info!(job = id, action = action.name, "Action taken");
+            HttpResponse::Accepted().json(serde_json::json!({ "job": id, "state": action.leaves }))
+        }
+        Ok((Some(state), false)) => error(409, &format!("job {id} is {state}; {}", action.only)),
+        Err(response) => response,
+    }
+}
+
 pub async fn rerun(
     request: HttpRequest,
     views: web::Data<Arc<Views>>,
@@ -68,26 +116,11 @@ pub async fn rerun(
     wake: web::Data<Arc<tokio::sync::Notify>>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    if let Err(refused) = authorize(&request, &token) {
-        return refused.response();
+    let response = act(&request, &views, &token, id.into_inner(), RERUN).await;
+    if response.status() == actix_web::http::StatusCode::ACCEPTED {
+        wake.notify_one();
     }
-    let id = id.into_inner();
-    match views
-        .read(move |v| Ok((v.jobs.state(id)?, v.jobs.rerun(id)?)))
-        .await
-    {
-        Ok((None, _)) => error(404, &format!("job {id}: no such job")),
-        Ok((Some(_), true)) => {
-            wake.notify_one();
-            tracing::info!(job = id, "Re-run requested");
-            HttpResponse::Accepted().json(serde_json::json!({ "job": id, "state": "queued" }))
-        }
-        Ok((Some(state), false)) => error(
-            409,
-            &format!("job {id} is {state}; only a finished job can be re-run"),
-        ),
-        Err(response) => response,
-    }
+    response
 }
 
 pub async fn cancel(
@@ -96,23 +129,5 @@ pub async fn cancel(
     token: web::Data<ActionToken>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    if let Err(refused) = authorize(&request, &token) {
-        return refused.response();
-    }
-    let id = id.into_inner();
-    match views
-        .read(move |v| Ok((v.jobs.state(id)?, v.jobs.cancel(id)?)))
-        .await
-    {
-        Ok((None, _)) => error(404, &format!("job {id}: no such job")),
-        Ok((Some(_), true)) => {
-            tracing::info!(job = id, "Cancel requested");
-            HttpResponse::Accepted().json(serde_json::json!({ "job": id, "state": "canceled" }))
-        }
-        Ok((Some(state), false)) => error(
-            409,
-            &format!("job {id} is {state}; only a queued or running job can be canceled"),
-        ),
-        Err(response) => response,
-    }
+    act(&request, &views, &token, id.into_inner(), CANCEL).await
 }
