@@ -200,6 +200,17 @@ impl ForgeDouble {
         }
     }
 
+    /// Waits until each of `contexts` has a result (a last state other than pending). The
+    /// context is the body field `key`: `context` on GitHub, `name` on GitLab.
+    pub async fn wait_for_results(&self, key: &str, contexts: &[&str], seconds: u64) -> Vec<Seen> {
+        self.wait_until(seconds, |seen| {
+            contexts
+                .iter()
+                .all(|c| states(seen, key, c).last().is_some_and(|s| s != "pending"))
+        })
+        .await
+    }
+
     /// Every request's body and path, to scan for secrets.
     pub async fn everything_received(&self) -> String {
         let requests = self.server.received_requests().await.unwrap_or_default();
@@ -209,4 +220,12 @@ impl ForgeDouble {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The states `context` went through, in the order they arrived.
+pub fn states(seen: &[Seen], key: &str, context: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.body[key] == context)
+        .map(|s| s.body["state"].as_str().unwrap_or("").to_owned())
+        .collect()
 }

@@ -331,23 +331,13 @@ async fn a_failing_go_vet_fails_only_that_service_with_its_stage_exit_code_and_l
         );
     }
     // The forge shows it too: failure on the service's context, saying what and where.
-    let seen = github
-        .wait_until(30, |seen| {
-            [
-                "deploybot",
-                "deploybot/eventservice",
-                "deploybot/frontend",
-                "deploybot/bookingservice",
-            ]
-            .iter()
-            .all(|c| {
-                seen.iter()
-                    .rev()
-                    .find(|s| s.body["context"] == *c)
-                    .is_some_and(|s| s.body["state"] != "pending")
-            })
-        })
-        .await;
+    let contexts = [
+        "deploybot",
+        "deploybot/eventservice",
+        "deploybot/frontend",
+        "deploybot/bookingservice",
+    ];
+    let seen = github.wait_for_results("context", &contexts, 30).await;
     let last = |context: &str| {
         seen.iter()
             .rev()
@@ -681,7 +671,7 @@ async fn an_unchanged_tag_reuses_every_image_instead_of_rebuilding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_message_with_digests() {
-    use crate::common::forge_double::{ForgeDouble, STATUS_TOKEN};
+    use crate::common::forge_double::{states, ForgeDouble, STATUS_TOKEN};
     let github = ForgeDouble::github(vec![(201, None)]).await;
     let chat = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
@@ -711,30 +701,17 @@ async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_messag
         "deploybot/bookingservice",
         "deploybot/frontend",
     ];
-    let seen = github
-        .wait_until(30, |seen| {
-            contexts.iter().all(|c| {
-                seen.iter()
-                    .rev()
-                    .find(|s| s.body["context"] == *c)
-                    .is_some_and(|s| s.body["state"] == "success")
-            })
-        })
-        .await;
+    let seen = github.wait_for_results("context", &contexts, 30).await;
     assert!(
         seen.iter().all(|s| s.path.ends_with(&build.sha)),
         "every status is on the pushed sha"
     );
     for context in contexts {
-        let states: Vec<&str> = seen
-            .iter()
-            .filter(|s| s.body["context"] == context)
-            .map(|s| s.body["state"].as_str().unwrap())
-            .collect();
+        let states = states(&seen, "context", context);
         let (last, before) = states.split_last().unwrap();
-        assert_eq!(*last, "success", "{context}: {states:?}");
+        assert_eq!(last, "success", "{context}: {states:?}");
         assert!(
-            !before.is_empty() && before.iter().all(|s| *s == "pending"),
+            !before.is_empty() && before.iter().all(|s| s == "pending"),
             "{context}: {states:?}"
         );
     }
@@ -783,7 +760,7 @@ async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_messag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gitlab_tag_push_reports_pending_then_success_per_service_on_gitlab() {
-    use crate::common::forge_double::{ForgeDouble, STATUS_TOKEN};
+    use crate::common::forge_double::{states, ForgeDouble, STATUS_TOKEN};
     let Some(()) = docker_with_base_images() else {
         return;
     };
@@ -829,24 +806,19 @@ async fn a_gitlab_tag_push_reports_pending_then_success_per_service_on_gitlab() 
         "deploybot/bookingservice",
         "deploybot/frontend",
     ];
-    let seen = gitlab
-        .wait_until(30, |seen| {
-            names.iter().all(|n| {
-                seen.iter()
-                    .rev()
-                    .find(|s| s.body["name"] == *n)
-                    .is_some_and(|s| s.body["state"] == "success")
-            })
-        })
-        .await;
+    let seen = gitlab.wait_for_results("name", &names, 30).await;
     for name in names {
-        let states: Vec<&str> = seen
-            .iter()
-            .filter(|s| s.body["name"] == name)
-            .map(|s| s.body["state"].as_str().unwrap())
-            .collect();
-        assert_eq!(states.first(), Some(&"pending"), "{name}: {states:?}");
-        assert_eq!(states.last(), Some(&"success"), "{name}: {states:?}");
+        let states = states(&seen, "name", name);
+        assert_eq!(
+            states.first().map(String::as_str),
+            Some("pending"),
+            "{name}: {states:?}"
+        );
+        assert_eq!(
+            states.last().map(String::as_str),
+            Some("success"),
+            "{name}: {states:?}"
+        );
     }
     assert!(seen
         .iter()
