@@ -37,6 +37,10 @@ listen = "127.0.0.1:9100"
 data_dir = "$state/data"
 [log]
 filter = "warn"
+# This measures intake: the queued jobs are not built (a worker would try to fetch the
+# fixture's repository for each of the thousands of deliveries).
+[worker]
+enabled = false
 [[projects]]
 name = "myevents"
 forge = "github"
