@@ -69,9 +69,10 @@ impl JobsQuery {
     }
 
     /// A state filter must name a state; anything else is a 400, not an empty list.
-    pub fn checked_state(&self) -> Result<(), String> {
+    /// `form`: an HTML form's empty value means "any state"; the JSON API has no such value.
+    pub fn checked_state(&self, form: bool) -> Result<(), String> {
         match &self.state {
-            Some(state) if !state.is_empty() && !JOB_STATES.contains(&state.as_str()) => {
+            Some(state) if !(JOB_STATES.contains(&state.as_str()) || form && state.is_empty()) => {
                 Err(format!(
                     "query state: unknown state \"{}\" (expected one of {})",
                     state.chars().take(40).collect::<String>(),
@@ -84,7 +85,7 @@ impl JobsQuery {
 }
 
 pub async fn jobs(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
-    if let Err(reason) = query.checked_state() {
+    if let Err(reason) = query.checked_state(false) {
         return error(400, &reason);
     }
     let (project, state, limit) = query.into_inner().filters();

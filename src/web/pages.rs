@@ -40,7 +40,7 @@ fn page(title: &str, body: &str) -> HttpResponse {
 
 /// `/`: recent jobs, filterable by project and state.
 pub async fn index(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
-    if let Err(reason) = query.checked_state() {
+    if let Err(reason) = query.checked_state(true) {
         return super::api::error(400, &reason);
     }
     let (project, state, limit) = query.into_inner().filters();

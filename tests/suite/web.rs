@@ -276,6 +276,7 @@ async fn a_bad_query_or_path_is_a_json_400_and_a_wrong_method_a_405_with_allow()
     let (app, _jobs) = seeded().await;
 
     let bad_state = app.get("/api/v1/jobs?state=AAA").await;
+    let empty_state = app.get("/api/v1/jobs?state=").await;
     let bad_limit = app.get("/api/v1/jobs?limit=-1").await;
     let bad_id = app.get("/api/v1/jobs/abc").await;
     let wrong_method = app
@@ -290,6 +291,11 @@ async fn a_bad_query_or_path_is_a_json_400_and_a_wrong_method_a_405_with_allow()
         .as_str()
         .unwrap()
         .starts_with("query state: unknown state \"AAA\""));
+    assert_eq!(
+        empty_state.status(),
+        400,
+        "the API has no \"any\" state; only the page's form does"
+    );
     assert_eq!(bad_limit.status(), 400);
     assert!(json(bad_limit).await["error"]
         .as_str()
