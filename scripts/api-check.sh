@@ -45,6 +45,10 @@ curl -sf -X POST "http://127.0.0.1:$port/hooks/drone" -H 'Content-Type: applicat
   -H "X-Hub-Signature-256: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["X-Hub-Signature-256"])' "$fixtures/push.tag.headers.json")" \
   --data-binary @"$fixtures/push.tag.json" >/dev/null
 
-"$venv/bin/st" run openapi.yaml --url "http://127.0.0.1:$port" \
+# A fixed seed by default, so a red run is reproducible and CI does not change its mind between
+# runs; API_CHECK_SEED=random explores new cases (do that when changing the API).
+seed=()
+[ "${API_CHECK_SEED:-1}" = random ] || seed=(--seed "${API_CHECK_SEED:-1}")
+"$venv/bin/st" run openapi.yaml --url "http://127.0.0.1:$port" "${seed[@]}" \
   -H "Authorization: Bearer $API_CHECK_TOKEN" --max-examples 20 \
   --exclude-path '/api/v1/jobs/{id}/logs/stream'
