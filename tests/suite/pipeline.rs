@@ -77,9 +77,7 @@ impl Build {
     }
 
     async fn start_with(password: Option<&str>, extra: &str) -> Option<Build> {
-        docker_with_base_images()?;
-        let registry = Registry::start()?;
-        let (git, sha) = GitServer::start()?;
+        let (registry, git, sha) = real_parts()?;
         let password = password.unwrap_or(&registry.password).to_owned();
         let app = TestApp::spawn_config(&config_with(&registry, &password, extra)).await;
         Some(Build {
@@ -115,6 +113,15 @@ impl Build {
             .map(|c| c.text)
             .collect()
     }
+}
+
+/// The engine with its base images, a registry, and the sample repository served by git
+/// (with its first commit); None where a part is missing outside CI.
+fn real_parts() -> Option<(Registry, GitServer, String)> {
+    docker_with_base_images()?;
+    let registry = Registry::start()?;
+    let (git, sha) = GitServer::start()?;
+    Some((registry, git, sha))
 }
 
 /// Waits (up to 15 minutes) until the job is neither queued nor running.
@@ -411,13 +418,7 @@ async fn a_newer_push_to_the_same_branch_supersedes_the_older_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_killed_mid_way_completes_once_after_a_restart() {
     use crate::common::binary::Server;
-    let Some(()) = docker_with_base_images() else {
-        return;
-    };
-    let Some(registry) = Registry::start() else {
-        return;
-    };
-    let Some((git, sha)) = GitServer::start() else {
+    let Some((registry, git, sha)) = real_parts() else {
         return;
     };
     git.tag("v3.0.0", &sha);
@@ -761,13 +762,7 @@ async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gitlab_tag_push_reports_pending_then_success_per_service_on_gitlab() {
     use crate::common::forge_double::{states, ForgeDouble, STATUS_TOKEN};
-    let Some(()) = docker_with_base_images() else {
-        return;
-    };
-    let Some(registry) = Registry::start() else {
-        return;
-    };
-    let Some((git, sha)) = GitServer::start() else {
+    let Some((registry, git, sha)) = real_parts() else {
         return;
     };
     let gitlab = ForgeDouble::gitlab(vec![(201, None)]).await;
