@@ -4,6 +4,7 @@
 pub mod checkout;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod docker;
 pub mod domain;
 pub mod forge;

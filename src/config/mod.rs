@@ -6,6 +6,7 @@
 //! secret resolved). The conversion collects *every* problem, each naming its field, so
 //! `deploybot check-config` can print them all at once. Nothing here panics on bad input.
 
+mod environment;
 mod raw;
 mod secret;
 mod validate;
@@ -20,6 +21,8 @@ use secrecy::SecretString;
 
 use crate::domain::{ProjectName, RepoSlug};
 use crate::forge::{ForgeKind, SigningKey};
+
+pub use environment::{is_dns_label, ClusterAccess, DeployOrder, Environment};
 
 /// The embedded defaults (`config/default.toml`), compiled into the binary.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
@@ -40,6 +43,8 @@ pub struct Settings {
     pub chat: Vec<ChatChannel>,
     /// The bearer token for actions on the web surface; None: actions are off.
     pub action_token: Option<SecretString>,
+    /// Where tag images roll out; none: nothing is deployed.
+    pub environments: Vec<Environment>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,10 +200,19 @@ impl Settings {
         if let Some(token) = &self.action_token {
             values.push(token.expose_secret().to_owned());
         }
+        for environment in &self.environments {
+            if let Some(token) = &environment.token {
+                values.push(token.expose_secret().to_owned());
+            }
+        }
         if let Some(password) = self.registry.as_ref().and_then(|r| r.password.as_ref()) {
             values.push(password.expose_secret().to_owned());
         }
         values
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
     }
 
     pub fn project(&self, name: &str) -> Option<&Project> {

@@ -23,6 +23,34 @@ pub struct RawSettings {
     pub web: RawWeb,
     #[serde(default)]
     pub chat: Vec<RawChat>,
+    #[serde(default)]
+    pub environments: Vec<RawEnvironment>,
+}
+
+/// Where tag (or branch) images roll out: a cluster, a namespace, and which refs go there.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    /// Tag patterns that deploy here; default every tag, unless `branches` is given.
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// Projects that deploy here; default all.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// `semver` (default; push time where a tag is not semver) or `push-time`.
+    pub order: Option<String>,
+    pub rollout_timeout_secs: Option<u64>,
+    /// The cluster: a kubeconfig (and context), the in-cluster service account, or an API
+    /// server URL with a CA file and a bearer token file.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub in_cluster: Option<bool>,
+    pub api_server: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,6 +46,7 @@ pub fn settings(
         timeout: Duration::from_secs(raw.report.timeout_secs.max(1)),
     };
     let chat = chat_channels(&raw, lookup_env, &mut problems);
+    let environments = super::environment::environments(&raw, &mut problems);
     // An empty inline token means "no token" (the embedded default); a token given some other
     // way must not be empty (SecretSpec refuses that).
     let inline_token = raw
@@ -76,6 +77,7 @@ pub fn settings(
             report,
             chat,
             action_token,
+            environments,
         }),
         _ => Err(ConfigError::Invalid(problems)),
     }

@@ -66,6 +66,7 @@ pub struct JobDetail {
     pub job: JobRow,
     pub stages: Vec<StageRow>,
     pub images: Vec<ImageRow>,
+    pub deploys: Vec<super::DeployRow>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,7 +89,7 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-fn now_text() -> String {
+pub(super) fn now_text() -> String {
     timestamp(OffsetDateTime::now_utc())
 }
 
@@ -101,7 +102,7 @@ impl Jobs {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding this lock would be a bug in a short SQL call; the data
         // itself is in SQLite, so carrying on with the inner value is safe.
         self.conn
@@ -181,7 +182,7 @@ impl Jobs {
         }
         let newer: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM jobs WHERE project = ?1 AND git_ref = ?2 AND id > ?3
-               AND state IN ('queued', 'running', 'success', 'failed')",
+               AND state IN ('queued', 'running', 'success', 'failed', 'deployed', 'rolled_back')",
             params![job.project, job.git_ref, job.id],
             |row| row.get(0),
         )?;
@@ -339,8 +340,9 @@ impl Jobs {
     }
 
     pub fn get(&self, id: i64) -> Result<Option<JobDetail>, StoreError> {
-        let conn = self.conn();
-        let job = conn
+        let (job, stages, images) = {
+            let conn = self.conn();
+            let job = conn
             .query_row(
                 "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error
                  FROM jobs WHERE id = ?1",
@@ -348,40 +350,44 @@ impl Jobs {
                 job_row,
             )
             .optional()?;
-        let Some(job) = job else { return Ok(None) };
-        let mut statement = conn.prepare(
+            let Some(job) = job else { return Ok(None) };
+            let mut statement = conn.prepare(
             "SELECT service, stage, state, exit_code, detail, started_at, finished_at FROM stages
              WHERE job = ?1 ORDER BY service, id",
         )?;
-        let stages = statement
-            .query_map([id], |row| {
-                Ok(StageRow {
-                    service: row.get(0)?,
-                    stage: row.get(1)?,
-                    state: row.get(2)?,
-                    exit_code: row.get(3)?,
-                    detail: row.get(4)?,
-                    started_at: row.get(5)?,
-                    finished_at: row.get(6)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut statement = conn.prepare(
-            "SELECT service, reference, digest FROM images WHERE job = ?1 ORDER BY service",
-        )?;
-        let images = statement
-            .query_map([id], |row| {
-                Ok(ImageRow {
-                    service: row.get(0)?,
-                    reference: row.get(1)?,
-                    digest: row.get(2)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+            let stages = statement
+                .query_map([id], |row| {
+                    Ok(StageRow {
+                        service: row.get(0)?,
+                        stage: row.get(1)?,
+                        state: row.get(2)?,
+                        exit_code: row.get(3)?,
+                        detail: row.get(4)?,
+                        started_at: row.get(5)?,
+                        finished_at: row.get(6)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut statement = conn.prepare(
+                "SELECT service, reference, digest FROM images WHERE job = ?1 ORDER BY service",
+            )?;
+            let images = statement
+                .query_map([id], |row| {
+                    Ok(ImageRow {
+                        service: row.get(0)?,
+                        reference: row.get(1)?,
+                        digest: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            (job, stages, images)
+        };
+        let deploys = self.deploys_of_job(id)?;
         Ok(Some(JobDetail {
             job,
             stages,
             images,
+            deploys,
         }))
     }
 
@@ -422,6 +428,8 @@ impl Jobs {
         )?;
         if changed == 1 {
             tx.execute("DELETE FROM stages WHERE job = ?1", [job])?;
+            // A re-run deploys again; the old rollouts stay as history.
+            tx.execute("UPDATE deploys SET retired = 1 WHERE job = ?1", [job])?;
             tx.execute(
                 "INSERT INTO log_chunks (job, service, stage, text, at)
                  VALUES (?1, '-', 'rerun', '[deploybot] re-run requested\n', ?2)",

@@ -8,6 +8,7 @@
 //! them commits, so a committed row always points at bytes on disk; bytes a crash left
 //! unreferenced are cut off at the next start. Reads use their own connections ([`Reader`]).
 
+mod deploys;
 mod jobs;
 mod outbox;
 mod reader;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+pub use deploys::{DeployRow, DeployUpdate, NewDeploy};
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
 pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};

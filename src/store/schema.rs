@@ -97,6 +97,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox (state, next_at, id);
     CREATE INDEX outbox_by_key ON outbox (project, channel, key, id);",
+    // 4: deploys: one row per (job, service, environment) rollout, or per hand rollback.
+    "CREATE TABLE deploys (
+        id             INTEGER PRIMARY KEY,
+        job            INTEGER REFERENCES jobs (id),
+        project        TEXT NOT NULL,
+        service        TEXT NOT NULL,
+        environment    TEXT NOT NULL,
+        namespace      TEXT NOT NULL,
+        deployment     TEXT NOT NULL,
+        container      TEXT NOT NULL,
+        tag            TEXT NOT NULL,
+        pushed_at      TEXT NOT NULL,
+        image          TEXT NOT NULL,
+        previous_image TEXT,
+        generation     INTEGER,
+        kind           TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback')),
+        state          TEXT NOT NULL CHECK (state IN ('planned', 'patched', 'deployed',
+                           'rolling_back', 'rolled_back', 'failed', 'skipped')),
+        reason         TEXT,
+        retired        INTEGER NOT NULL DEFAULT 0,
+        created_at     TEXT NOT NULL,
+        patched_at     TEXT,
+        finished_at    TEXT
+    );
+    -- One live rollout per job, service and environment: a resumed job finds it.
+    CREATE UNIQUE INDEX deploys_once ON deploys (job, service, environment)
+        WHERE job IS NOT NULL AND retired = 0;
+    CREATE INDEX deploys_by_target ON deploys (environment, namespace, deployment, state);",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -1,0 +1,237 @@
+//! `[[environments]]`: where images roll out. Each names a cluster, a namespace, and the refs
+//! that deploy there (default: every tag). Cluster credentials are only ever paths here; the
+//! token's value is read once so it can be masked wherever text is shown.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::raw::{RawEnvironment, RawSettings};
+use super::Problem;
+use crate::pipeline::Pattern;
+
+/// How long a rollout may take when the environment does not say.
+const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
+pub struct Environment {
+    pub name: String,
+    pub namespace: String,
+    pub tags: Vec<Pattern>,
+    pub branches: Vec<Pattern>,
+    pub projects: Vec<String>,
+    pub order: DeployOrder,
+    /// deploybot's own deadline for a rollout, beside the Deployment's progressDeadlineSeconds.
+    pub rollout_timeout: Duration,
+    pub cluster: ClusterAccess,
+    /// The bearer token's value, kept only so that it can be masked.
+    pub token: Option<SecretString>,
+}
+
+/// Which of two deploys of one Deployment is the newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployOrder {
+    /// By semantic version where both tags are one (a leading `v` allowed), else by push time.
+    Semver,
+    /// By the time the push was received.
+    PushTime,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClusterAccess {
+    Kubeconfig {
+        path: PathBuf,
+        context: Option<String>,
+    },
+    /// The pod's service account (`/var/run/secrets/kubernetes.io/serviceaccount`).
+    InCluster,
+    Explicit {
+        api_server: String,
+        ca_file: Option<PathBuf>,
+        token_file: PathBuf,
+    },
+}
+
+impl Environment {
+    /// Whether a push of `ref_kind`/`ref_name` to `project` deploys here.
+    pub fn takes(&self, project: &str, ref_kind: &str, ref_name: &str) -> bool {
+        let patterns = if ref_kind == "tag" {
+            &self.tags
+        } else {
+            &self.branches
+        };
+        (self.projects.is_empty() || self.projects.iter().any(|p| p == project))
+            && patterns.iter().any(|p| p.matches(ref_name))
+    }
+}
+
+pub fn environments(raw: &RawSettings, problems: &mut Vec<Problem>) -> Vec<Environment> {
+    let mut names = HashSet::new();
+    raw.environments
+        .iter()
+        .enumerate()
+        .filter_map(|(index, raw)| {
+            let environment = environment(index, raw, problems)?;
+            if !names.insert(environment.name.clone()) {
+                problems.push(Problem {
+                    field: format!("environments[{index}].name"),
+                    message: format!("environment \"{}\" is defined twice", environment.name),
+                });
+            }
+            Some(environment)
+        })
+        .collect()
+}
+
+fn environment(
+    index: usize,
+    raw: &RawEnvironment,
+    problems: &mut Vec<Problem>,
+) -> Option<Environment> {
+    let before = problems.len();
+    let field = |name: &str| format!("environments[{index}].{name}");
+    let mut problem = |name: &str, message: String| {
+        problems.push(Problem {
+            field: field(name),
+            message,
+        })
+    };
+    let name = raw.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        problem("name", "missing (e.g. production)".into());
+    }
+    let namespace = raw.namespace.clone().unwrap_or_else(|| "default".into());
+    if !is_dns_label(&namespace) {
+        problem(
+            "namespace",
+            format!("\"{namespace}\" is not a Kubernetes namespace name"),
+        );
+    }
+    let order = match raw.order.as_deref() {
+        None | Some("semver") => DeployOrder::Semver,
+        Some("push-time") => DeployOrder::PushTime,
+        Some(other) => {
+            problem(
+                "order",
+                format!("unknown order \"{other}\" (expected semver or push-time)"),
+            );
+            DeployOrder::Semver
+        }
+    };
+    let rollout_timeout = match raw.rollout_timeout_secs {
+        Some(0) => {
+            problem("rollout_timeout_secs", "must be greater than 0".into());
+            DEFAULT_ROLLOUT_TIMEOUT
+        }
+        Some(secs) => Duration::from_secs(secs),
+        None => DEFAULT_ROLLOUT_TIMEOUT,
+    };
+    let cluster = match (
+        &raw.kubeconfig,
+        raw.in_cluster.unwrap_or(false),
+        &raw.api_server,
+    ) {
+        (Some(path), false, None) => Some(ClusterAccess::Kubeconfig {
+            path: path.clone(),
+            context: raw.context.clone(),
+        }),
+        (None, true, None) => Some(ClusterAccess::InCluster),
+        (None, false, Some(api_server)) => match &raw.token_file {
+            Some(token_file) if api_server.starts_with("https://") => {
+                Some(ClusterAccess::Explicit {
+                    api_server: api_server.clone(),
+                    ca_file: raw.ca_file.clone(),
+                    token_file: token_file.clone(),
+                })
+            }
+            Some(_) => {
+                problem(
+                    "api_server",
+                    format!("\"{api_server}\" must be an https:// URL"),
+                );
+                None
+            }
+            None => {
+                problem(
+                    "token_file",
+                    "missing: an api_server needs a bearer token file".into(),
+                );
+                None
+            }
+        },
+        _ => {
+            problem(
+                "kubeconfig",
+                "give exactly one of kubeconfig (with optional context), in_cluster = true, or api_server with token_file (and ca_file)".into(),
+            );
+            None
+        }
+    };
+    let token = match &cluster {
+        Some(ClusterAccess::Explicit { token_file, .. }) => {
+            match std::fs::read_to_string(token_file) {
+                Ok(text) if !text.trim().is_empty() => {
+                    Some(SecretString::from(text.trim().to_owned()))
+                }
+                Ok(_) => {
+                    problem("token_file", format!("{} is empty", token_file.display()));
+                    None
+                }
+                Err(e) => {
+                    problem(
+                        "token_file",
+                        format!("cannot read {}: {}", token_file.display(), e.kind()),
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    for (key, path) in [("ca_file", &raw.ca_file), ("kubeconfig", &raw.kubeconfig)] {
+        if let Some(path) = path {
+            if !path.exists() {
+                problem(key, format!("{} does not exist", path.display()));
+            }
+        }
+    }
+    let mut patterns = |key: &str, list: &[String]| -> Vec<Pattern> {
+        list.iter()
+            .filter_map(|p| Pattern::parse(p).map_err(|m| problem(key, m)).ok())
+            .collect()
+    };
+    let default_tags = if raw.branches.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let tags = patterns("tags", raw.tags.as_deref().unwrap_or(&default_tags));
+    let branches = patterns("branches", &raw.branches);
+    if problems.len() != before {
+        return None;
+    }
+    Some(Environment {
+        name,
+        namespace,
+        tags,
+        branches,
+        projects: raw.projects.clone(),
+        order,
+        rollout_timeout,
+        cluster: cluster?,
+        token,
+    })
+}
+
+/// RFC 1123 label: what Kubernetes accepts as a namespace (and a Deployment) name.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}

@@ -1,0 +1,247 @@
+//! [`Cluster`] on the Kubernetes API, through kube-rs: `apps/v1` Deployments only (the calls
+//! the Role in `k8s/rbac.yaml` allows: get, watch, patch).
+
+use std::collections::BTreeMap;
+
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use kube::{Api, Client, Config};
+
+use super::cluster::{Changes, Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
+use crate::config::ClusterAccess;
+
+/// Seconds a watch stays open before the server ends it (and deploybot follows again).
+const WATCH_SECONDS: u32 = 60;
+
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: Client,
+}
+
+impl KubeCluster {
+    /// A client for `access`. Nothing is sent yet: an unreachable server shows at the first
+    /// call, as an error naming that call.
+    pub async fn connect(access: &ClusterAccess) -> Result<KubeCluster, String> {
+        let config = match access {
+            ClusterAccess::InCluster => {
+                Config::incluster().map_err(|e| format!("in-cluster service account: {e}"))?
+            }
+            ClusterAccess::Kubeconfig { path, context } => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                let options = kube::config::KubeConfigOptions {
+                    context: context.clone(),
+                    ..Default::default()
+                };
+                Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            }
+            ClusterAccess::Explicit {
+                api_server,
+                ca_file,
+                token_file,
+            } => {
+                let url = api_server
+                    .parse()
+                    .map_err(|e| format!("api_server \"{api_server}\": {e}"))?;
+                let mut config = Config::new(url);
+                if let Some(ca_file) = ca_file {
+                    let pem = std::fs::read_to_string(ca_file)
+                        .map_err(|e| format!("ca_file {}: {}", ca_file.display(), e.kind()))?;
+                    config.root_cert = Some(
+                        pem_certificates(&pem)
+                            .map_err(|e| format!("ca_file {}: {e}", ca_file.display()))?,
+                    );
+                }
+                // kube reads the file itself and again when it changes (rotated tokens).
+                config.auth_info.token_file = Some(token_file.display().to_string());
+                config
+            }
+        };
+        let mut config = config;
+        config.connect_timeout = Some(std::time::Duration::from_secs(10));
+        config.read_timeout = Some(std::time::Duration::from_secs(
+            u64::from(WATCH_SECONDS) + 30,
+        ));
+        let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+        Ok(KubeCluster { client })
+    }
+
+    fn api(&self, target: &DeploymentRef) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &target.namespace)
+    }
+}
+
+impl Cluster for KubeCluster {
+    async fn read(&self, target: &DeploymentRef) -> Result<Observed, ClusterError> {
+        let deployment = self
+            .api(target)
+            .get(&target.name)
+            .await
+            .map_err(|e| named(e, "get", target))?;
+        Ok(observe(&deployment))
+    }
+
+    async fn set_image(
+        &self,
+        target: &DeploymentRef,
+        change: ImageChange<'_>,
+    ) -> Result<Observed, ClusterError> {
+        // A strategic merge patch keyed by container name touches only that container; the
+        // resourceVersion makes it conditional, so a change made since our read is a 409
+        // instead of a silent overwrite of what we recorded as "previous".
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": change.resource_version,
+                "annotations": change.annotations,
+            },
+            "spec": {"template": {"spec": {"containers": [
+                {"name": change.container, "image": change.image}
+            ]}}}
+        });
+        let params = PatchParams {
+            field_manager: Some("deploybot".into()),
+            ..PatchParams::default()
+        };
+        let deployment = self
+            .api(target)
+            .patch(&target.name, &params, &Patch::Strategic(patch))
+            .await
+            .map_err(|e| named(e, "patch", target))?;
+        Ok(observe(&deployment))
+    }
+
+    async fn follow(
+        &self,
+        target: &DeploymentRef,
+        resource_version: &str,
+    ) -> Result<Changes, ClusterError> {
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={}", target.name))
+            .timeout(WATCH_SECONDS);
+        let api = self.api(target);
+        let events = api
+            .watch(&params, resource_version)
+            .await
+            .map_err(|e| named(e, "watch", target))?;
+        // The watch stream borrows the Api; a task owns both and hands changes over a channel.
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let who = target.clone();
+        tokio::spawn(async move {
+            let _api = api;
+            let mut events = std::pin::pin!(events.map_err(|e| named(e, "watch", &who)));
+            while let Some(event) = events.next().await {
+                let item = match event {
+                    Ok(WatchEvent::Added(d)) | Ok(WatchEvent::Modified(d)) => Ok(observe(&d)),
+                    Ok(WatchEvent::Deleted(_)) => Err(ClusterError::NotFound(who.clone())),
+                    Ok(WatchEvent::Bookmark(_)) => continue,
+                    // 410 Gone: the version is too old to follow; the caller reads again.
+                    Ok(WatchEvent::Error(e)) if e.code == 410 => break,
+                    Ok(WatchEvent::Error(e)) => Err(ClusterError::Other {
+                        verb: "watch",
+                        target: who.clone(),
+                        message: e.message,
+                    }),
+                    Err(e) => Err(e),
+                };
+                if sender.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Box::pin(futures_util::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        )))
+    }
+}
+
+fn named(error: kube::Error, verb: &'static str, target: &DeploymentRef) -> ClusterError {
+    match error {
+        kube::Error::Api(response) => match response.code {
+            403 => ClusterError::Forbidden {
+                verb,
+                namespace: target.namespace.clone(),
+                message: response.message,
+            },
+            404 => ClusterError::NotFound(target.clone()),
+            409 => ClusterError::Conflict(target.clone()),
+            _ => ClusterError::Other {
+                verb,
+                target: target.clone(),
+                message: format!("{} ({})", response.message, response.code),
+            },
+        },
+        other => ClusterError::Unreachable {
+            verb,
+            target: target.clone(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn observe(deployment: &Deployment) -> Observed {
+    let spec = deployment.spec.as_ref();
+    let status = deployment.status.as_ref();
+    let images: BTreeMap<String, String> = spec
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|pod| {
+            pod.containers
+                .iter()
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let progressing = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Progressing"))
+        .map(|c| {
+            (
+                c.status.clone(),
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        });
+    Observed {
+        resource_version: deployment
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default(),
+        generation: deployment.metadata.generation.unwrap_or(0),
+        observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+        desired: spec.and_then(|s| s.replicas).unwrap_or(1),
+        total: status.and_then(|s| s.replicas).unwrap_or(0),
+        updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+        available: status.and_then(|s| s.available_replicas).unwrap_or(0),
+        progressing,
+        images,
+    }
+}
+
+/// The DER bytes of every certificate in a PEM bundle.
+fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    use base64::Engine;
+    let mut certificates = Vec::new();
+    let mut body: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        match (line, &mut body) {
+            ("-----BEGIN CERTIFICATE-----", None) => body = Some(String::new()),
+            ("-----END CERTIFICATE-----", Some(text)) => {
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|e| format!("a certificate is not valid base64: {e}"))?;
+                certificates.push(der);
+                body = None;
+            }
+            (line, Some(text)) => text.push_str(line),
+            _ => {}
+        }
+    }
+    if certificates.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certificates)
+}
