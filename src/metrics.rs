@@ -32,6 +32,11 @@ pub struct Metrics {
     pub queue_wait_seconds: Histogram,
     /// Seconds each stage took, by stage and result.
     pub stage_seconds: HistogramVec,
+    /// Rollouts by environment and outcome (deployed, rolled_back, skipped, failed): the
+    /// rolled_back series counts automatic rollbacks.
+    pub deploys: IntCounterVec,
+    /// Rollbacks by hand (`deploybot rollback`, the rollback action), by environment.
+    pub rollbacks_by_hand: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +115,16 @@ impl Metrics {
             ]),
             &["stage", "result"],
         )?;
+        let deploys = IntCounterVec::new(
+            Opts::new("deploys_total", "Rollouts by environment and outcome"),
+            &["environment", "outcome"],
+        )?;
+        let rollbacks_by_hand = IntCounterVec::new(
+            Opts::new("rollbacks_by_hand_total", "Rollbacks asked for by a person"),
+            &["environment"],
+        )?;
+        registry.register(Box::new(deploys.clone()))?;
+        registry.register(Box::new(rollbacks_by_hand.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(queue_wait_seconds.clone()))?;
         registry.register(Box::new(stage_seconds.clone()))?;
@@ -132,6 +147,8 @@ impl Metrics {
             jobs,
             queue_wait_seconds,
             stage_seconds,
+            deploys,
+            rollbacks_by_hand,
         })
     }
 

@@ -183,7 +183,16 @@ async fn start_worker(
         }
     };
     let stop = CancellationToken::new();
-    let worker = Worker::new(settings, jobs, Arc::new(engine), wake, reports, metrics);
+    let deployer = Arc::new(crate::deploy::connect(&settings, jobs.clone()).await);
+    let worker = Worker::new(
+        settings,
+        jobs,
+        Arc::new(engine),
+        wake,
+        reports,
+        metrics,
+        deployer,
+    );
     let handle = tokio::spawn(worker.run(stop.clone()));
     Some((handle, stop))
 }

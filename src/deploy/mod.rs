@@ -15,3 +15,22 @@ pub use cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
 pub use health::{assess, Health};
 pub use kube::KubeCluster;
 pub use rollout::{Deployer, Note, Outcome, Request};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A deployer for every configured environment, on the Kubernetes API.
+pub async fn connect(
+    settings: &crate::config::Settings,
+    jobs: Arc<crate::store::Jobs>,
+) -> Deployer<KubeCluster> {
+    let mut clusters = HashMap::new();
+    for environment in &settings.environments {
+        let cluster = KubeCluster::connect(&environment.cluster).await;
+        if let Err(e) = &cluster {
+            tracing::error!(environment = %environment.name, error = %e, "This environment's cluster cannot be used; its deploys fail until deploybot restarts");
+        }
+        clusters.insert(environment.name.clone(), cluster);
+    }
+    Deployer::new(clusters, jobs)
+}

@@ -84,7 +84,8 @@ impl Outcome {
 pub type Note<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
 pub struct Deployer<C: Cluster> {
-    clusters: HashMap<String, C>,
+    /// By environment name; the error says why a cluster could not be set up.
+    clusters: HashMap<String, Result<C, String>>,
     jobs: Arc<Jobs>,
     locks: std::sync::Mutex<HashMap<(String, DeploymentRef), Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -96,7 +97,7 @@ enum Waited {
 
 impl<C: Cluster> Deployer<C> {
     /// `clusters` by environment name.
-    pub fn new(clusters: HashMap<String, C>, jobs: Arc<Jobs>) -> Deployer<C> {
+    pub fn new(clusters: HashMap<String, Result<C, String>>, jobs: Arc<Jobs>) -> Deployer<C> {
         Deployer {
             clusters,
             jobs,
@@ -112,10 +113,18 @@ impl<C: Cluster> Deployer<C> {
         };
         let lock = self.lock_for(&environment.name, &target);
         let _one_at_a_time = lock.lock().await;
-        let Some(cluster) = self.clusters.get(&environment.name) else {
-            return Outcome::Failed {
-                reason: format!("environment \"{}\" has no cluster", environment.name),
-            };
+        let cluster = match self.clusters.get(&environment.name) {
+            Some(Ok(cluster)) => cluster,
+            Some(Err(e)) => {
+                return Outcome::Failed {
+                    reason: format!("environment \"{}\": {e}", environment.name),
+                }
+            }
+            None => {
+                return Outcome::Failed {
+                    reason: format!("environment \"{}\" has no cluster", environment.name),
+                }
+            }
         };
         let record = match self.record(request).await {
             Ok(record) => record,

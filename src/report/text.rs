@@ -72,7 +72,12 @@ pub fn chat_message(
     failure_tail: Option<&str>,
     link: Option<&str>,
 ) -> Report {
-    let icon = if result == "success" { "✅" } else { "❌" };
+    let icon = match result {
+        "success" | "deployed" => "✅",
+        "rolled_back" => "↩️",
+        _ => "❌",
+    };
+    let result = result.replace('_', " ");
     let short: String = sha.chars().take(7).collect();
     let mut text =
         format!("{icon} {project} {git_ref} ({short}) by {pusher}: {result} in {seconds} s");

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::deploy_stage::Deployed;
 use super::logs::{JobLog, Masker};
 use super::reporter::Reporter;
 use super::reuse;
@@ -27,8 +28,12 @@ use crate::store::{ClaimedJob, Jobs, NewReport, StoreError};
 /// Job-level stages are recorded under this service name.
 const JOB_SCOPE: &str = "-";
 
+/// A service's stages, in order.
+const SERVICE_STAGES: [&str; 5] = ["check", "compile", "image", "push", "deploy"];
+
 pub struct Runner<E: Executor> {
     pub settings: Arc<Settings>,
+    pub deployer: Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
     pub jobs: Arc<Jobs>,
     pub executor: Arc<E>,
     pub checkouts: Arc<Checkouts>,
@@ -42,21 +47,28 @@ pub struct Runner<E: Executor> {
 }
 
 /// What every service of one job is built with.
-struct JobContext<'a> {
-    job: &'a ClaimedJob,
+pub(super) struct JobContext<'a> {
+    pub(super) job: &'a ClaimedJob,
     reporter: Option<&'a Reporter>,
     /// The commit's root tree id, when known: the key to reusing unchanged images.
     tree: Option<String>,
-    event: &'a PushEvent,
+    pub(super) event: &'a PushEvent,
     workspace: &'a std::path::Path,
     pushes: bool,
-    log: &'a JobLog,
+    /// The environments this push deploys to (none unless it pushes).
+    pub(super) environments: Vec<&'a crate::config::Environment>,
+    pub(super) log: &'a JobLog,
     cancel: &'a CancellationToken,
 }
 
 impl JobContext<'_> {
+    /// Whether `service` rolls out after the build.
+    pub(super) fn deploys(&self, service: &Service) -> bool {
+        self.pushes && service.deployment.is_some() && !self.environments.is_empty()
+    }
+
     /// The commit status for `service`, if the project reports statuses.
-    fn status(&self, service: &str, state: StatusState, words: &str) -> Vec<NewReport> {
+    pub(super) fn status(&self, service: &str, state: StatusState, words: &str) -> Vec<NewReport> {
         self.reporter
             .map(|r| r.status(Some(service), state, words))
             .unwrap_or_default()
@@ -133,8 +145,10 @@ impl<E: Executor> Runner<E> {
             return;
         } else {
             match outcome {
-                Ok(()) => ("success", None),
-                Err(reason) => ("failed", Some(reason)),
+                Ok(Deployed::Nothing) => ("success", None),
+                Ok(Deployed::All) => ("deployed", None),
+                Ok(Deployed::RolledBack(reason)) => ("rolled_back", Some(reason)),
+                Ok(Deployed::Failed(reason)) | Err(reason) => ("failed", Some(reason)),
             }
         };
         tracing::info!(parent: &span, state, error = error.as_deref().unwrap_or(""), "Job finished");
@@ -148,7 +162,7 @@ impl<E: Executor> Runner<E> {
         self.reports.notify_one();
     }
 
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Jobs) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -205,7 +219,7 @@ impl<E: Executor> Runner<E> {
         log: &JobLog,
         cancel: &CancellationToken,
         reporter: Option<&Reporter>,
-    ) -> Result<(), String> {
+    ) -> Result<Deployed, String> {
         let project = self
             .settings
             .project(&job.project)
@@ -255,6 +269,11 @@ impl<E: Executor> Runner<E> {
             }
         };
         let pushes = should_push(&definition, job) && self.settings.registry.is_some();
+        let environments = if pushes {
+            self.environments_for(&job.project, &job.ref_kind, &job.ref_name)
+        } else {
+            Vec::new()
+        };
         checkout_log.note(&format!(
             "{} service(s); images {}",
             definition.services.len(),
@@ -265,11 +284,12 @@ impl<E: Executor> Runner<E> {
             }
         ));
         for service in &definition.services {
-            for stage in ["check", "compile", "image", "push"] {
+            for stage in SERVICE_STAGES {
                 let applies = match stage {
                     "check" => service.steps.iter().any(|s| s.stage == Stage::Check),
                     "compile" => service.steps.iter().any(|s| s.stage == Stage::Compile),
                     "push" => pushes,
+                    "deploy" => pushes && service.deployment.is_some() && !environments.is_empty(),
                     _ => true,
                 };
                 let state = if applies { "pending" } else { "skipped" };
@@ -298,6 +318,7 @@ impl<E: Executor> Runner<E> {
             event: &event,
             workspace: &workspace,
             pushes,
+            environments,
             log,
             cancel,
         };
@@ -328,15 +349,30 @@ impl<E: Executor> Runner<E> {
                 ));
             }
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
+        if !failures.is_empty() {
+            for service in definition.services.iter().filter(|s| context.deploys(s)) {
+                let detail = "not deployed: a service of this push failed to build";
+                self.stage(
+                    job.id,
+                    &service.name,
+                    "deploy",
+                    "skipped",
+                    None,
+                    Some(detail),
+                )
+                .await;
+            }
             failures.sort();
-            Err(failures.join("; "))
+            return Err(failures.join("; "));
+        }
+        if definition.services.iter().any(|s| context.deploys(s)) {
+            Ok(self.deploy_services(context, &definition.services).await)
+        } else {
+            Ok(Deployed::Nothing)
         }
     }
 
-    async fn stage(
+    pub(super) async fn stage(
         &self,
         job: i64,
         service: &str,
@@ -372,7 +408,7 @@ impl<E: Executor> Runner<E> {
 
     /// Sets a stage and, in the same transaction, queues the reports it causes.
     #[allow(clippy::too_many_arguments)]
-    async fn stage_with(
+    pub(super) async fn stage_with(
         &self,
         job: i64,
         service: &str,
@@ -436,7 +472,7 @@ impl<E: Executor> Runner<E> {
             )
             .await;
             // What did not run after the failure is skipped, not pending forever.
-            let order = ["check", "compile", "image", "push"];
+            let order = SERVICE_STAGES;
             let after = order
                 .iter()
                 .position(|s| *s == failure.stage)
@@ -789,11 +825,16 @@ impl<E: Executor> Runner<E> {
                 .await;
         }
         let pushed = format!("{reference}@{digest}");
-        let reports = cx.status(
-            &service.name,
-            StatusState::Success,
-            &format!("Pushed {pushed}"),
-        );
+        let reports = if cx.deploys(service) {
+            let words = format!("Pushed {pushed}; deploying next");
+            cx.status(&service.name, StatusState::Pending, &words)
+        } else {
+            cx.status(
+                &service.name,
+                StatusState::Success,
+                &format!("Pushed {pushed}"),
+            )
+        };
         self.stage_with(
             job.id,
             &service.name,

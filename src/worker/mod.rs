@@ -5,6 +5,7 @@
 //! process's containers (found by label) and its workspaces. A newer push to the same branch
 //! supersedes an older job, queued or running (its containers are killed); tags never are.
 
+mod deploy_stage;
 mod job;
 pub mod logs;
 mod reporter;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkout::Checkouts;
 use crate::config::Settings;
+use crate::deploy::{Deployer, KubeCluster};
 use crate::docker::Executor;
 use crate::store::Jobs;
 
@@ -27,6 +29,7 @@ const POLL: Duration = Duration::from_millis(500);
 
 pub struct Worker<E: Executor> {
     settings: Arc<Settings>,
+    deployer: Arc<Deployer<KubeCluster>>,
     jobs: Arc<Jobs>,
     executor: Arc<E>,
     checkouts: Arc<Checkouts>,
@@ -43,10 +46,12 @@ impl<E: Executor> Worker<E> {
         wake: Arc<Notify>,
         reports: Arc<Notify>,
         metrics: Arc<crate::metrics::Metrics>,
+        deployer: Arc<Deployer<KubeCluster>>,
     ) -> Self {
         let checkouts = Arc::new(Checkouts::new(&settings.server.data_dir));
         Worker {
             settings,
+            deployer,
             jobs,
             executor,
             checkouts,
@@ -87,6 +92,7 @@ impl<E: Executor> Worker<E> {
                 Ok(Ok(Some(job))) => {
                     let runner = job::Runner {
                         settings: self.settings.clone(),
+                        deployer: self.deployer.clone(),
                         jobs: self.jobs.clone(),
                         executor: self.executor.clone(),
                         checkouts: self.checkouts.clone(),

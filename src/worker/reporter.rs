@@ -75,6 +75,14 @@ impl Reporter {
                 StatusState::Success,
                 "Built and pushed every service".to_owned(),
             ),
+            "deployed" => (
+                StatusState::Success,
+                "Built, pushed and deployed every service".to_owned(),
+            ),
+            "rolled_back" => (
+                StatusState::Failure,
+                format!("Rolled back: {}", error.unwrap_or("a rollout failed")),
+            ),
             "superseded" => (
                 StatusState::Error,
                 "Superseded by a newer push to this branch".to_owned(),
@@ -88,17 +96,21 @@ impl Reporter {
         let Some(detail) = detail else { return reports };
         let mut services: Vec<ServiceLine> = Vec::new();
         for stage in detail.stages.iter().filter(|s| s.service != "-") {
-            let failed = stage.state == "failed";
+            let result = match (stage.stage.as_str(), stage.state.as_str()) {
+                (at, "failed") => Some(format!("failed at {at}")),
+                ("deploy", "rolled_back") => Some("rolled back".to_owned()),
+                ("deploy", "success") => Some("deployed".to_owned()),
+                _ => None,
+            };
             match services.iter_mut().find(|l| l.service == stage.service) {
-                Some(line) if failed => line.result = format!("failed at {}", stage.stage),
-                Some(_) => {}
+                Some(line) => {
+                    if let Some(result) = result {
+                        line.result = result;
+                    }
+                }
                 None => services.push(ServiceLine {
                     service: stage.service.clone(),
-                    result: if failed {
-                        format!("failed at {}", stage.stage)
-                    } else {
-                        "ok".into()
-                    },
+                    result: result.unwrap_or_else(|| "ok".into()),
                     image: None,
                 }),
             }
@@ -116,7 +128,7 @@ impl Reporter {
         let tail = detail
             .stages
             .iter()
-            .find(|s| s.state == "failed")
+            .find(|s| s.state == "failed" || s.state == "rolled_back")
             .and_then(|s| s.detail.as_deref());
         let seconds = duration_seconds(detail);
         let link = text::target_url(self.base_url.as_deref(), self.job);
@@ -124,7 +136,7 @@ impl Reporter {
             .git_ref
             .trim_start_matches("refs/tags/")
             .trim_start_matches("refs/heads/");
-        let channels = if result == "success" {
+        let channels = if result == "success" || result == "deployed" {
             &self.chat_on_success
         } else {
             &self.chat_on_failed
