@@ -1,4 +1,5 @@
 #!/bin/bash
+# Copied from the workplace's shared k8s scripts (../shared/k8s); the cache folder is keyed by version.
 # Build a real Kubernetes v1.20.2 (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl)
 # from Debian bookworm's `kubernetes` source package with Debian's Go 1.19, and take etcd from
 # Debian's etcd-server. Nothing is installed system-wide: everything lands under $W.

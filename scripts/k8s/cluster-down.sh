@@ -1,4 +1,5 @@
 #!/bin/bash
+# Copied from the workplace's shared k8s scripts (../shared/k8s); the cache folder is keyed by version.
 # Stop what cluster-up.sh started (by recorded PID), remove the kubelet's pod containers (k8s_*),
 # undo the kubelet's host changes, and wipe cluster state so the next cluster-up starts fresh.
 # Leaves dockerd, the registry and all other containers/images alone.

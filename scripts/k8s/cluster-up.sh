@@ -1,4 +1,6 @@
 #!/bin/bash
+# Copied from the workplace's shared k8s scripts (../shared/k8s) and made deploybot's own: the cache
+# folder is keyed by version and a narrower test user is added.
 # Single-node Kubernetes v1.20.2 on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler and kubelet (built-in dockershim -> the running Docker). Idempotent: a component
 # whose recorded PID (run/<name>.pid) is alive is left alone. Stop with cluster-down.sh.
@@ -11,7 +13,11 @@ mkdir -p $R/certs $K; cd $R
 # --- one-time inputs: service-account key pair, token, pause image (built from the k8s tree) ---
 [ -s sa.key ] || openssl genrsa -out sa.key 2048 2>/dev/null
 [ -s sa.pub ] || openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-echo -n "$TOKEN" > token; echo "$TOKEN,admin,admin,system:masters" > tokens.csv
+# A second, narrower user (no groups, no bindings): tests bind it a Role that lacks a verb
+# deploybot needs, to see the 403 named. (deploybot addition to the shared script.)
+NARROW=${NARROW_TOKEN:-narrowtoken456}
+echo -n "$TOKEN" > token; echo -n "$NARROW" > narrow-token
+printf '%s\n' "$TOKEN,admin,admin,system:masters" "$NARROW,deploybot-narrow,deploybot-narrow" > tokens.csv
 if ! docker image inspect $PAUSE >/dev/null 2>&1; then
   mkdir -p $W/pause && cd $W/pause
   gcc -Os -static -o pause $W/src/kubernetes-1.20.2/build/pause/linux/pause.c && strip pause
@@ -78,4 +84,4 @@ start kubelet env HOME=$K $B/kubelet --kubeconfig=$R/kubeconfig --hostname-overr
 node_ready() { api /api/v1/nodes/$NODE | jq -e '.status.conditions[]|select(.type=="Ready" and .status=="True")'; }
 wait_for "node $NODE Ready" node_ready
 wait_for "default serviceaccount" api /api/v1/namespaces/default/serviceaccounts/default
-echo "API=$API"; echo "CA=$CA"; echo "TOKEN_FILE=$R/token"; echo "KUBECONFIG=$R/kubeconfig"
+echo "API=$API"; echo "CA=$CA"; echo "TOKEN_FILE=$R/token"; echo "NARROW_TOKEN_FILE=$R/narrow-token"; echo "KUBECONFIG=$R/kubeconfig"

@@ -21,10 +21,19 @@ pub struct Observed {
     pub total: i32,
     pub updated: i32,
     pub available: i32,
-    /// The `Progressing` condition: (status, reason, message).
-    pub progressing: Option<(String, String, String)>,
+    pub progressing: Option<Condition>,
     /// Container name → image, in `spec.template`.
     pub images: BTreeMap<String, String>,
+}
+
+/// The Deployment's `Progressing` condition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Condition {
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// `lastUpdateTime`: tells a fresh verdict from one left over from an earlier rollout.
+    pub last_update: String,
 }
 
 /// Where a Deployment lives.

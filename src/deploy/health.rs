@@ -15,18 +15,43 @@ pub enum Health {
     },
 }
 
-/// `since_generation` is the generation deploybot's own change produced: status for an older
-/// spec says nothing about this rollout.
-pub fn assess(deployment: &Observed, since_generation: i64) -> Health {
+/// What a rollout is measured against: the generation deploybot's own change produced (status
+/// for an older spec says nothing about this rollout), and the `Progressing` condition's
+/// `lastUpdateTime` when the change was sent. The controller keeps a `ProgressDeadlineExceeded`
+/// verdict until it sees progress, so right after a rollback of a stalled rollout the old
+/// verdict is still there; only a verdict given after the change counts.
+#[derive(Debug, Clone, Default)]
+pub struct Since {
+    pub generation: i64,
+    pub stale_verdict: Option<String>,
+}
+
+impl Since {
+    pub fn change(after: &Observed) -> Since {
+        Since {
+            generation: after.generation,
+            stale_verdict: after
+                .progressing
+                .as_ref()
+                .filter(|c| c.reason == DEADLINE_EXCEEDED)
+                .map(|c| c.last_update.clone()),
+        }
+    }
+}
+
+const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
+pub fn assess(deployment: &Observed, since: &Since) -> Health {
     let d = deployment;
-    if d.observed_generation < d.generation.max(since_generation) {
+    if d.observed_generation < d.generation.max(since.generation) {
         return Health::Waiting("waiting for the deployment controller to see the change".into());
     }
-    if let Some((_, reason, message)) = &d.progressing {
-        if reason == "ProgressDeadlineExceeded" {
+    if let Some(condition) = &d.progressing {
+        let stale = since.stale_verdict.as_deref() == Some(condition.last_update.as_str());
+        if condition.reason == DEADLINE_EXCEEDED && !stale {
             return Health::Failed {
-                reason: reason.clone(),
-                message: message.clone(),
+                reason: condition.reason.clone(),
+                message: condition.message.clone(),
             };
         }
     }
@@ -54,6 +79,7 @@ pub fn assess(deployment: &Observed, since_generation: i64) -> Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::cluster::Condition;
 
     fn observed(
         generation: i64,
@@ -73,35 +99,54 @@ mod tests {
         }
     }
 
+    fn since(generation: i64) -> Since {
+        Since {
+            generation,
+            stale_verdict: None,
+        }
+    }
+
+    fn timed_out(at: &str) -> Condition {
+        Condition {
+            status: "False".into(),
+            reason: "ProgressDeadlineExceeded".into(),
+            message: "ReplicaSet \"web-5d\" has timed out progressing.".into(),
+            last_update: at.into(),
+        }
+    }
+
     #[test]
     fn a_change_the_controller_has_not_seen_is_still_waiting() {
         assert!(matches!(
-            assess(&observed(3, 2, 2, 2, 2), 3),
+            assess(&observed(3, 2, 2, 2, 2), &since(3)),
             Health::Waiting(_)
         ));
         assert!(matches!(
-            assess(&observed(2, 2, 2, 2, 2), 3),
+            assess(&observed(2, 2, 2, 2, 2), &since(3)),
             Health::Waiting(_)
         ));
     }
 
     #[test]
     fn a_rollout_is_complete_when_every_replica_is_updated_and_available() {
-        assert_eq!(assess(&observed(3, 3, 2, 2, 2), 3), Health::Complete);
+        assert_eq!(
+            assess(&observed(3, 3, 2, 2, 2), &since(3)),
+            Health::Complete
+        );
     }
 
     #[test]
     fn old_replicas_still_running_or_new_ones_not_ready_keep_it_waiting() {
         assert_eq!(
-            assess(&observed(3, 3, 2, 3, 2), 3),
+            assess(&observed(3, 3, 2, 3, 2), &since(3)),
             Health::Waiting("1 old replicas pending termination".into())
         );
         assert_eq!(
-            assess(&observed(3, 3, 2, 2, 1), 3),
+            assess(&observed(3, 3, 2, 2, 1), &since(3)),
             Health::Waiting("1 of 2 updated replicas available".into())
         );
         assert_eq!(
-            assess(&observed(3, 3, 1, 3, 2), 3),
+            assess(&observed(3, 3, 1, 3, 2), &since(3)),
             Health::Waiting("1 of 2 new replicas updated".into())
         );
     }
@@ -109,17 +154,26 @@ mod tests {
     #[test]
     fn a_progress_deadline_exceeded_fails_with_the_conditions_message() {
         let mut d = observed(3, 3, 1, 3, 2);
-        d.progressing = Some((
-            "False".into(),
-            "ProgressDeadlineExceeded".into(),
-            "ReplicaSet \"web-5d\" has timed out progressing.".into(),
-        ));
+        d.progressing = Some(timed_out("2026-01-01T00:00:09Z"));
         assert_eq!(
-            assess(&d, 3),
+            assess(&d, &since(3)),
             Health::Failed {
                 reason: "ProgressDeadlineExceeded".into(),
                 message: "ReplicaSet \"web-5d\" has timed out progressing.".into()
             }
         );
+    }
+
+    #[test]
+    fn a_verdict_left_over_from_before_the_change_does_not_fail_it() {
+        let mut d = observed(4, 4, 1, 2, 1);
+        d.progressing = Some(timed_out("2026-01-01T00:00:09Z"));
+        let since = Since {
+            generation: 4,
+            stale_verdict: Some("2026-01-01T00:00:09Z".into()),
+        };
+        assert!(matches!(assess(&d, &since), Health::Waiting(_)));
+        d.progressing = Some(timed_out("2026-01-01T00:01:00Z"));
+        assert!(matches!(assess(&d, &since), Health::Failed { .. }));
     }
 }

@@ -8,7 +8,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client, Config};
 
-use super::cluster::{Changes, Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
+use super::cluster::{
+    Changes, Cluster, ClusterError, Condition, DeploymentRef, ImageChange, Observed,
+};
 use crate::config::ClusterAccess;
 
 /// Seconds a watch stays open before the server ends it (and deploybot follows again).
@@ -197,12 +199,15 @@ fn observe(deployment: &Deployment) -> Observed {
     let progressing = status
         .and_then(|s| s.conditions.as_ref())
         .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Progressing"))
-        .map(|c| {
-            (
-                c.status.clone(),
-                c.reason.clone().unwrap_or_default(),
-                c.message.clone().unwrap_or_default(),
-            )
+        .map(|c| Condition {
+            status: c.status.clone(),
+            reason: c.reason.clone().unwrap_or_default(),
+            message: c.message.clone().unwrap_or_default(),
+            last_update: c
+                .last_update_time
+                .as_ref()
+                .map(|t| format!("{:?}", t.0))
+                .unwrap_or_default(),
         });
     Observed {
         resource_version: deployment

@@ -12,7 +12,7 @@ mod order;
 mod rollout;
 
 pub use cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
-pub use health::{assess, Health};
+pub use health::{assess, Health, Since};
 pub use kube::KubeCluster;
 pub use rollout::{Deployer, Note, Outcome, Request};
 

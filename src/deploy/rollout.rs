@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
-use super::health::{assess, Health};
+use super::health::{assess, Health, Since};
 use super::order::{is_older, Version};
 use crate::config::Environment;
 use crate::store::{DeployRow, DeployUpdate, Jobs, NewDeploy, StoreError};
@@ -87,8 +87,11 @@ pub struct Deployer<C: Cluster> {
     /// By environment name; the error says why a cluster could not be set up.
     clusters: HashMap<String, Result<C, String>>,
     jobs: Arc<Jobs>,
-    locks: std::sync::Mutex<HashMap<(String, DeploymentRef), Arc<tokio::sync::Mutex<()>>>>,
+    locks: std::sync::Mutex<HashMap<(String, DeploymentRef), DeploymentLock>>,
 }
+
+/// Held while one rollout of a Deployment runs.
+type DeploymentLock = Arc<tokio::sync::Mutex<()>>;
 
 enum Waited {
     Done(Health),
@@ -159,7 +162,7 @@ impl<C: Cluster> Deployer<C> {
         outcome
     }
 
-    fn lock_for(&self, environment: &str, target: &DeploymentRef) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_for(&self, environment: &str, target: &DeploymentRef) -> DeploymentLock {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks
             .entry((environment.to_owned(), target.clone()))
@@ -258,7 +261,7 @@ impl<C: Cluster> Deployer<C> {
         let failed = |e: ClusterError| Outcome::Failed {
             reason: e.to_string(),
         };
-        let (generation, previous) = match record.state.as_str() {
+        let (since, previous) = match record.state.as_str() {
             "planned" => {
                 if !request.by_hand {
                     if let Some(newer) = self.newer_in_place(request, target, record.id).await {
@@ -276,10 +279,11 @@ impl<C: Cluster> Deployer<C> {
             }
             "patched" => {
                 note("resuming: the change was already sent; waiting for the rollout");
-                (
-                    record.generation.unwrap_or(0),
-                    record.previous_image.clone(),
-                )
+                let since = Since {
+                    generation: record.generation.unwrap_or(0),
+                    stale_verdict: None,
+                };
+                (since, record.previous_image.clone())
             }
             _ => {
                 // rolling_back: the record says why.
@@ -292,7 +296,7 @@ impl<C: Cluster> Deployer<C> {
             }
         };
         note(&format!("waiting for {target} to roll out"));
-        let reason = match self.wait(cluster, target, generation, deadline, note).await {
+        let reason = match self.wait(cluster, target, &since, deadline, note).await {
             Ok(Waited::Done(Health::Complete)) => {
                 note(&format!("{target} is running {}", request.image));
                 return Outcome::Deployed {
@@ -355,7 +359,7 @@ impl<C: Cluster> Deployer<C> {
 
     /// Records the previous image, then sets the new one against the version read; a 409
     /// means someone changed the Deployment in between: read again, record again, retry.
-    /// Returns the generation to wait for and the previous image.
+    /// Returns what to wait for and the previous image.
     async fn change_image(
         &self,
         cluster: &C,
@@ -363,7 +367,7 @@ impl<C: Cluster> Deployer<C> {
         target: &DeploymentRef,
         record: &DeployRow,
         note: Note<'_>,
-    ) -> Result<(i64, Option<String>), ClusterError> {
+    ) -> Result<(Since, Option<String>), ClusterError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -386,7 +390,7 @@ impl<C: Cluster> Deployer<C> {
                     },
                 )
                 .await;
-                return Ok((observed.generation, Some(previous)));
+                return Ok((Since::change(&observed), Some(previous)));
             }
             // The previous image is on record before the change is sent.
             self.update(
@@ -421,7 +425,7 @@ impl<C: Cluster> Deployer<C> {
                         },
                     )
                     .await;
-                    return Ok((after.generation, Some(current)));
+                    return Ok((Since::change(&after), Some(current)));
                 }
                 Err(ClusterError::Conflict(_)) if attempt < CONFLICT_RETRIES => {
                     note(&format!(
@@ -460,14 +464,14 @@ impl<C: Cluster> Deployer<C> {
             ..request.clone()
         };
         let mut attempt = 0;
-        let generation = loop {
+        let since = loop {
             attempt += 1;
             let observed = match cluster.read(target).await {
                 Ok(observed) => observed,
                 Err(e) => return rollback_failed(&reason, e.to_string()),
             };
             if observed.images.get(request.container).map(String::as_str) == Some(previous) {
-                break observed.generation;
+                break Since::change(&observed);
             }
             let mut annotations = annotations(&back, request.image);
             annotations.insert(
@@ -481,12 +485,12 @@ impl<C: Cluster> Deployer<C> {
                 resource_version: &observed.resource_version,
             };
             match cluster.set_image(target, change).await {
-                Ok(after) => break after.generation,
+                Ok(after) => break Since::change(&after),
                 Err(ClusterError::Conflict(_)) if attempt < CONFLICT_RETRIES => continue,
                 Err(e) => return rollback_failed(&reason, e.to_string()),
             }
         };
-        match self.wait(cluster, target, generation, deadline, note).await {
+        match self.wait(cluster, target, &since, deadline, note).await {
             Ok(Waited::Done(Health::Complete)) => {
                 note(&format!(
                     "rolled back: {target} is running {previous} again"
@@ -505,20 +509,20 @@ impl<C: Cluster> Deployer<C> {
         }
     }
 
-    /// Follows the Deployment until its rollout of `generation` completes or fails, or the
-    /// deadline passes.
+    /// Follows the Deployment until the rollout of the change `since` describes completes or
+    /// fails, or the deadline passes.
     async fn wait(
         &self,
         cluster: &C,
         target: &DeploymentRef,
-        generation: i64,
+        since: &Since,
         deadline: Instant,
         note: Note<'_>,
     ) -> Result<Waited, ClusterError> {
         let mut last = String::new();
         loop {
             let observed = cluster.read(target).await?;
-            if let Some(done) = judge(&observed, generation, &mut last, note) {
+            if let Some(done) = judge(&observed, since, &mut last, note) {
                 return Ok(Waited::Done(done));
             }
             let mut changes = cluster.follow(target, &observed.resource_version).await?;
@@ -527,7 +531,7 @@ impl<C: Cluster> Deployer<C> {
                     Err(_) => return Ok(Waited::TimedOut(last)),
                     Ok(None) => break,
                     Ok(Some(change)) => {
-                        if let Some(done) = judge(&change?, generation, &mut last, note) {
+                        if let Some(done) = judge(&change?, since, &mut last, note) {
                             return Ok(Waited::Done(done));
                         }
                     }
@@ -543,13 +547,8 @@ impl<C: Cluster> Deployer<C> {
 }
 
 /// A finished health, or None while waiting (each new thing waited for is noted once).
-fn judge(
-    observed: &Observed,
-    generation: i64,
-    last: &mut String,
-    note: Note<'_>,
-) -> Option<Health> {
-    match assess(observed, generation) {
+fn judge(observed: &Observed, since: &Since, last: &mut String, note: Note<'_>) -> Option<Health> {
+    match assess(observed, since) {
         Health::Waiting(what) => {
             if what != *last {
                 note(&what);

@@ -14,7 +14,8 @@ use crate::report::StatusState;
 
 /// How the deploy stage ended for the whole job.
 pub(super) enum Deployed {
-    /// Nothing of this push deploys.
+    /// Nothing of this push deployed (none of its services deploy, or every rollout was
+    /// skipped by policy).
     Nothing,
     /// Every rollout is in place (or was skipped by policy).
     All,
@@ -53,15 +54,17 @@ impl<E: Executor> Runner<E> {
             .await;
         let mut rolled_back = Vec::new();
         let mut failed = Vec::new();
+        let mut deployed = false;
         for (service, outcome) in ends.into_iter().flatten() {
             match outcome {
+                Outcome::Deployed { .. } => deployed = true,
                 Outcome::RolledBack { reason, .. } => {
                     rolled_back.push(format!("{service} rolled back: {reason}"))
                 }
                 Outcome::Failed { reason } => {
                     failed.push(format!("{service} deploy failed: {reason}"))
                 }
-                Outcome::Deployed { .. } | Outcome::Skipped { .. } => {}
+                Outcome::Skipped { .. } => {}
             }
         }
         rolled_back.sort();
@@ -71,8 +74,10 @@ impl<E: Executor> Runner<E> {
             Deployed::Failed(failed.join("; "))
         } else if !rolled_back.is_empty() {
             Deployed::RolledBack(rolled_back.join("; "))
-        } else {
+        } else if deployed {
             Deployed::All
+        } else {
+            Deployed::Nothing
         }
     }
 

@@ -85,6 +85,21 @@ impl Server {
         panic!("deploybot did not start listening; log:\n{}", self.log());
     }
 
+    /// Posts a signed delivery to `/hooks/<project>`; returns the queued job's id.
+    pub async fn post_delivery(&self, project: &str, delivery: &super::Delivery) -> i64 {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/hooks/{project}", self.address))
+            .body(delivery.body.clone());
+        for (k, v) in &delivery.headers {
+            request = request.header(k, v);
+        }
+        let response = request.send().await.expect("deploybot answers");
+        assert_eq!(response.status(), 202);
+        super::json(response).await["job"]
+            .as_i64()
+            .expect("a job id")
+    }
+
     /// Everything the process printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -214,6 +214,11 @@ fn copy_tree(from: &Path, to: &Path) {
 impl GitServer {
     /// Commits the sample repository and serves it; returns the server and the commit.
     pub fn start() -> Option<(GitServer, String)> {
+        GitServer::start_fixture("myevents")
+    }
+
+    /// Commits `tests/fixtures/<fixture>` as a repository and serves it.
+    pub fn start_fixture(fixture: &str) -> Option<(GitServer, String)> {
         require(
             "git",
             command_works("git", &["--version"]),
@@ -222,7 +227,7 @@ impl GitServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let work = dir.path().join("work");
         copy_tree(
-            &crate::common::fixtures::fixtures_dir().join("myevents"),
+            &crate::common::fixtures::fixtures_dir().join(fixture),
             &work,
         );
         git(&work, &["init", "--quiet", "--initial-branch=master"]);

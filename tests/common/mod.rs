@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod build;
+pub mod cluster;
 pub mod fixtures;
 pub mod forge_double;
 pub mod infra;

@@ -1,0 +1,175 @@
+//! A deploybot that builds for real: the sample repositories (tests/fixtures/myevents,
+//! tests/fixtures/hello) served by `git daemon`, built by the worker on the Docker engine,
+//! pushed to docker-registry with htpasswd auth. Shared by the pipeline, report and deploy
+//! tests.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::infra::{docker_with_base_images, GitServer, Registry};
+use super::{json, Delivery, TestApp, TEST_SECRET};
+
+pub const SERVICES: [&str; 3] = ["bookingservice", "eventservice", "frontend"];
+
+pub struct Build {
+    pub app: TestApp,
+    pub registry: Registry,
+    pub git: GitServer,
+    pub sha: String,
+}
+
+pub fn config(registry: &Registry, password: &str) -> String {
+    config_with(registry, password, "")
+}
+
+/// The build configuration plus `extra` TOML: keys for the project (they follow its table),
+/// then any further tables.
+pub fn config_with(registry: &Registry, password: &str, extra: &str) -> String {
+    format!(
+        r#"[server]
+
+[worker]
+enabled = true
+concurrency = 2
+service_concurrency = 3
+step_timeout_secs = 600
+lease_secs = 6
+
+[registry]
+address = "{address}"
+username = "{username}"
+password = "{password}"
+
+[[toolchains]]
+name = "golang:1.19"
+image = "deploybot-local/golang:1.19"
+caches = ["/go"]
+user = "1000:1000"
+
+[[toolchains]]
+name = "node:18"
+image = "deploybot-local/node:18"
+caches = ["/npm-cache"]
+user = "1000:1000"
+
+[[projects]]
+name = "myevents"
+forge = "github"
+repository = "bradrydzewski/drone-test-go"
+webhook_secret = "{TEST_SECRET}"
+allowed_deployments = ["eventservice", "bookingservice", "frontend", "web"]
+{extra}
+"#,
+        address = registry.address,
+        username = registry.username,
+    )
+}
+
+impl Build {
+    pub async fn start() -> Option<Build> {
+        Build::start_with_password(None).await
+    }
+
+    pub async fn start_with_password(password: Option<&str>) -> Option<Build> {
+        Build::start_with(password, "").await
+    }
+
+    pub async fn start_with(password: Option<&str>, extra: &str) -> Option<Build> {
+        let (registry, git, sha) = real_parts()?;
+        Build::with_parts(registry, git, sha, password, extra).await
+    }
+
+    /// A deploybot on these parts, configured with `extra` (see [`config_with`]).
+    pub async fn with_parts(
+        registry: Registry,
+        git: GitServer,
+        sha: String,
+        password: Option<&str>,
+        extra: &str,
+    ) -> Option<Build> {
+        let password = password.unwrap_or(&registry.password).to_owned();
+        let app = TestApp::spawn_config(&config_with(&registry, &password, extra)).await;
+        Some(Build {
+            app,
+            registry,
+            git,
+            sha,
+        })
+    }
+
+    pub async fn send(&self, git_ref: &str, sha: &str) -> i64 {
+        let response = self
+            .app
+            .post("myevents", &signed_push(&self.git.url, git_ref, sha))
+            .await;
+        assert_eq!(response.status(), 202);
+        json(response).await["job"].as_i64().unwrap()
+    }
+
+    pub fn jobs(&self) -> deploybot::store::Jobs {
+        deploybot::store::Jobs::open(self.app.data_dir.path(), "test").unwrap()
+    }
+
+    pub async fn finished(&self, job: i64) -> deploybot::store::JobDetail {
+        finished(&self.jobs(), job).await
+    }
+
+    pub fn log(&self, job: i64) -> String {
+        self.jobs()
+            .logs(job, None, 0)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.text)
+            .collect()
+    }
+}
+
+/// The engine with its base images, a registry, and the sample repository served by git
+/// (with its first commit); None where a part is missing outside CI.
+pub fn real_parts() -> Option<(Registry, GitServer, String)> {
+    docker_with_base_images()?;
+    let registry = Registry::start()?;
+    let (git, sha) = GitServer::start()?;
+    Some((registry, git, sha))
+}
+
+/// Waits (up to 15 minutes) until the job is neither queued nor running.
+pub async fn finished(jobs: &deploybot::store::Jobs, job: i64) -> deploybot::store::JobDetail {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let detail = jobs.get(job).unwrap().unwrap();
+        if !matches!(detail.job.state.as_str(), "queued" | "running") {
+            return detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job} did not finish: {detail:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The published GitHub tag push (drone/go-scm's capture), rewritten to this ref, commit and
+/// git server, and signed.
+pub fn signed_push(git_url: &str, git_ref: &str, sha: &str) -> Delivery {
+    let fixture = Delivery::fixture("github/push.tag").with_unique_id();
+    let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
+    payload["ref"] = git_ref.into();
+    payload["after"] = sha.into();
+    payload["head_commit"]["id"] = sha.into();
+    payload["repository"]["clone_url"] = git_url.into();
+    fixture.with_github_body(serde_json::to_vec(&payload).unwrap(), TEST_SECRET)
+}
+
+pub fn stage<'a>(
+    detail: &'a deploybot::store::JobDetail,
+    service: &str,
+    stage: &str,
+) -> &'a deploybot::store::StageRow {
+    detail
+        .stages
+        .iter()
+        .find(|s| s.service == service && s.stage == stage)
+        .unwrap_or_else(|| panic!("no {service}/{stage} in {:?}", detail.stages))
+}

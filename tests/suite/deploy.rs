@@ -1,0 +1,437 @@
+//! Deploys for real: images built and pushed by the worker roll out to Deployments on the
+//! local Kubernetes (v1.20.2 from Debian's sources): a real deployment controller, real
+//! ReplicaSets, real pods pulling from the test's registry, readiness probes deciding health.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::build::{finished, signed_push, stage, Build};
+use crate::common::cluster::{TestCluster, INITIAL_IMAGE};
+use crate::common::infra::{docker_with_base_images, GitServer, Registry};
+
+/// A deploybot building `fixture` and deploying tags to a fresh namespace.
+struct Deploy {
+    build: Build,
+    cluster: TestCluster,
+}
+
+impl Deploy {
+    async fn start(
+        fixture: &str,
+        deployments: &[&str],
+        progress_deadline_secs: i32,
+    ) -> Option<Deploy> {
+        Deploy::start_with(fixture, deployments, progress_deadline_secs, None).await
+    }
+
+    /// `token_file`: the cluster credential deploybot uses (default: the admin token).
+    async fn start_with(
+        fixture: &str,
+        deployments: &[&str],
+        progress_deadline_secs: i32,
+        token_file: Option<&Path>,
+    ) -> Option<Deploy> {
+        docker_with_base_images()?;
+        let registry = Registry::start()?;
+        let (git, sha) = GitServer::start_fixture(fixture)?;
+        let cluster = TestCluster::start(&registry).await?;
+        for name in deployments {
+            cluster
+                .create_deployment(name, progress_deadline_secs)
+                .await;
+        }
+        let environment = cluster.environment(token_file.unwrap_or(&cluster.token_file));
+        let build = Build::with_parts(registry, git, sha, None, &environment).await?;
+        Some(Deploy { build, cluster })
+    }
+
+    /// Tags `sha` as `tag`, sends the signed tag push, and waits for the job to end.
+    async fn push_tag(&self, tag: &str, sha: &str) -> deploybot::store::JobDetail {
+        self.build.git.tag(tag, sha);
+        let job = self.build.send(&format!("refs/tags/{tag}"), sha).await;
+        self.build.finished(job).await
+    }
+
+    /// `registry/myevents/<service>:<tag>@<digest>` as the job recorded it.
+    fn pinned(detail: &deploybot::store::JobDetail, service: &str) -> String {
+        let image = detail.images.iter().find(|i| i.service == service).unwrap();
+        format!("{}@{}", image.reference, image.digest.clone().unwrap())
+    }
+
+    fn explain(&self, detail: &deploybot::store::JobDetail) -> String {
+        format!("{detail:#?}\n{}", self.build.log(detail.job.id))
+    }
+
+    async fn finish(self) {
+        self.cluster.delete().await;
+    }
+}
+
+/// A commit to the hello fixture whose image never passes its readiness probe.
+fn never_ready(dir: &Path) {
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    let broken = dockerfile.replace(
+        r#"CMD ["httpd","-f","-p","8080","-h","/www"]"#,
+        r#"CMD ["sleep","3600"]"#,
+    );
+    assert_ne!(dockerfile, broken);
+    std::fs::write(dir.join("Dockerfile"), broken).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_push_rolls_the_image_out_pinned_by_digest_and_the_job_is_deployed() {
+    let Some(deploy) = Deploy::start("hello", &["web"], 30).await else {
+        return;
+    };
+    let before = deploy
+        .cluster
+        .deployment("web")
+        .await
+        .metadata
+        .generation
+        .unwrap();
+
+    let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+
+    assert_eq!(detail.job.state, "deployed", "{}", deploy.explain(&detail));
+    let pinned = Deploy::pinned(&detail, "web");
+    assert!(pinned.contains(":v1.0.0@sha256:"), "{pinned}");
+    assert_eq!(deploy.cluster.image("web").await, pinned);
+    let digest = pinned.rsplit('@').next().unwrap();
+    let running = deploy.cluster.ready_pod_images("web").await;
+    assert!(
+        !running.is_empty() && running.iter().all(|id| id.ends_with(digest)),
+        "the ready pods run {digest}: {running:?}"
+    );
+    assert_eq!(
+        deploy
+            .cluster
+            .deployment("web")
+            .await
+            .metadata
+            .generation
+            .unwrap(),
+        before + 1,
+        "one patch"
+    );
+    let annotations = deploy.cluster.annotations("web").await;
+    assert_eq!(annotations["deploybot.dev/tag"], "v1.0.0");
+    assert_eq!(annotations["deploybot.dev/sha"], deploy.build.sha);
+    assert_eq!(annotations["deploybot.dev/previous-image"], INITIAL_IMAGE);
+    assert!(
+        annotations["kubernetes.io/change-cause"].contains("v1.0.0"),
+        "{annotations:?}"
+    );
+    let record = &detail.deploys[0];
+    assert_eq!(
+        (record.state.as_str(), record.previous_image.as_deref()),
+        ("deployed", Some(INITIAL_IMAGE))
+    );
+    assert_eq!(stage(&detail, "web", "deploy").state, "success");
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_message() {
+    let Some(deploy) = Deploy::start("hello", &["web"], 8).await else {
+        return;
+    };
+    let good = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+    assert_eq!(good.job.state, "deployed", "{}", deploy.explain(&good));
+    let good_image = Deploy::pinned(&good, "web");
+
+    let sha = deploy
+        .build
+        .git
+        .commit("never ready", "master", None, never_ready);
+    let detail = deploy.push_tag("v1.1.0", &sha).await;
+
+    assert_eq!(
+        detail.job.state,
+        "rolled_back",
+        "{}",
+        deploy.explain(&detail)
+    );
+    let record = &detail.deploys[0];
+    assert_eq!(record.state, "rolled_back");
+    let reason = record.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("ProgressDeadlineExceeded") && reason.contains("has timed out progressing"),
+        "the condition's reason and message: {reason}"
+    );
+    assert_eq!(record.previous_image.as_deref(), Some(good_image.as_str()));
+    assert_eq!(
+        deploy.cluster.image("web").await,
+        good_image,
+        "the previous image is back"
+    );
+    let deploy_stage = stage(&detail, "web", "deploy");
+    assert_eq!(deploy_stage.state, "rolled_back");
+    assert!(
+        deploy_stage
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("ProgressDeadlineExceeded"),
+        "{deploy_stage:?}"
+    );
+    let error = detail.job.error.clone().unwrap_or_default();
+    assert!(error.contains("web rolled back"), "{error}");
+    let metrics = deploy.build.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"deploybot_deploys_total{environment="production",outcome="rolled_back"} 1"#
+        ),
+        "{metrics}"
+    );
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_patch_permission_fails_the_deploy_naming_the_verb_resource_and_namespace() {
+    let run = crate::common::cluster::run_dir();
+    let narrow = run.join("narrow-token");
+    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, Some(&narrow)).await else {
+        return;
+    };
+    deploy
+        .cluster
+        .grant_narrow_user(&["get", "list", "watch"])
+        .await;
+
+    let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+
+    assert_eq!(detail.job.state, "failed", "{}", deploy.explain(&detail));
+    let reason = detail.deploys[0].reason.clone().unwrap_or_default();
+    for word in [
+        "forbidden",
+        "patch",
+        "deployments",
+        &deploy.cluster.namespace,
+    ] {
+        assert!(reason.contains(word), "{word:?} in {reason}");
+    }
+    assert_eq!(
+        deploy.cluster.image("web").await,
+        INITIAL_IMAGE,
+        "nothing changed"
+    );
+    let token = std::fs::read_to_string(&narrow).unwrap();
+    assert!(!deploy.build.log(detail.job.id).contains(token.trim()));
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_older_tag_does_not_overwrite_a_newer_one_already_deployed() {
+    let Some(deploy) = Deploy::start("hello", &["web"], 30).await else {
+        return;
+    };
+    let newer = deploy.push_tag("v2.0.0", &deploy.build.sha).await;
+    assert_eq!(newer.job.state, "deployed", "{}", deploy.explain(&newer));
+    let generation = deploy.cluster.deployment("web").await.metadata.generation;
+
+    let sha = deploy
+        .build
+        .git
+        .commit("an old fix, tagged late", "master", None, |_| {});
+    let older = deploy.push_tag("v1.9.0", &sha).await;
+
+    assert_eq!(older.job.state, "success", "{}", deploy.explain(&older));
+    let record = &older.deploys[0];
+    assert_eq!(record.state, "skipped");
+    assert!(
+        record
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("v2.0.0 is newer than v1.9.0"),
+        "{record:?}"
+    );
+    assert_eq!(
+        deploy.cluster.image("web").await,
+        Deploy::pinned(&newer, "web")
+    );
+    assert_eq!(
+        deploy.cluster.deployment("web").await.metadata.generation,
+        generation
+    );
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tags_for_the_same_service_deploy_one_after_the_other() {
+    let Some(deploy) = Deploy::start("hello", &["web"], 30).await else {
+        return;
+    };
+    let first_sha = deploy.build.sha.clone();
+    let second_sha = deploy.build.git.commit("second", "master", None, |dir| {
+        std::fs::write(dir.join("health"), "ok 2\n").unwrap();
+    });
+    deploy.build.git.tag("v1.1.0", &first_sha);
+    deploy.build.git.tag("v1.2.0", &second_sha);
+
+    let a = deploy.build.send("refs/tags/v1.1.0", &first_sha).await;
+    let b = deploy.build.send("refs/tags/v1.2.0", &second_sha).await;
+    let (a, b) = (
+        deploy.build.finished(a).await,
+        deploy.build.finished(b).await,
+    );
+
+    let mut records: Vec<_> = [&a, &b]
+        .iter()
+        .flat_map(|d| d.deploys.clone())
+        .filter(|r| r.state == "deployed")
+        .collect();
+    records.sort_by(|x, y| x.finished_at.cmp(&y.finished_at));
+    for pair in records.windows(2) {
+        assert!(
+            pair[1].created_at >= pair[0].finished_at.clone().unwrap()
+                || pair[1].patched_at >= pair[0].finished_at,
+            "the second rollout started after the first ended: {records:#?}"
+        );
+    }
+    assert_eq!(
+        deploy.cluster.image("web").await,
+        Deploy::pinned(&b, "web"),
+        "the newer tag is what runs\n{}\n{}",
+        deploy.explain(&a),
+        deploy.explain(&b)
+    );
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_fails_the_deploy_with_a_clear_message() {
+    docker_with_base_images();
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let Some((git, sha)) = GitServer::start_fixture("hello") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "unreachable-token-value").unwrap();
+    let environment = format!(
+        "[[environments]]\nname = \"production\"\napi_server = \"https://127.0.0.1:9\"\ntoken_file = \"{}\"\n",
+        token.display()
+    );
+    let build = Build::with_parts(registry, git, sha.clone(), None, &environment)
+        .await
+        .unwrap();
+    build.git.tag("v1.0.0", &sha);
+    let job = build.send("refs/tags/v1.0.0", &sha).await;
+    let detail = build.finished(job).await;
+
+    assert_eq!(detail.job.state, "failed", "{detail:#?}");
+    let reason = detail.deploys[0].reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("unreachable") && reason.contains("Deployment default/web"),
+        "{reason}"
+    );
+    assert!(!format!("{detail:?}").contains("unreachable-token-value"));
+}
+
+/// Kill -9 while deploybot waits for a rollout; the restarted process finds the change on
+/// record and waits for it instead of patching again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_killed_during_the_rollout_wait_resumes_waiting_and_patches_once() {
+    use crate::common::binary::Server;
+    let Some(deploy) = Deploy::start("hello", &["web"], 60).await else {
+        return;
+    };
+    // Slow readiness: the rollout takes ~6 s, time to kill deploybot in the middle.
+    let slow = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "api", "readinessProbe": {"initialDelaySeconds": 6}}
+    ]}}}});
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(deploy.cluster.client.clone(), &deploy.cluster.namespace);
+    deployments
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(slow),
+        )
+        .await
+        .unwrap();
+    deploy.cluster.wait_available("web").await;
+    let before = deploy
+        .cluster
+        .deployment("web")
+        .await
+        .metadata
+        .generation
+        .unwrap();
+    // The in-process app is not used here: the real binary is, so it can be killed.
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("deploybot.toml");
+    let config = crate::common::build::config_with(
+        &deploy.build.registry,
+        &deploy.build.registry.password,
+        &deploy.cluster.environment(&deploy.cluster.token_file),
+    )
+    .replacen(
+        "[server]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+        1,
+    );
+    std::fs::write(&config_path, config).unwrap();
+    let server = Server::start(dir.path(), &config_path, &[("RUST_LOG", "debug")]);
+    deploy.build.git.tag("v1.0.0", &deploy.build.sha);
+    let delivery = signed_push(&deploy.build.git.url, "refs/tags/v1.0.0", &deploy.build.sha);
+    let job = server.post_delivery("myevents", &delivery).await;
+    let jobs = deploybot::store::Jobs::open(&dir.path().join("data"), "test").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let patched = jobs
+            .deploys_of_job(job)
+            .unwrap()
+            .iter()
+            .any(|d| d.state == "patched");
+        if patched {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never patched: {:#?}",
+            jobs.get(job).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_log = server.kill_hard();
+    let restarted = Server::start(dir.path(), &config_path, &[("RUST_LOG", "debug")]);
+    let detail = finished(&jobs, job).await;
+
+    assert_eq!(
+        detail.job.state,
+        "deployed",
+        "{detail:#?}\n{}",
+        restarted.log()
+    );
+    assert_eq!(detail.job.attempt, 2);
+    assert_eq!(
+        deploy
+            .cluster
+            .deployment("web")
+            .await
+            .metadata
+            .generation
+            .unwrap(),
+        before + 1,
+        "patched once, not twice"
+    );
+    let log: String = jobs
+        .logs(job, Some("web"), 0)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.text)
+        .collect();
+    assert!(log.contains("resuming"), "{log}");
+    let token = std::fs::read_to_string(&deploy.cluster.token_file).unwrap();
+    for output in [first_log, restarted.log(), log] {
+        assert!(!output.contains(token.trim()), "the cluster token leaked");
+        assert!(!output.contains(&deploy.build.registry.password));
+    }
+    deploy.finish().await;
+}
