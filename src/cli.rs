@@ -56,6 +56,20 @@ pub enum Command {
         /// The job id (from `deploybot jobs` or the webhook's answer).
         id: i64,
     },
+    /// Roll a service back by hand: to the image that ran before the current one, or to the
+    /// image deployed at --to TAG. Recorded, and waited for, like any rollout.
+    Rollback {
+        /// The project (as in the configuration).
+        project: String,
+        /// The service (as in the repository's .deploybot.toml).
+        service: String,
+        /// A tag deployed before (default: what ran before the current image).
+        #[arg(long, value_name = "TAG")]
+        to: Option<String>,
+        /// The environment (default: the one the service last rolled out to).
+        #[arg(long)]
+        environment: Option<String>,
+    },
     /// Print a job's build log (secrets already masked); --follow keeps printing until the
     /// job ends.
     Logs {
@@ -75,7 +89,10 @@ pub const EXIT_BAD_CONFIG: i32 = 2;
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     // Reading commands need only the store's location, not the projects' secrets.
-    if !matches!(cli.command, Command::Serve | Command::CheckConfig) {
+    if !matches!(
+        cli.command,
+        Command::Serve | Command::CheckConfig | Command::Rollback { .. }
+    ) {
         let server = match Settings::load_server(cli.config.as_deref()) {
             Ok(server) => server,
             Err(error) => return Ok(report_config_error(&error)),
@@ -104,6 +121,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Serve => serve(settings),
+        Command::Rollback {
+            project,
+            service,
+            to,
+            environment,
+        } => rollback(
+            settings,
+            crate::deploy::RollbackAsk {
+                project,
+                service,
+                environment,
+                to,
+            },
+        ),
         other => read_command(other, &settings.server.data_dir),
     }
 }
@@ -134,7 +165,7 @@ fn read_command(command: Command, data_dir: &std::path::Path) -> anyhow::Result<
             service,
             follow,
         } => print_logs(data_dir, job, service.as_deref(), follow),
-        Command::Serve | Command::CheckConfig => Ok(2),
+        Command::Serve | Command::CheckConfig | Command::Rollback { .. } => Ok(2),
     }
 }
 
@@ -238,6 +269,23 @@ fn job_report(detail: &crate::store::JobDetail) -> String {
             }
         }
     }
+    if !detail.deploys.is_empty() {
+        out.push_str("\ndeploys:\n");
+        for d in &detail.deploys {
+            out.push_str(&format!(
+                "  {}  {} {}/{}  {}  (was {})\n",
+                d.service,
+                d.environment,
+                d.namespace,
+                d.deployment,
+                d.state.replace('_', " "),
+                d.previous_image.as_deref().unwrap_or("-")
+            ));
+            if let Some(reason) = &d.reason {
+                out.push_str(&format!("    {reason}\n"));
+            }
+        }
+    }
     out
 }
 
@@ -338,4 +386,31 @@ fn deliveries_table(rows: &[crate::store::DeliveryRow]) -> String {
         })
         .collect();
     table(&header, &cells, "(no deliveries recorded yet)")
+}
+
+/// `deploybot rollback`: the same rollout code the worker uses, in this process.
+fn rollback(settings: Settings, ask: crate::deploy::RollbackAsk) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let jobs = std::sync::Arc::new(Jobs::open(&settings.server.data_dir, "cli-rollback")?);
+        let deployer = crate::deploy::connect(&settings, jobs.clone()).await;
+        let masker = crate::worker::logs::Masker::new(settings.secret_values());
+        let note = |text: &str| println!("{}", masker.mask(text));
+        match crate::deploy::roll_back(&deployer, &settings, jobs, &ask, &note).await {
+            Ok((_, crate::deploy::Outcome::Deployed { image })) => {
+                println!("rolled back: {} runs {image}", ask.service);
+                Ok(0)
+            }
+            Ok((_, other)) => {
+                eprintln!("rollback {}", masker.mask(&other.to_string()));
+                Ok(1)
+            }
+            Err(e) => {
+                eprintln!("rollback: {e}");
+                Ok(EXIT_BAD_CONFIG)
+            }
+        }
+    })
 }

@@ -59,12 +59,24 @@ impl Application {
             Sender::new(&settings, outbox, reports.clone(), metrics.clone())
                 .run(sender_stop.clone()),
         );
+        // One deployer for the worker and the rollback action: rollouts of one Deployment
+        // never interleave, whoever asked for them.
+        let deploy_jobs =
+            Arc::new(Jobs::open(&settings.server.data_dir, "deploy").context("opening the store")?);
+        let deployer = Arc::new(crate::deploy::connect(&settings, deploy_jobs.clone()).await);
+        let rollbacks = web::Data::new(ops::Rollbacks {
+            deployer: deployer.clone(),
+            jobs: deploy_jobs,
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+        });
         let worker = if settings.worker.enabled {
             start_worker(
                 settings.clone(),
                 wake.clone(),
                 reports.clone(),
                 metrics.clone(),
+                deployer,
             )
             .await
         } else {
@@ -98,6 +110,7 @@ impl Application {
                 .app_data(views.clone())
                 .app_data(action_token.clone())
                 .app_data(worker_wake.clone())
+                .app_data(rollbacks.clone())
                 .configure(ops::routes)
                 .app_data(web::PayloadConfig::new(max_body))
                 .route("/hooks/{project}", web::post().to(intake::receive))
@@ -160,6 +173,7 @@ async fn start_worker(
     wake: Arc<Notify>,
     reports: Arc<Notify>,
     metrics: Arc<Metrics>,
+    deployer: Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
 ) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
     // One deploybot per store: its containers are labelled with a digest of the store's path.
     let instance = crate::docker::instance_id(&settings.server.data_dir);
@@ -183,7 +197,6 @@ async fn start_worker(
         }
     };
     let stop = CancellationToken::new();
-    let deployer = Arc::new(crate::deploy::connect(&settings, jobs.clone()).await);
     let worker = Worker::new(
         settings,
         jobs,

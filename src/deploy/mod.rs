@@ -5,12 +5,14 @@
 //! on the Kubernetes API with kube-rs. `health.rs` says when a rollout is done, as `kubectl
 //! rollout status` does; `order.rs` says which of two tags is the newer.
 
+mod by_hand;
 mod cluster;
 mod health;
 mod kube;
 mod order;
 mod rollout;
 
+pub use by_hand::{choose, roll_back, RollbackAsk, RollbackError};
 pub use cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
 pub use health::{assess, Health, Since};
 pub use kube::KubeCluster;

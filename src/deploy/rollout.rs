@@ -62,6 +62,19 @@ pub enum Outcome {
     },
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Deployed { image } => write!(f, "deployed {image}"),
+            Outcome::RolledBack { reason, previous } => {
+                write!(f, "rolled back to {previous}: {reason}")
+            }
+            Outcome::Skipped { reason } => write!(f, "skipped: {reason}"),
+            Outcome::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
 impl Outcome {
     /// Rebuilds the outcome of a rollout that had already ended (a resumed job).
     fn of_record(row: &DeployRow) -> Outcome {

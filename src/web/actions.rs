@@ -1,4 +1,5 @@
-//! Actions: re-run a job, cancel one. Pages and reads need no token; these do.
+//! Actions: re-run a job, cancel one, roll a service back. Pages and reads need no token;
+//! these do.
 //!
 //! Authentication is a bearer token from config (`web.action_token`), compared in constant
 //! time. Browsers never attach a bearer token on their own, so a forged cross-site request
@@ -130,4 +131,59 @@ pub async fn cancel(
     id: web::Path<i64>,
 ) -> HttpResponse {
     act(&request, &views, &token, id.into_inner(), CANCEL).await
+}
+
+/// What the rollback action needs: the deployer the worker uses, and the store.
+pub struct Rollbacks {
+    pub deployer: Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
+    pub jobs: Arc<crate::store::Jobs>,
+    pub settings: Arc<crate::config::Settings>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// `POST /api/v1/rollback` with `{"project", "service", "environment"?, "to"?}`: rolls the
+/// service back and answers when the rollout is done (rollbacks to a ReplicaSet that still
+/// exists take well under a second).
+pub async fn rollback(
+    request: HttpRequest,
+    token: web::Data<ActionToken>,
+    rollbacks: web::Data<Rollbacks>,
+    body: web::Bytes,
+) -> HttpResponse {
+    use crate::deploy::{Outcome, RollbackAsk, RollbackError};
+    if let Err(refused) = authorize(&request, &token) {
+        return refused.response();
+    }
+    let ask: RollbackAsk = match serde_json::from_slice(&body) {
+        Ok(ask) => ask,
+        Err(e) => return error(400, &format!("body: {e}")),
+    };
+    let masker = crate::worker::logs::Masker::new(rollbacks.settings.secret_values());
+    let note = |text: &str| tracing::info!(service = %ask.service, "{}", masker.mask(text));
+    let outcome = crate::deploy::roll_back(
+        &rollbacks.deployer,
+        &rollbacks.settings,
+        rollbacks.jobs.clone(),
+        &ask,
+        &note,
+    )
+    .await;
+    match outcome {
+        Ok((environment, Outcome::Deployed { image })) => {
+            rollbacks
+                .metrics
+                .rollbacks_by_hand
+                .with_label_values(&[environment.as_str()])
+                .inc();
+            tracing::info!(project = %ask.project, service = %ask.service, %image, "Rolled back by hand");
+            HttpResponse::Ok().json(serde_json::json!({
+                "project": ask.project, "service": ask.service, "environment": environment,
+                "state": "deployed", "image": image
+            }))
+        }
+        Ok((_, other)) => error(502, &masker.mask(&format!("rollback {other}"))),
+        Err(e @ RollbackError::Unknown(_)) => error(404, &e.to_string()),
+        Err(e @ RollbackError::NoTarget(_)) => error(409, &e.to_string()),
+        Err(e @ RollbackError::Store(_)) => error(500, &e.to_string()),
+    }
 }

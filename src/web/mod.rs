@@ -6,7 +6,7 @@ pub mod api;
 mod health;
 mod pages;
 
-pub use actions::ActionToken;
+pub use actions::{ActionToken, Rollbacks};
 pub use api::Views;
 pub use health::{healthz, metrics, readyz};
 
@@ -56,7 +56,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
             post,
             "POST",
             actions::cancel
-        ));
+        ))
+        .service(only!("/api/v1/rollback", post, "POST", actions::rollback));
 }
 
 fn method_not_allowed(allow: &'static str) -> actix_web::HttpResponse {

@@ -21,7 +21,7 @@ impl Deploy {
         deployments: &[&str],
         progress_deadline_secs: i32,
     ) -> Option<Deploy> {
-        Deploy::start_with(fixture, deployments, progress_deadline_secs, None).await
+        Deploy::start_with(fixture, deployments, progress_deadline_secs, None, "").await
     }
 
     /// `token_file`: the cluster credential deploybot uses (default: the admin token).
@@ -30,6 +30,7 @@ impl Deploy {
         deployments: &[&str],
         progress_deadline_secs: i32,
         token_file: Option<&Path>,
+        extra: &str,
     ) -> Option<Deploy> {
         docker_with_base_images()?;
         let registry = Registry::start()?;
@@ -41,7 +42,8 @@ impl Deploy {
                 .await;
         }
         let environment = cluster.environment(token_file.unwrap_or(&cluster.token_file));
-        let build = Build::with_parts(registry, git, sha, None, &environment).await?;
+        let extra = format!("{environment}{extra}");
+        let build = Build::with_parts(registry, git, sha, None, &extra).await?;
         Some(Deploy { build, cluster })
     }
 
@@ -191,7 +193,7 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
 async fn a_missing_patch_permission_fails_the_deploy_naming_the_verb_resource_and_namespace() {
     let run = crate::common::cluster::run_dir();
     let narrow = run.join("narrow-token");
-    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, Some(&narrow)).await else {
+    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, Some(&narrow), "").await else {
         return;
     };
     deploy
@@ -433,5 +435,117 @@ async fn a_deploy_killed_during_the_rollout_wait_resumes_waiting_and_patches_onc
         assert!(!output.contains(token.trim()), "the cluster token leaked");
         assert!(!output.contains(&deploy.build.registry.password));
     }
+    deploy.finish().await;
+}
+
+/// Two tags deployed, v1.0.0 then v1.1.0: the service's record to roll back on.
+async fn two_releases(deploy: &Deploy) -> (String, String) {
+    let first = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+    assert_eq!(first.job.state, "deployed", "{}", deploy.explain(&first));
+    let sha = deploy.build.git.commit("v1.1", "master", None, |dir| {
+        std::fs::write(dir.join("health"), "ok 1.1\n").unwrap();
+    });
+    let second = deploy.push_tag("v1.1.0", &sha).await;
+    assert_eq!(second.job.state, "deployed", "{}", deploy.explain(&second));
+    (
+        Deploy::pinned(&first, "web"),
+        Deploy::pinned(&second, "web"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollback_action_puts_the_previous_image_back_and_needs_the_token() {
+    let extra = "[web]\naction_token = \"rollback-action-token\"\n";
+    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, None, extra).await else {
+        return;
+    };
+    let (v1, _v11) = two_releases(&deploy).await;
+    let url = format!("{}/api/v1/rollback", deploy.build.app.address);
+    let ask = serde_json::json!({"project": "myevents", "service": "web"});
+
+    let anonymous = deploy
+        .build
+        .app
+        .client
+        .post(&url)
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let done = deploy
+        .build
+        .app
+        .client
+        .post(&url)
+        .bearer_auth("rollback-action-token")
+        .json(&ask)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let answer: serde_json::Value = done.json().await.unwrap();
+    assert_eq!(answer["image"], v1.as_str());
+    assert_eq!(deploy.cluster.image("web").await, v1);
+    deploy.cluster.wait_available("web").await;
+    let metrics = deploy.build.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"deploybot_rollbacks_by_hand_total{environment="production"} 1"#),
+        "{metrics}"
+    );
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploybot_rollback_to_a_tag_rolls_the_service_to_that_tags_image() {
+    let Some(deploy) = Deploy::start("hello", &["web"], 30).await else {
+        return;
+    };
+    let (v1, v11) = two_releases(&deploy).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::common::build::config_with(
+        &deploy.build.registry,
+        &deploy.build.registry.password,
+        &deploy.cluster.environment(&deploy.cluster.token_file),
+    )
+    .replacen(
+        "[server]\n",
+        &format!(
+            "[server]\ndata_dir = \"{}\"\n",
+            deploy.build.app.data_dir.path().display()
+        ),
+        1,
+    );
+    std::fs::write(dir.path().join("deploybot.toml"), config).unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["rollback", "--config", "deploybot.toml"];
+        all.extend_from_slice(args);
+        crate::common::binary::run(dir.path(), &all, &[])
+    };
+
+    let back = run(&["myevents", "web", "--to", "v1.0.0"]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&back.stdout),
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert!(back.status.success(), "{printed}");
+    assert!(
+        printed.contains(&format!("rolled back: web runs {v1}")),
+        "{printed}"
+    );
+    assert_eq!(deploy.cluster.image("web").await, v1);
+    let token = std::fs::read_to_string(&deploy.cluster.token_file).unwrap();
+    assert!(!printed.contains(token.trim()));
+
+    let unknown = run(&["myevents", "web", "--to", "v9.9.9"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        said.contains("never deployed at v9.9.9") && said.contains("v1.1.0"),
+        "{said}"
+    );
+    assert_ne!(v1, v11);
     deploy.finish().await;
 }
