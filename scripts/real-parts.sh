@@ -3,8 +3,10 @@
 # the Docker engine (Debian's docker.io, dockerd started if not running), Debian's
 # docker-registry and htpasswd (the tests start their own registries on random ports), git,
 # Debian's Chromium with playwright-core (the browser test),
-# and the local base images (scripts/build-base-images.sh; nothing can be pulled here, and a
-# second run on the same machine finds them built).
+# the local base images (scripts/build-base-images.sh; nothing can be pulled here, and a
+# second run on the same machine finds them built), and a real single-node Kubernetes v1.20.2
+# built from Debian's sources (scripts/k8s/build.sh: ~6 min once, cached by version under
+# ~/.cache/deploybot) and started on 127.0.0.1 (scripts/k8s/cluster-up.sh, ~18 s; idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+for tool in jq patch make gcc; do command -v $tool >/dev/null || need+=($tool); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   apt-get update -q >/dev/null
@@ -37,3 +40,7 @@ echo "== playwright-core for the browser test (tests/browser)"
 
 echo "== base images"
 bash scripts/build-base-images.sh golang node static
+
+echo "== Kubernetes v1.20.2 (built once from Debian's sources, then started)"
+bash scripts/k8s/build.sh > /tmp/deploybot-k8s-build.log 2>&1 || { tail -30 /tmp/deploybot-k8s-build.log; exit 1; }
+bash scripts/k8s/cluster-up.sh | sed 's/^/   /'

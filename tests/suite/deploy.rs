@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::build::{finished, signed_push, stage, Build};
+use crate::common::build::{finished, signed_push, stage, Build, SERVICES};
 use crate::common::cluster::{TestCluster, INITIAL_IMAGE};
 use crate::common::infra::{docker_with_base_images, GitServer, Registry};
 
@@ -134,6 +134,35 @@ async fn a_tag_push_rolls_the_image_out_pinned_by_digest_and_the_job_is_deployed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_myevents_tag_push_ends_with_all_three_deployments_running_the_new_images() {
+    let Some(deploy) = Deploy::start("myevents", &SERVICES, 60).await else {
+        return;
+    };
+
+    let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+
+    assert_eq!(detail.job.state, "deployed", "{}", deploy.explain(&detail));
+    for service in SERVICES {
+        let pinned = Deploy::pinned(&detail, service);
+        assert_eq!(deploy.cluster.image(service).await, pinned, "{service}");
+        let digest = pinned.rsplit('@').next().unwrap();
+        let running = deploy.cluster.ready_pod_images(service).await;
+        assert!(
+            !running.is_empty() && running.iter().all(|id| id.ends_with(digest)),
+            "{service}'s ready pods run {digest}: {running:?}"
+        );
+        let deploy_stage = stage(&detail, service, "deploy");
+        assert_eq!(deploy_stage.state, "success", "{service}");
+        assert!(deploy_stage
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("production"));
+    }
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_message() {
     let Some(deploy) = Deploy::start("hello", &["web"], 8).await else {
         return;
@@ -220,6 +249,24 @@ async fn a_missing_patch_permission_fails_the_deploy_naming_the_verb_resource_an
     );
     let token = std::fs::read_to_string(&narrow).unwrap();
     assert!(!deploy.build.log(detail.job.id).contains(token.trim()));
+    deploy.finish().await;
+}
+
+/// The verbs of k8s/rbac.yaml's Role, and nothing more, are enough to deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_and_patch_on_deployments_are_all_a_deploy_needs() {
+    let narrow = crate::common::cluster::run_dir().join("narrow-token");
+    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, Some(&narrow), "").await else {
+        return;
+    };
+    deploy
+        .cluster
+        .grant_narrow_user(&["get", "watch", "patch"])
+        .await;
+
+    let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+
+    assert_eq!(detail.job.state, "deployed", "{}", deploy.explain(&detail));
     deploy.finish().await;
 }
 
