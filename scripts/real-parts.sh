@@ -18,9 +18,13 @@ command -v git >/dev/null || need+=(git)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
-[ -x /usr/bin/chromium ] || need+=(chromium)
-command -v node >/dev/null || need+=(nodejs)
-command -v npm >/dev/null || need+=(npm)
+# The demo (DEPLOYBOT_PARTS=demo) needs no browser.
+browser=true; [ "${DEPLOYBOT_PARTS:-all}" = demo ] && browser=false
+if $browser; then
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
+fi
 for tool in jq patch make gcc; do command -v $tool >/dev/null || need+=($tool); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
@@ -35,12 +39,19 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { tail -20 /tmp/dockerd.log; echo "dockerd did not start" >&2; exit 1; }
 fi
 
-echo "== playwright-core for the browser test (tests/browser)"
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+if $browser; then
+  echo "== playwright-core for the browser test (tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 echo "== base images"
 bash scripts/build-base-images.sh golang node static
 
 echo "== Kubernetes v1.20.2 (built once from Debian's sources, then started)"
 bash scripts/k8s/build.sh > /tmp/deploybot-k8s-build.log 2>&1 || { tail -30 /tmp/deploybot-k8s-build.log; exit 1; }
+k8s=${DEPLOYBOT_K8S_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deploybot/k8s-v1.20.2}
+if ! curl -sf --cacert "$k8s/run/certs/apiserver.crt" https://127.0.0.1:16443/healthz >/dev/null 2>&1; then
+  # Not answering: whatever a previous run left (a rebooted machine's stale pids and state) goes.
+  bash scripts/k8s/cluster-down.sh >/dev/null 2>&1 || true
+fi
 bash scripts/k8s/cluster-up.sh | sed 's/^/   /'
