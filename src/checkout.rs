@@ -38,6 +38,10 @@ pub struct GitCredentials {
 pub struct Checkouts {
     mirrors: PathBuf,
     workspaces: PathBuf,
+    /// One checkout per project mirror at a time: two `git fetch`es into one repository race
+    /// on its lock files (FETCH_HEAD, packed-refs) and one of them fails.
+    mirror_locks:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Checkouts {
@@ -47,6 +51,7 @@ impl Checkouts {
         Checkouts {
             mirrors: data_dir.join("mirrors"),
             workspaces: data_dir.join("workspaces"),
+            mirror_locks: Default::default(),
         }
     }
 
@@ -69,6 +74,11 @@ impl Checkouts {
         {
             return Err(CheckoutError::BadUrl(url.to_owned()));
         }
+        let lock = {
+            let mut locks = self.mirror_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(project.to_owned()).or_default().clone()
+        };
+        let _one_at_a_time = lock.lock().await;
         let mirror = self.mirrors.join(format!("{project}.git"));
         if !mirror.join("HEAD").exists() {
             tokio::fs::create_dir_all(&self.mirrors)

@@ -48,13 +48,15 @@ pub struct JobsQuery {
 }
 
 /// The job states a filter may name.
-pub const JOB_STATES: [&str; 6] = [
+pub const JOB_STATES: [&str; 8] = [
     "queued",
     "running",
     "success",
     "failed",
     "superseded",
     "canceled",
+    "deployed",
+    "rolled_back",
 ];
 
 impl JobsQuery {

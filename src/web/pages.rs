@@ -26,7 +26,7 @@ fn escape(text: &str) -> String {
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}\
 td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}\
 .state{padding:2px 8px;border-radius:4px;color:#fff;background:#888}\
-.success{background:#2e7d32}.failed{background:#c62828}.running{background:#1565c0}\
+.success,.deployed{background:#2e7d32}.failed{background:#c62828}.rolled_back,.rolling_back{background:#ef6c00}.running{background:#1565c0}\
 .pending,.queued{background:#9e9e9e}.skipped{background:#bdbdbd;color:#333}.superseded{background:#6d4c41}\
 .grid td{border:none}.box{display:block;min-width:90px;padding:6px;border-radius:6px;color:#fff;text-decoration:none;text-align:center}\
 pre{background:#111;color:#eee;padding:1em;overflow:auto;max-height:60vh}";
@@ -154,11 +154,20 @@ fn job_body(detail: &JobDetail) -> String {
         body.push_str("</tr>");
     }
     body.push_str("</table>");
-    for stage in detail.stages.iter().filter(|s| s.state == "failed") {
+    for stage in detail
+        .stages
+        .iter()
+        .filter(|s| s.state == "failed" || s.state == "rolled_back")
+    {
         if let Some(text) = &stage.detail {
+            let what = if stage.state == "failed" {
+                "failed at"
+            } else {
+                "rolled back at"
+            };
             let _ = write!(
                 body,
-                "<h3>{} failed at {}</h3><pre>{}</pre>",
+                "<h3>{} {what} {}</h3><pre>{}</pre>",
                 escape(&stage.service),
                 escape(&stage.stage),
                 escape(text)
@@ -178,7 +187,36 @@ fn job_body(detail: &JobDetail) -> String {
         }
         body.push_str("</table>");
     }
+    deploys_section(&mut body, detail);
     body
+}
+
+/// What each rollout did: where, what runs now, what ran before, and why it was rolled back.
+fn deploys_section(body: &mut String, detail: &JobDetail) {
+    if detail.deploys.is_empty() {
+        return;
+    }
+    body.push_str("<h2 id=deploys>Deploys</h2><table><tr><th>service</th><th>environment</th><th>Deployment</th><th>result</th><th>image</th><th>before</th><th>why</th></tr>");
+    for d in &detail.deploys {
+        let _ = write!(
+            body,
+            "<tr data-service=\"{service}\"><td>{service}</td><td>{environment}</td><td>{namespace}/{deployment}</td><td><span class=\"state {state}\">{label}</span></td><td><code>{image}</code></td><td><code>{previous}</code></td><td>{reason}</td></tr>",
+            service = escape(&d.service),
+            environment = escape(&d.environment),
+            namespace = escape(&d.namespace),
+            deployment = escape(&d.deployment),
+            state = escape(&d.state),
+            label = escape(&d.state.replace('_', " ")),
+            image = escape(&d.image),
+            previous = escape(d.previous_image.as_deref().unwrap_or("-")),
+            reason = escape(d.reason.as_deref().unwrap_or("")),
+        );
+    }
+    let _ = write!(
+        body,
+        "</table><p><small>Roll a service back: <code>deploybot rollback {} SERVICE [--to TAG]</code>, or <code>POST /api/v1/rollback</code> with the action token.</small></p>",
+        escape(&detail.job.project)
+    );
 }
 
 /// `/deliveries`: the recorded webhook deliveries and what became of each (queued, ignored

@@ -208,6 +208,18 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
     );
     let error = detail.job.error.clone().unwrap_or_default();
     assert!(error.contains("web rolled back"), "{error}");
+    let page = deploy
+        .build
+        .app
+        .get(&format!("/jobs/{}", detail.job.id))
+        .await;
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("id=deploys")
+            && page.contains("rolled back")
+            && page.contains("has timed out progressing"),
+        "the job page shows the rollback and why: {page}"
+    );
     let metrics = deploy.build.app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(
