@@ -21,38 +21,9 @@ bash scripts/real-parts.sh >&2
 echo "== building deploybot (release)" >&2
 cargo build --release --locked --quiet
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-
-# --- registry with htpasswd (password on stdin) ---
-reg_port=$(free_port)
-printf '%s' "$REGISTRY_PASSWORD" | htpasswd -iBc "$state/htpasswd" bench >/dev/null 2>&1
-cat > "$state/registry.yml" <<YAML
-version: 0.1
-log: {level: warn}
-storage: {filesystem: {rootdirectory: $state/registry}, delete: {enabled: true}}
-http: {addr: 127.0.0.1:$reg_port}
-auth: {htpasswd: {realm: bench, path: $state/htpasswd}}
-YAML
-/usr/bin/docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 &
-pids+=($!); wait_port "$reg_port"
-registry=127.0.0.1:$reg_port
-
-# --- the sample repository, served by git daemon ---
-work=$state/work; served=$state/served
-cp -r tests/fixtures/myevents "$work"
-export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
-git -C "$work" init -q --initial-branch=master && git -C "$work" add -A && git -C "$work" commit -qm sample
-sha=$(git -C "$work" rev-parse HEAD)
-mkdir -p "$served" && git clone -q --bare "$work" "$served/myevents.git"
-git_port=$(free_port)
-git daemon --reuseaddr --export-all --listen=127.0.0.1 --port="$git_port" --base-path="$served" "$served" &
-pids+=($!); wait_port "$git_port"
-git_url=git://127.0.0.1:$git_port/myevents.git
-tag() { git -C "$work" tag -f "$1" "$sha" >/dev/null && git -C "$work" push -q -f "$served/myevents.git" "refs/tags/$1"; }
+source bench/lib.sh
+start_registry
+serve_repo myevents
 
 # --- deploybot ---
 db_port=$(free_port)
@@ -91,28 +62,12 @@ pids+=($!); wait_port "$db_port"
 
 # Seconds from a signed tag push to the job finished.
 deploybot_run() {
-  local tag=$1 t0 job
+  local tag=$1 t0 job st
   tag "$tag"
   t0=$(date +%s.%N)
-  job=$(python3 - "$root/tests/fixtures/github/push.tag.json" "$tag" "$sha" "$git_url" "$db_port" <<'PY'
-import hashlib, hmac, json, os, sys, urllib.request, uuid
-body_file, tag, sha, url, port = sys.argv[1:]
-payload = json.load(open(body_file))
-payload.update({"ref": f"refs/tags/{tag}", "after": sha})
-payload["repository"]["clone_url"] = url
-body = json.dumps(payload).encode()
-sig = "sha256=" + hmac.new(os.environ["BENCH_SECRET"].encode(), body, hashlib.sha256).hexdigest()
-req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/bench", data=body, method="POST", headers={
-    "Content-Type": "application/json", "X-GitHub-Event": "push",
-    "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": sig})
-print(json.load(urllib.request.urlopen(req))["job"])
-PY
-)
-  while :; do
-    st=$("$root/target/release/deploybot" jobs --limit 50 --config "$state/deploybot.toml" | awk -v j="$job" '$1==j {print $5}')
-    case $st in success) break ;; failed|superseded) echo "deploybot job $job $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot.toml" >&2; exit 1 ;; esac
-    sleep 0.1
-  done
+  job=$(send_push "$db_port" bench "$tag" "$sha")
+  st=$(wait_job "$db_port" "$job")
+  [ "$st" = success ] || { echo "deploybot job $job $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot.toml" >&2; exit 1; }
   python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
 }
 

@@ -130,48 +130,49 @@ impl<C: Cluster> Deployer<C> {
         let lock = self.lock_for(&environment.name, &target);
         let _one_at_a_time = lock.lock().await;
         let cluster = match self.clusters.get(&environment.name) {
-            Some(Ok(cluster)) => cluster,
-            Some(Err(e)) => {
-                return Outcome::Failed {
-                    reason: format!("environment \"{}\": {e}", environment.name),
-                }
-            }
-            None => {
-                return Outcome::Failed {
-                    reason: format!("environment \"{}\" has no cluster", environment.name),
-                }
-            }
+            Some(Ok(cluster)) => Ok(cluster),
+            Some(Err(e)) => Err(format!("environment \"{}\": {e}", environment.name)),
+            None => Err(format!(
+                "environment \"{}\" has no cluster",
+                environment.name
+            )),
         };
-        let record = match self.record(request).await {
-            Ok(record) => record,
+        let earlier = match self.earlier(request).await {
+            Ok(earlier) => earlier,
             Err(e) => {
                 return Outcome::Failed {
-                    reason: format!("the deploy could not be recorded: {e}"),
+                    reason: format!("the deploy record could not be read: {e}"),
                 }
             }
         };
-        if record.is_finished() {
+        if let Some(record) = earlier.as_ref().filter(|r| r.is_finished()) {
             note(&format!("already {}", record.state));
-            return Outcome::of_record(&record);
+            return Outcome::of_record(record);
         }
-        let outcome = self
-            .drive(cluster, request, &target, record.clone(), note)
-            .await;
+        let (id, outcome) = match cluster {
+            Ok(cluster) => self.drive(cluster, request, &target, earlier, note).await,
+            Err(reason) => (earlier.map(|r| r.id), Outcome::Failed { reason }),
+        };
         let (state, reason) = match &outcome {
             Outcome::Deployed { .. } => ("deployed", None),
             Outcome::RolledBack { reason, .. } => ("rolled_back", Some(reason.clone())),
             Outcome::Skipped { reason } => ("skipped", Some(reason.clone())),
             Outcome::Failed { reason } => ("failed", Some(reason.clone())),
         };
-        self.update(
-            record.id,
-            DeployUpdate {
-                state,
-                reason,
-                ..DeployUpdate::default()
-            },
-        )
-        .await;
+        match id {
+            Some(id) => {
+                let update = DeployUpdate {
+                    state,
+                    reason,
+                    ..DeployUpdate::default()
+                };
+                self.update(id, update).await
+            }
+            // Ended before anything was recorded (an unreadable Deployment): record how.
+            None => {
+                let _ = self.plan(request, state, None, None, reason).await;
+            }
+        }
         outcome
     }
 
@@ -194,63 +195,53 @@ impl<C: Cluster> Deployer<C> {
     }
 
     /// The job's rollout as recorded (a resumed job), or a new `planned` one.
-    async fn record(&self, request: &Request<'_>) -> Result<DeployRow, StoreError> {
-        if let Some(job) = request.job {
-            let (service, environment) =
-                (request.service.to_owned(), request.environment.name.clone());
-            let earlier = self
-                .store(move |jobs| jobs.deploy_of(job, &service, &environment))
-                .await?;
-            if let Some(earlier) = earlier {
-                return Ok(earlier);
-            }
-        }
-        let owned = (
-            request.job,
-            request.project.to_owned(),
-            request.service.to_owned(),
-            request.environment.name.clone(),
-            request.environment.namespace.clone(),
-            request.deployment.to_owned(),
-            request.container.to_owned(),
-            request.tag.to_owned(),
-            request.pushed_at.to_owned(),
-            request.image.to_owned(),
-            if request.by_hand {
+    /// The job's rollout as recorded before (a resumed job).
+    async fn earlier(&self, request: &Request<'_>) -> Result<Option<DeployRow>, StoreError> {
+        let Some(job) = request.job else {
+            return Ok(None);
+        };
+        let (service, environment) = (request.service.to_owned(), request.environment.name.clone());
+        self.store(move |jobs| jobs.deploy_of(job, &service, &environment))
+            .await
+    }
+
+    /// Records a new rollout; None if the store refused (logged: the rollout goes on).
+    async fn plan(
+        &self,
+        request: &Request<'_>,
+        state: &'static str,
+        previous_image: Option<String>,
+        generation: Option<i64>,
+        reason: Option<String>,
+    ) -> Option<i64> {
+        let new = NewDeploy {
+            job: request.job,
+            project: request.project.to_owned(),
+            service: request.service.to_owned(),
+            environment: request.environment.name.clone(),
+            namespace: request.environment.namespace.clone(),
+            deployment: request.deployment.to_owned(),
+            container: request.container.to_owned(),
+            tag: request.tag.to_owned(),
+            pushed_at: request.pushed_at.to_owned(),
+            image: request.image.to_owned(),
+            kind: if request.by_hand {
                 "rollback"
             } else {
                 "deploy"
             },
-        );
-        self.store(move |jobs| {
-            let (
-                job,
-                project,
-                service,
-                environment,
-                namespace,
-                deployment,
-                container,
-                tag,
-                pushed_at,
-                image,
-                kind,
-            ) = &owned;
-            jobs.plan_deploy(&NewDeploy {
-                job: *job,
-                project,
-                service,
-                environment,
-                namespace,
-                deployment,
-                container,
-                tag,
-                pushed_at,
-                image,
-                kind,
-            })
-        })
-        .await
+            state,
+            previous_image,
+            generation,
+            reason,
+        };
+        match self.store(move |jobs| jobs.plan_deploy(&new)).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(error = %e, "Could not record a deploy");
+                None
+            }
+        }
     }
 
     async fn update(&self, id: i64, update: DeployUpdate) {
@@ -262,76 +253,78 @@ impl<C: Cluster> Deployer<C> {
         }
     }
 
+    /// Drives the rollout from where the record says it is; answers the record's id (None if
+    /// nothing could be recorded) and the outcome.
     async fn drive(
         &self,
         cluster: &C,
         request: &Request<'_>,
         target: &DeploymentRef,
-        record: DeployRow,
+        record: Option<DeployRow>,
         note: Note<'_>,
-    ) -> Outcome {
+    ) -> (Option<i64>, Outcome) {
         let deadline = Instant::now() + request.environment.rollout_timeout;
         let failed = |e: ClusterError| Outcome::Failed {
             reason: e.to_string(),
         };
-        let (since, previous) = match record.state.as_str() {
-            "planned" => {
-                if !request.by_hand {
-                    if let Some(newer) = self.newer_in_place(request, target, record.id).await {
-                        note(&newer);
-                        return Outcome::Skipped { reason: newer };
-                    }
-                }
-                match self
-                    .change_image(cluster, request, target, &record, note)
-                    .await
-                {
-                    Ok(done) => done,
-                    Err(e) => return failed(e),
-                }
-            }
-            "patched" => {
+        let (id, since, previous) = match record {
+            Some(record) if record.state == "patched" => {
                 note("resuming: the change was already sent; waiting for the rollout");
                 let since = Since {
                     generation: record.generation.unwrap_or(0),
                     stale_verdict: None,
                 };
-                (since, record.previous_image.clone())
+                (record.id, since, record.previous_image.clone())
             }
-            _ => {
-                // rolling_back: the record says why.
+            Some(record) if record.state == "rolling_back" => {
                 let reason = record.reason.clone().unwrap_or_default();
                 let previous = record.previous_image.clone().unwrap_or_default();
                 note("resuming the rollback");
-                return self
+                let outcome = self
                     .roll_back(cluster, request, target, record.id, &previous, reason, note)
                     .await;
+                return (Some(record.id), outcome);
+            }
+            record => {
+                if record.is_none() && !request.by_hand {
+                    if let Some(newer) = self.newer_in_place(request, target).await {
+                        note(&newer);
+                        return (None, Outcome::Skipped { reason: newer });
+                    }
+                }
+                match self
+                    .change_image(cluster, request, target, record.map(|r| r.id), note)
+                    .await
+                {
+                    Ok(changed) => changed,
+                    Err((id, e)) => return (id, failed(e)),
+                }
             }
         };
         note(&format!("waiting for {target} to roll out"));
         let reason = match self.wait(cluster, target, &since, deadline, note).await {
             Ok(Waited::Done(Health::Complete)) => {
                 note(&format!("{target} is running {}", request.image));
-                return Outcome::Deployed {
-                    image: request.image.to_owned(),
-                };
+                let image = request.image.to_owned();
+                return (Some(id), Outcome::Deployed { image });
             }
             Ok(Waited::Done(Health::Failed { reason, message })) => format!("{reason}: {message}"),
-            Ok(Waited::Done(Health::Waiting(_))) => return unreachable_waiting(),
+            Ok(Waited::Done(Health::Waiting(_))) => return (Some(id), unreachable_waiting()),
             Ok(Waited::TimedOut(last)) => format!(
                 "not healthy within {}s ({last})",
                 request.environment.rollout_timeout.as_secs()
             ),
-            Err(e) => return failed(e),
+            Err(e) => return (Some(id), failed(e)),
         };
         note(&format!("rollout failed: {reason}"));
-        match previous {
+        let outcome = match previous {
             Some(previous) if !request.by_hand && previous != request.image => {
-                self.roll_back(cluster, request, target, record.id, &previous, reason, note)
+                self.roll_back(cluster, request, target, id, &previous, reason, note)
                     .await
             }
             _ => Outcome::Failed { reason },
-        }
+        };
+        (Some(id), outcome)
     }
 
     /// A newer version already in place on this Deployment, by deploybot's record.
@@ -339,17 +332,11 @@ impl<C: Cluster> Deployer<C> {
         &self,
         request: &Request<'_>,
         target: &DeploymentRef,
-        id: i64,
     ) -> Option<String> {
         let (environment, target_owned) = (request.environment.name.clone(), target.clone());
         let in_place = self
             .store(move |jobs| {
-                jobs.in_place(
-                    &environment,
-                    &target_owned.namespace,
-                    &target_owned.name,
-                    id,
-                )
+                jobs.in_place(&environment, &target_owned.namespace, &target_owned.name)
             })
             .await
             .ok()
@@ -370,51 +357,68 @@ impl<C: Cluster> Deployer<C> {
         })
     }
 
-    /// Records the previous image, then sets the new one against the version read; a 409
-    /// means someone changed the Deployment in between: read again, record again, retry.
-    /// Returns what to wait for and the previous image.
+    /// Reads the Deployment, records the rollout with the image it runs now (the previous
+    /// image is on record before the change is sent: one write), then sets the new image
+    /// against the version read. A 409 means someone changed the Deployment in between: read
+    /// again, record again, retry. Answers the record's id, what to wait for and the previous
+    /// image; an error comes with the record's id if there is one.
     async fn change_image(
         &self,
         cluster: &C,
         request: &Request<'_>,
         target: &DeploymentRef,
-        record: &DeployRow,
+        mut id: Option<i64>,
         note: Note<'_>,
-    ) -> Result<(Since, Option<String>), ClusterError> {
+    ) -> Result<(i64, Since, Option<String>), (Option<i64>, ClusterError)> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let observed = cluster.read(target).await?;
-            let current = container_image(&observed, target, request.container)?;
-            if current == request.image {
-                // Already in place: sent before a restart, or the same image again.
-                let previous = record.previous_image.clone().unwrap_or(current);
+            let observed = cluster.read(target).await.map_err(|e| (id, e))?;
+            let current =
+                container_image(&observed, target, request.container).map_err(|e| (id, e))?;
+            let already = current == request.image;
+            let (state, generation) = if already {
+                // In place: sent before a restart, or the same image again.
                 note(&format!(
                     "{target} already has {}; not patching",
                     request.image
                 ));
-                self.update(
-                    record.id,
-                    DeployUpdate {
-                        state: "patched",
-                        previous_image: Some(previous.clone()),
-                        generation: Some(observed.generation),
+                ("patched", Some(observed.generation))
+            } else {
+                ("planned", None)
+            };
+            let recorded = match id {
+                Some(id) => {
+                    let update = DeployUpdate {
+                        state,
+                        // A resumed record keeps the previous image it has.
+                        previous_image: (!already).then(|| current.clone()),
+                        generation,
                         ..DeployUpdate::default()
+                    };
+                    self.update(id, update).await;
+                    Some(id)
+                }
+                None => {
+                    self.plan(request, state, Some(current.clone()), generation, None)
+                        .await
+                }
+            };
+            id = recorded;
+            let Some(recorded) = recorded else {
+                let reason = "the deploy could not be recorded; nothing was changed".to_owned();
+                return Err((
+                    None,
+                    ClusterError::Other {
+                        verb: "patch",
+                        target: target.clone(),
+                        message: reason,
                     },
-                )
-                .await;
-                return Ok((Since::change(&observed), Some(previous)));
+                ));
+            };
+            if already {
+                return Ok((recorded, Since::change(&observed), Some(current)));
             }
-            // The previous image is on record before the change is sent.
-            self.update(
-                record.id,
-                DeployUpdate {
-                    state: "planned",
-                    previous_image: Some(current.clone()),
-                    ..DeployUpdate::default()
-                },
-            )
-            .await;
             let annotations = annotations(request, &current);
             note(&format!(
                 "{target}: container {} {current} -> {}",
@@ -428,24 +432,21 @@ impl<C: Cluster> Deployer<C> {
             };
             match cluster.set_image(target, change).await {
                 Ok(after) => {
-                    self.update(
-                        record.id,
-                        DeployUpdate {
-                            state: "patched",
-                            generation: Some(after.generation),
-                            patched: true,
-                            ..DeployUpdate::default()
-                        },
-                    )
-                    .await;
-                    return Ok((Since::change(&after), Some(current)));
+                    let update = DeployUpdate {
+                        state: "patched",
+                        generation: Some(after.generation),
+                        patched: true,
+                        ..DeployUpdate::default()
+                    };
+                    self.update(recorded, update).await;
+                    return Ok((recorded, Since::change(&after), Some(current)));
                 }
                 Err(ClusterError::Conflict(_)) if attempt < CONFLICT_RETRIES => {
                     note(&format!(
                         "{target} changed since it was read (409); reading again"
                     ));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err((id, e)),
             }
         }
     }

@@ -38,24 +38,33 @@ pub struct DeployRow {
 
 impl DeployRow {
     pub fn is_finished(&self) -> bool {
-        ["deployed", "rolled_back", "failed", "skipped"].contains(&self.state.as_str())
+        FINISHED.contains(&self.state.as_str())
     }
 }
 
+/// A rollout as first recorded: what, where, and (once the Deployment was read) what ran
+/// before; or, for one that ends before any change, how it ended.
 #[derive(Debug, Clone)]
-pub struct NewDeploy<'a> {
+pub struct NewDeploy {
     pub job: Option<i64>,
-    pub project: &'a str,
-    pub service: &'a str,
-    pub environment: &'a str,
-    pub namespace: &'a str,
-    pub deployment: &'a str,
-    pub container: &'a str,
-    pub tag: &'a str,
-    pub pushed_at: &'a str,
-    pub image: &'a str,
-    pub kind: &'a str,
+    pub project: String,
+    pub service: String,
+    pub environment: String,
+    pub namespace: String,
+    pub deployment: String,
+    pub container: String,
+    pub tag: String,
+    pub pushed_at: String,
+    pub image: String,
+    /// `deploy` or `rollback`.
+    pub kind: &'static str,
+    pub state: &'static str,
+    pub previous_image: Option<String>,
+    pub generation: Option<i64>,
+    pub reason: Option<String>,
 }
+
+const FINISHED: [&str; 4] = ["deployed", "rolled_back", "failed", "skipped"];
 
 /// A step forward: the new state, and what became known on the way (None keeps the value).
 #[derive(Debug, Clone, Default)]
@@ -116,12 +125,15 @@ impl Jobs {
             .optional()?)
     }
 
-    pub fn plan_deploy(&self, new: &NewDeploy<'_>) -> Result<DeployRow, StoreError> {
+    pub fn plan_deploy(&self, new: &NewDeploy) -> Result<i64, StoreError> {
+        let now = now_text();
+        let finished = FINISHED.contains(&new.state).then_some(now.as_str());
         let conn = self.conn();
         conn.execute(
             "INSERT INTO deploys (job, project, service, environment, namespace, deployment,
-                container, tag, pushed_at, image, kind, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'planned', ?12)",
+                container, tag, pushed_at, image, kind, state, previous_image, generation, reason,
+                created_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 new.job,
                 new.project,
@@ -134,22 +146,20 @@ impl Jobs {
                 new.pushed_at,
                 new.image,
                 new.kind,
-                now_text()
+                new.state,
+                new.previous_image,
+                new.generation,
+                new.reason,
+                now,
+                finished
             ],
         )?;
-        let id = conn.last_insert_rowid();
-        Ok(conn.query_row(
-            &format!("SELECT {COLUMNS} FROM deploys WHERE id = ?1"),
-            [id],
-            deploy_row,
-        )?)
+        Ok(conn.last_insert_rowid())
     }
 
     pub fn update_deploy(&self, id: i64, update: &DeployUpdate) -> Result<(), StoreError> {
         let now = now_text();
-        let finished = ["deployed", "rolled_back", "failed", "skipped"]
-            .contains(&update.state)
-            .then_some(now.as_str());
+        let finished = FINISHED.contains(&update.state).then_some(now.as_str());
         let patched = update.patched.then_some(now.as_str());
         self.conn().execute(
             "UPDATE deploys SET state = ?2,
@@ -173,13 +183,12 @@ impl Jobs {
     }
 
     /// What is in place on a Deployment by deploybot's record: its newest finished rollout
-    /// that left an image running (other than `except`).
+    /// that left an image running.
     pub fn in_place(
         &self,
         environment: &str,
         namespace: &str,
         deployment: &str,
-        except: i64,
     ) -> Result<Option<DeployRow>, StoreError> {
         Ok(self
             .conn()
@@ -187,10 +196,10 @@ impl Jobs {
                 &format!(
                     "SELECT {COLUMNS} FROM deploys
                      WHERE environment = ?1 AND namespace = ?2 AND deployment = ?3
-                       AND state = 'deployed' AND id <> ?4
+                       AND state = 'deployed'
                      ORDER BY finished_at DESC, id DESC LIMIT 1"
                 ),
-                params![environment, namespace, deployment, except],
+                params![environment, namespace, deployment],
                 deploy_row,
             )
             .optional()?)

@@ -213,23 +213,29 @@ impl Jobs {
         detail: Option<&str>,
         reports: &[super::NewReport],
     ) -> Result<(), StoreError> {
-        let now = now_text();
-        let (started, finished) = match state {
-            "running" => (Some(now.as_str()), None),
-            "pending" => (None, None),
-            _ => (None, Some(now.as_str())),
-        };
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO stages (job, service, stage, state, exit_code, detail, started_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (job, service, stage) DO UPDATE SET state = excluded.state,
-                exit_code = excluded.exit_code, detail = excluded.detail,
-                started_at = COALESCE(stages.started_at, excluded.started_at),
-                finished_at = excluded.finished_at",
-            params![job, service, stage, state, exit_code, detail, started, finished],
-        )?;
+        upsert_stage(&tx, job, service, stage, state, exit_code, detail)?;
+        super::outbox::insert(&tx, reports, Some(job))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A push done: its digest, the push stage's success and the reports it causes, in one
+    /// transaction (one fsync between the push and what comes next).
+    pub fn record_push(
+        &self,
+        job: i64,
+        service: &str,
+        reference: &str,
+        digest: &str,
+        reports: &[super::NewReport],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        upsert_image(&tx, job, service, reference, Some(digest))?;
+        let pushed = format!("{reference}@{digest}");
+        upsert_stage(&tx, job, service, "push", "success", None, Some(&pushed))?;
         super::outbox::insert(&tx, reports, Some(job))?;
         tx.commit()?;
         Ok(())
@@ -256,13 +262,7 @@ impl Jobs {
         reference: &str,
         digest: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO images (job, service, reference, digest, pushed_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (job, service) DO UPDATE SET reference = excluded.reference,
-                digest = excluded.digest, pushed_at = excluded.pushed_at",
-            params![job, service, reference, digest, digest.map(|_| now_text())],
-        )?;
-        Ok(())
+        upsert_image(&self.conn(), job, service, reference, digest)
     }
 
     /// The digest an image reference was first pushed with, and the commit it was built
@@ -469,6 +469,49 @@ impl Jobs {
             })
             .optional()?)
     }
+}
+
+fn upsert_stage(
+    conn: &Connection,
+    job: i64,
+    service: &str,
+    stage: &str,
+    state: &str,
+    exit_code: Option<i64>,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    let now = now_text();
+    let (started, finished) = match state {
+        "running" => (Some(now.as_str()), None),
+        "pending" => (None, None),
+        _ => (None, Some(now.as_str())),
+    };
+    conn.execute(
+        "INSERT INTO stages (job, service, stage, state, exit_code, detail, started_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (job, service, stage) DO UPDATE SET state = excluded.state,
+            exit_code = excluded.exit_code, detail = excluded.detail,
+            started_at = COALESCE(stages.started_at, excluded.started_at),
+            finished_at = excluded.finished_at",
+        params![job, service, stage, state, exit_code, detail, started, finished],
+    )?;
+    Ok(())
+}
+
+fn upsert_image(
+    conn: &Connection,
+    job: i64,
+    service: &str,
+    reference: &str,
+    digest: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO images (job, service, reference, digest, pushed_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (job, service) DO UPDATE SET reference = excluded.reference,
+            digest = excluded.digest, pushed_at = excluded.pushed_at",
+        params![job, service, reference, digest, digest.map(|_| now_text())],
+    )?;
+    Ok(())
 }
 
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {

@@ -813,17 +813,6 @@ impl<E: Executor> Runner<E> {
             }
         };
         sink.note(&format!("pushed {reference}@{digest}"));
-        {
-            let (id, service, reference, digest) = (
-                job.id,
-                service.name.clone(),
-                reference.to_owned(),
-                digest.clone(),
-            );
-            let _ = self
-                .blocking(move |jobs| jobs.record_image(id, &service, &reference, Some(&digest)))
-                .await;
-        }
         let pushed = format!("{reference}@{digest}");
         let reports = if cx.deploys(service) {
             let words = format!("Pushed {pushed}; deploying next");
@@ -835,16 +824,17 @@ impl<E: Executor> Runner<E> {
                 &format!("Pushed {pushed}"),
             )
         };
-        self.stage_with(
-            job.id,
-            &service.name,
-            "push",
-            "success",
-            None,
-            Some(&pushed),
-            reports,
-        )
-        .await;
+        self.time_stage(&service.name, "push", "success");
+        let queued = !reports.is_empty();
+        {
+            let (id, service, reference) = (job.id, service.name.clone(), reference.to_owned());
+            let _ = self
+                .blocking(move |jobs| jobs.record_push(id, &service, &reference, &digest, &reports))
+                .await;
+        }
+        if queued {
+            self.reports.notify_one();
+        }
         Ok(())
     }
 }

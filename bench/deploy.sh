@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Deploy benchmark, on the local Kubernetes (v1.20.2 from Debian's sources):
+#
+# 1. deploybot's own overhead, over DEPLOYS (default 20) tag deploys of tests/fixtures/hello:
+#    - from the last image pushed (images.pushed_at in deploybot's store) to the patch applied
+#      (the first watch event carrying the new image), and
+#    - from the Deployment reporting complete (the first watch event where the rollout is done,
+#      judged as `kubectl rollout status` does) to the job marked deployed (jobs.finished_at).
+#    The watch is a plain one (GET ...?watch=1) of the benchmark's own, not deploybot's.
+#    Medians; target <= 50 ms each.
+# 2. Tag push to all three MyEvents Deployments complete, ROUNDS (default 3) times, warm caches:
+#    deploybot (signed push -> job deployed) beside the seed's shell pipeline doing the same
+#    (bench/seed-pipeline.sh, then `kubectl set image` and `kubectl rollout status` per service).
+#
+#   bench/deploy.sh            # needs root: installs and starts Docker, the registry, Kubernetes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+deploys=${DEPLOYS:-20}
+rounds=${ROUNDS:-3}
+state=${BENCH_STATE_DIR:-/tmp/deploybot-bench}/deploy
+rm -rf "$state"; mkdir -p "$state"
+export BENCH_SECRET=${BENCH_SECRET:-deploybot-bench-secret}
+export REGISTRY_PASSWORD=bench-registry-$RANDOM$RANDOM
+k8s=${DEPLOYBOT_K8S_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deploybot/k8s-v1.20.2}
+export K8S_RUN=$k8s/run
+
+DEPLOYBOT_PARTS=demo bash scripts/real-parts.sh >&2
+echo "== building deploybot (release)" >&2
+cargo build --release --locked --quiet
+kubectl() { "$k8s/src/kubernetes-1.20.2/_output/bin/kubectl" --kubeconfig "$k8s/run/kubeconfig" "$@"; }
+source bench/lib.sh
+start_registry
+
+# A namespace with the registry's pull secret and the example Deployments (image reset to the
+# placeholder), ready.
+fresh_namespace() {
+  local ns=$1; shift
+  kubectl delete namespace "$ns" --wait=true >/dev/null 2>&1 || true
+  kubectl create namespace "$ns" >/dev/null
+  local auth; auth=$(printf 'bench:%s' "$REGISTRY_PASSWORD" | base64 -w0)
+  printf '{"apiVersion":"v1","kind":"Secret","metadata":{"name":"registry"},"type":"kubernetes.io/dockerconfigjson","stringData":{".dockerconfigjson":"{\\"auths\\":{\\"%s\\":{\\"auth\\":\\"%s\\"}}}"}}' \
+    "$registry" "$auth" | kubectl -n "$ns" apply -f - >/dev/null
+  reset_deployments "$ns" "$@"
+}
+reset_deployments() {
+  local ns=$1; shift
+  # The example manifests, in this namespace, probing every second.
+  sed -e "s/namespace: myevents/namespace: $ns/" -e 's/periodSeconds: 2/periodSeconds: 1/' \
+    k8s/examples/myevents.yaml > "$state/deployments-$ns.yaml"
+  for d in "$@"; do
+    if [ "$d" = web ]; then
+      sed -e 's/name: frontend/name: web/' "$state/deployments-$ns.yaml" | awk 'BEGIN{RS="---\n"} /name: web/ {print}' | kubectl apply -f - >/dev/null
+    else
+      awk -v d="$d" 'BEGIN{RS="---\n"} $0 ~ "name: " d "\n" {print}' "$state/deployments-$ns.yaml" | kubectl apply -f - >/dev/null
+    fi
+  done
+  for d in "$@"; do kubectl -n "$ns" rollout status "deployment/$d" --timeout=180s >/dev/null; done
+}
+printf 'FROM deploybot-local/static:latest\nCOPY health /www/\nUSER 65534\nCMD ["httpd","-f","-p","8080","-h","/www"]\n' > "$state/Dockerfile.initial"
+echo ok > "$state/health"
+DOCKER_BUILDKIT=0 docker build -q -t deploybot-local/initial:v0 -f "$state/Dockerfile.initial" "$state" >/dev/null 2>&1
+
+start_deploybot() { # fixture namespace
+  local port; port=$(free_port)
+  cat > "$state/deploybot-$2.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+data_dir = "$state/store-$2"
+[log]
+filter = "warn"
+[worker]
+service_concurrency = 3
+[registry]
+address = "$registry"
+username = "bench"
+password_env = "REGISTRY_PASSWORD"
+[[toolchains]]
+name = "golang:1.19"
+image = "deploybot-local/golang:1.19"
+caches = ["/go"]
+user = "1000:1000"
+[[toolchains]]
+name = "node:18"
+image = "deploybot-local/node:18"
+caches = ["/npm-cache"]
+user = "1000:1000"
+[[projects]]
+name = "bench"
+forge = "github"
+repository = "bradrydzewski/drone-test-go"
+webhook_secret_env = "BENCH_SECRET"
+allowed_images = ["myevents/*"]
+allowed_deployments = ["*"]
+[[environments]]
+name = "production"
+namespace = "$2"
+kubeconfig = "$k8s/run/kubeconfig"
+TOML
+  "$root/target/release/deploybot" serve --config "$state/deploybot-$2.toml" >"$state/deploybot-$2.log" 2>&1 &
+  pids+=($!); wait_port "$port"
+  db_port=$port
+}
+
+# ---------------------------------------------------------------- 1. overhead
+echo "== 1. overhead over $deploys deploys (tests/fixtures/hello, namespace bench-overhead)" >&2
+serve_repo hello
+fresh_namespace bench-overhead web
+start_deploybot hello bench-overhead
+python3 bench/watch.py bench-overhead web > "$state/watch.jsonl" &
+pids+=($!)
+sleep 1
+jobs_done=()
+for i in $(seq "$deploys"); do
+  echo "ok $i" > "$work/health"; commit "release $i"
+  tag "v1.0.$i"
+  job=$(send_push "$db_port" bench "v1.0.$i" "$sha")
+  st=$(wait_job "$db_port" "$job")
+  [ "$st" = deployed ] || { echo "job $job: $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot-bench-overhead.toml" >&2; exit 1; }
+  jobs_done+=("$job")
+done
+sleep 1
+python3 bench/overhead.py "$state/store-bench-overhead/deploybot.db" "$state/watch.jsonl" "${jobs_done[@]}" | tee "$state/overhead.txt"
+
+# ---------------------------------------------------------------- 2. end to end vs the seed
+echo "== 2. tag push -> three Deployments complete, deploybot vs the seed's shell pipeline ($rounds rounds, warm)" >&2
+rm -rf "$state/work" "$state/served"
+serve_repo myevents
+services=(eventservice bookingservice frontend)
+fresh_namespace bench-deploybot "${services[@]}"
+fresh_namespace bench-seed "${services[@]}"
+start_deploybot myevents bench-deploybot
+seed_run() {
+  local t=$1 t0; tag "$t"
+  t0=$(date +%s.%N)
+  REGISTRY=$registry GIT_URL=$git_url TAG=$t STATE=$state bash bench/seed-pipeline.sh >"$state/seed-$t.log" 2>&1 \
+    || { tail -20 "$state/seed-$t.log" >&2; exit 1; }
+  for s in "${services[@]}"; do kubectl -n bench-seed set image "deployment/$s" "api=$registry/myevents/$s:$t" >/dev/null; done
+  for s in "${services[@]}"; do kubectl -n bench-seed rollout status "deployment/$s" --timeout=300s >/dev/null; done
+  python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
+}
+deploybot_run() {
+  local t=$1 t0 job st; tag "$t"
+  t0=$(date +%s.%N)
+  job=$(send_push "$db_port" bench "$t" "$sha")
+  st=$(wait_job "$db_port" "$job")
+  [ "$st" = deployed ] || { echo "job $job: $st" >&2; exit 1; }
+  python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
+}
+# One untimed run each fills the dependency caches (both measure warm).
+seed_run v0.0.0-seed >/dev/null; deploybot_run v0.0.0 >/dev/null
+results=$state/e2e.txt; : > "$results"
+for r in $(seq "$rounds"); do
+  reset_deployments bench-seed "${services[@]}"; reset_deployments bench-deploybot "${services[@]}"
+  s=$(seed_run "v$r.0.0-seed")
+  d=$(deploybot_run "v$r.0.0")
+  echo "round $r: seed ${s}s | deploybot ${d}s" | tee -a "$results" >&2
+done
+python3 - "$results" "$state/overhead.txt" <<'PY'
+import re, statistics, sys
+rows = [list(map(float, re.findall(r"([\d.]+)s", l))) for l in open(sys.argv[1])]
+seed, bot = (statistics.median(c) for c in zip(*rows))
+print()
+print(open(sys.argv[2]).read().strip())
+print()
+print(f"== tag push -> all three Deployments complete, median of {len(rows)} warm rounds")
+print(f"seed shell pipeline (docker CLI + kubectl set image + rollout status): {seed:6.1f} s")
+print(f"deploybot (signed push -> job deployed):                              {bot:6.1f} s")
+print(f"deploybot / seed: {bot/seed:.2f}")
+PY
