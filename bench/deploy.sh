@@ -32,12 +32,16 @@ kubectl() { "$k8s/src/kubernetes-1.20.2/_output/bin/kubectl" --kubeconfig "$k8s/
 source bench/lib.sh
 start_registry
 
-# A namespace with the registry's pull secret and the example Deployments (image reset to the
-# placeholder), ready.
+# A new namespace (named per run: deleting one takes the namespace controller a while) with the
+# registry's pull secret and the example Deployments (image reset to the placeholder), ready.
+# Deleted on exit, without waiting.
+run_id=$(date +%s)
+namespaces=()
+trap 'cleanup; for n in "${namespaces[@]}"; do kubectl delete namespace "$n" --wait=false >/dev/null 2>&1 || true; done' EXIT
 fresh_namespace() {
   local ns=$1; shift
-  kubectl delete namespace "$ns" --wait=true >/dev/null 2>&1 || true
   kubectl create namespace "$ns" >/dev/null
+  namespaces+=("$ns")
   local auth; auth=$(printf 'bench:%s' "$REGISTRY_PASSWORD" | base64 -w0)
   printf '{"apiVersion":"v1","kind":"Secret","metadata":{"name":"registry"},"type":"kubernetes.io/dockerconfigjson","stringData":{".dockerconfigjson":"{\\"auths\\":{\\"%s\\":{\\"auth\\":\\"%s\\"}}}"}}' \
     "$registry" "$auth" | kubectl -n "$ns" apply -f - >/dev/null
@@ -103,11 +107,12 @@ TOML
 }
 
 # ---------------------------------------------------------------- 1. overhead
-echo "== 1. overhead over $deploys deploys (tests/fixtures/hello, namespace bench-overhead)" >&2
+ns_overhead=bench-overhead-$run_id
+echo "== 1. overhead over $deploys deploys (tests/fixtures/hello, namespace $ns_overhead)" >&2
 serve_repo hello
-fresh_namespace bench-overhead web
-start_deploybot hello bench-overhead
-python3 bench/watch.py bench-overhead web > "$state/watch.jsonl" &
+fresh_namespace "$ns_overhead" web
+start_deploybot hello "$ns_overhead"
+python3 bench/watch.py "$ns_overhead" web > "$state/watch.jsonl" &
 pids+=($!)
 sleep 1
 jobs_done=()
@@ -116,27 +121,28 @@ for i in $(seq "$deploys"); do
   tag "v1.0.$i"
   job=$(send_push "$db_port" bench "v1.0.$i" "$sha")
   st=$(wait_job "$db_port" "$job")
-  [ "$st" = deployed ] || { echo "job $job: $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot-bench-overhead.toml" >&2; exit 1; }
+  [ "$st" = deployed ] || { echo "job $job: $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot-$ns_overhead.toml" >&2; exit 1; }
   jobs_done+=("$job")
 done
 sleep 1
-python3 bench/overhead.py "$state/store-bench-overhead/deploybot.db" "$state/watch.jsonl" "${jobs_done[@]}" | tee "$state/overhead.txt"
+python3 bench/overhead.py "$state/store-$ns_overhead/deploybot.db" "$state/watch.jsonl" "${jobs_done[@]}" | tee "$state/overhead.txt"
 
 # ---------------------------------------------------------------- 2. end to end vs the seed
 echo "== 2. tag push -> three Deployments complete, deploybot vs the seed's shell pipeline ($rounds rounds, warm)" >&2
 rm -rf "$state/work" "$state/served"
 serve_repo myevents
 services=(eventservice bookingservice frontend)
-fresh_namespace bench-deploybot "${services[@]}"
-fresh_namespace bench-seed "${services[@]}"
-start_deploybot myevents bench-deploybot
+ns_bot=bench-deploybot-$run_id ns_seed=bench-seed-$run_id
+fresh_namespace "$ns_bot" "${services[@]}"
+fresh_namespace "$ns_seed" "${services[@]}"
+start_deploybot myevents "$ns_bot"
 seed_run() {
   local t=$1 t0; tag "$t"
   t0=$(date +%s.%N)
   REGISTRY=$registry GIT_URL=$git_url TAG=$t STATE=$state bash bench/seed-pipeline.sh >"$state/seed-$t.log" 2>&1 \
     || { tail -20 "$state/seed-$t.log" >&2; exit 1; }
-  for s in "${services[@]}"; do kubectl -n bench-seed set image "deployment/$s" "api=$registry/myevents/$s:$t" >/dev/null; done
-  for s in "${services[@]}"; do kubectl -n bench-seed rollout status "deployment/$s" --timeout=300s >/dev/null; done
+  for s in "${services[@]}"; do kubectl -n "$ns_seed" set image "deployment/$s" "api=$registry/myevents/$s:$t" >/dev/null; done
+  for s in "${services[@]}"; do kubectl -n "$ns_seed" rollout status "deployment/$s" --timeout=300s >/dev/null; done
   python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
 }
 deploybot_run() {
@@ -151,7 +157,7 @@ deploybot_run() {
 seed_run v0.0.0-seed >/dev/null; deploybot_run v0.0.0 >/dev/null
 results=$state/e2e.txt; : > "$results"
 for r in $(seq "$rounds"); do
-  reset_deployments bench-seed "${services[@]}"; reset_deployments bench-deploybot "${services[@]}"
+  reset_deployments "$ns_seed" "${services[@]}"; reset_deployments "$ns_bot" "${services[@]}"
   s=$(seed_run "v$r.0.0-seed")
   d=$(deploybot_run "v$r.0.0")
   echo "round $r: seed ${s}s | deploybot ${d}s" | tee -a "$results" >&2

@@ -19,6 +19,10 @@ const WATCH_SECONDS: u32 = 60;
 #[derive(Clone)]
 pub struct KubeCluster {
     client: Client,
+    /// Watches get their own connection pool: a watch holds its connection for the whole
+    /// rollout, and sharing one pool would make the next get/patch open (and TLS-handshake) a
+    /// new connection every time.
+    watcher: Client,
 }
 
 impl KubeCluster {
@@ -67,8 +71,10 @@ impl KubeCluster {
         config.read_timeout = Some(std::time::Duration::from_secs(
             u64::from(WATCH_SECONDS) + 30,
         ));
-        let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
-        Ok(KubeCluster { client })
+        let client =
+            Client::try_from(config.clone()).map_err(|e| format!("Kubernetes client: {e}"))?;
+        let watcher = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+        Ok(KubeCluster { client, watcher })
     }
 
     fn api(&self, target: &DeploymentRef) -> Api<Deployment> {
@@ -123,7 +129,7 @@ impl Cluster for KubeCluster {
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", target.name))
             .timeout(WATCH_SECONDS);
-        let api = self.api(target);
+        let api: Api<Deployment> = Api::namespaced(self.watcher.clone(), &target.namespace);
         let events = api
             .watch(&params, resource_version)
             .await
@@ -131,7 +137,7 @@ impl Cluster for KubeCluster {
         // The watch stream borrows the Api; a task owns both and hands changes over a channel.
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let who = target.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _api = api;
             let mut events = std::pin::pin!(events.map_err(|e| named(e, "watch", &who)));
             while let Some(event) = events.next().await {
@@ -153,10 +159,22 @@ impl Cluster for KubeCluster {
                 }
             }
         });
+        // Dropping the stream stops the task (and closes the watch) at once.
+        let state = (receiver, AbortOnDrop(task));
         Ok(Box::pin(futures_util::stream::unfold(
-            receiver,
-            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+            state,
+            |(mut receiver, task)| async move {
+                receiver.recv().await.map(|item| (item, (receiver, task)))
+            },
         )))
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -309,6 +309,15 @@ impl Jobs {
         Ok(())
     }
 
+    /// Queues reports for a job without changing it (a canceled job's final status).
+    pub fn queue_reports(&self, job: i64, reports: &[super::NewReport]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        super::outbox::insert(&tx, reports, Some(job))?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Marks a job that was never started as superseded.
     pub fn supersede(&self, job: i64) -> Result<(), StoreError> {
         self.finish(

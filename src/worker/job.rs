@@ -143,6 +143,24 @@ impl<E: Executor> Runner<E> {
             // Left running: its lease lapses and the next start takes it again.
             tracing::info!(parent: &span, "Interrupted by shutdown; it will be resumed");
             return;
+        } else if self
+            .blocking(move |jobs| jobs.state(id))
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("canceled")
+        {
+            // An operator canceled it (the store already says so): the commit status says so too.
+            tracing::info!(parent: &span, "Canceled by an operator");
+            let reports = reporter
+                .map(|r| r.finished("canceled", None, None))
+                .unwrap_or_default();
+            let _ = self
+                .blocking(move |jobs| jobs.queue_reports(id, &reports))
+                .await;
+            self.reports.notify_one();
+            return;
         } else {
             match outcome {
                 Ok(Deployed::Nothing) => ("success", None),

@@ -87,10 +87,11 @@ impl Reporter {
                 StatusState::Error,
                 "Superseded by a newer push to this branch".to_owned(),
             ),
+            "canceled" => (StatusState::Error, "Canceled by an operator".to_owned()),
             _ => (StatusState::Failure, error.unwrap_or("failed").to_owned()),
         };
         let mut reports = self.status(None, state, &words);
-        if result == "superseded" {
+        if result == "superseded" || result == "canceled" {
             return reports;
         }
         let Some(detail) = detail else { return reports };

@@ -659,3 +659,74 @@ async fn a_gitlab_tag_push_reports_pending_then_success_per_service_on_gitlab() 
         .all(|s| s.path == format!("/api/v4/projects/jsmith%2Fexample/statuses/{sha}")));
     assert!(seen.iter().all(|s| s.body["ref"] == "v7.0.0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_a_running_job_ends_its_commit_status_as_canceled() {
+    use crate::common::forge_double::{states, ForgeDouble, STATUS_TOKEN};
+    use crate::common::infra::{docker_with_base_images, GitServer, Registry};
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let extra = format!(
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nretry_base_ms = 20\n\n[web]\naction_token = \"cancel-token\"\n",
+        github.server.uri()
+    );
+    if docker_with_base_images().is_none() {
+        return;
+    }
+    let (Some(registry), Some((git, _))) = (Registry::start(), GitServer::start_fixture("hello"))
+    else {
+        return;
+    };
+    // A check step that takes long enough to be canceled while it runs.
+    let sha = git.commit("slow check", "master", Some("v1.0.0"), |dir| {
+        let path = dir.join(".deploybot.toml");
+        let mut definition = std::fs::read_to_string(&path).unwrap();
+        definition.push_str(
+            "\n[[services.steps]]\nstage = \"check\"\nimage = \"deploybot-local/static:latest\"\ncommands = [\"sleep 120\"]\n",
+        );
+        std::fs::write(path, definition).unwrap();
+    });
+    let build = Build::with_parts(registry, git, sha.clone(), None, &extra)
+        .await
+        .unwrap();
+    let job = build.send("refs/tags/v1.0.0", &sha).await;
+    let jobs = build.jobs();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !jobs
+        .get(job)
+        .unwrap()
+        .unwrap()
+        .stages
+        .iter()
+        .any(|s| s.stage == "check" && s.state == "running")
+    {
+        assert!(Instant::now() < deadline, "the check never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let canceled = build
+        .app
+        .client
+        .post(format!("{}/api/v1/jobs/{job}/cancel", build.app.address))
+        .bearer_auth("cancel-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 202);
+
+    let seen = github
+        .wait_until(60, |seen| {
+            states(seen, "context", "deploybot")
+                .last()
+                .map(String::as_str)
+                == Some("error")
+        })
+        .await;
+    let last = seen
+        .iter()
+        .rev()
+        .find(|s| s.body["context"] == "deploybot")
+        .unwrap();
+    assert_eq!(last.body["state"], "error");
+    assert_eq!(last.body["description"], "Canceled by an operator");
+    assert_eq!(jobs.state(job).unwrap().as_deref(), Some("canceled"));
+}
