@@ -65,45 +65,12 @@ printf 'FROM deploybot-local/static:latest\nCOPY health /www/\nUSER 65534\nCMD [
 echo ok > "$state/health"
 DOCKER_BUILDKIT=0 docker build -q -t deploybot-local/initial:v0 -f "$state/Dockerfile.initial" "$state" >/dev/null 2>&1
 
-start_deploybot() { # fixture namespace
-  local port; port=$(free_port)
-  cat > "$state/deploybot-$2.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-data_dir = "$state/store-$2"
-[log]
-filter = "warn"
-[worker]
-service_concurrency = 3
-[registry]
-address = "$registry"
-username = "bench"
-password_env = "REGISTRY_PASSWORD"
-[[toolchains]]
-name = "golang:1.19"
-image = "deploybot-local/golang:1.19"
-caches = ["/go"]
-user = "1000:1000"
-[[toolchains]]
-name = "node:18"
-image = "deploybot-local/node:18"
-caches = ["/npm-cache"]
-user = "1000:1000"
-[[projects]]
-name = "bench"
-forge = "github"
-repository = "bradrydzewski/drone-test-go"
-webhook_secret_env = "BENCH_SECRET"
-allowed_images = ["myevents/*"]
-allowed_deployments = ["*"]
-[[environments]]
-name = "production"
-namespace = "$2"
-kubeconfig = "$k8s/run/kubeconfig"
-TOML
-  "$root/target/release/deploybot" serve --config "$state/deploybot-$2.toml" >"$state/deploybot-$2.log" 2>&1 &
-  pids+=($!); wait_port "$port"
-  db_port=$port
+# A deploybot deploying tags to namespace $1.
+start_deploybot_to() {
+  start_deploybot "$1" "[[environments]]
+name = \"production\"
+namespace = \"$1\"
+kubeconfig = \"$k8s/run/kubeconfig\""
 }
 
 # ---------------------------------------------------------------- 1. overhead
@@ -111,7 +78,7 @@ ns_overhead=bench-overhead-$run_id
 echo "== 1. overhead over $deploys deploys (tests/fixtures/hello, namespace $ns_overhead)" >&2
 serve_repo hello
 fresh_namespace "$ns_overhead" web
-start_deploybot hello "$ns_overhead"
+start_deploybot_to "$ns_overhead"
 python3 bench/watch.py "$ns_overhead" web > "$state/watch.jsonl" &
 pids+=($!)
 sleep 1
@@ -135,7 +102,7 @@ services=(eventservice bookingservice frontend)
 ns_bot=bench-deploybot-$run_id ns_seed=bench-seed-$run_id
 fresh_namespace "$ns_bot" "${services[@]}"
 fresh_namespace "$ns_seed" "${services[@]}"
-start_deploybot myevents "$ns_bot"
+start_deploybot_to "$ns_bot"
 seed_run() {
   local t=$1 t0; tag "$t"
   t0=$(date +%s.%N)

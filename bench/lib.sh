@@ -82,3 +82,44 @@ while True:
     time.sleep(0.05)
 PY
 }
+
+# start_deploybot NAME [EXTRA_TOML]: `deploybot serve` (release build) for project `bench` on
+# this run's registry, with the local toolchains; sets $db_port. Config, store and log are
+# $state/deploybot-NAME.{toml,log} and $state/store-NAME.
+start_deploybot() {
+  local name=$1 extra=${2:-} port; port=$(free_port)
+  cat > "$state/deploybot-$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+data_dir = "$state/store-$name"
+[log]
+filter = "warn"
+[worker]
+service_concurrency = 3
+[registry]
+address = "$registry"
+username = "bench"
+password_env = "REGISTRY_PASSWORD"
+[[toolchains]]
+name = "golang:1.19"
+image = "deploybot-local/golang:1.19"
+caches = ["/go"]
+user = "1000:1000"
+[[toolchains]]
+name = "node:18"
+image = "deploybot-local/node:18"
+caches = ["/npm-cache"]
+user = "1000:1000"
+[[projects]]
+name = "bench"
+forge = "github"
+repository = "bradrydzewski/drone-test-go"
+webhook_secret_env = "BENCH_SECRET"
+allowed_images = ["myevents/*"]
+allowed_deployments = ["*"]
+$extra
+TOML
+  "$root/target/release/deploybot" serve --config "$state/deploybot-$name.toml" >"$state/deploybot-$name.log" 2>&1 &
+  pids+=($!); wait_port "$port"
+  db_port=$port
+}

@@ -25,40 +25,7 @@ source bench/lib.sh
 start_registry
 serve_repo myevents
 
-# --- deploybot ---
-db_port=$(free_port)
-cat > "$state/deploybot.toml" <<TOML
-[server]
-listen = "127.0.0.1:$db_port"
-data_dir = "$state/deploybot-data"
-[log]
-filter = "warn"
-[worker]
-service_concurrency = 3
-[registry]
-address = "$registry"
-username = "bench"
-password_env = "REGISTRY_PASSWORD"
-[[toolchains]]
-name = "golang:1.19"
-image = "deploybot-local/golang:1.19"
-caches = ["/go"]
-user = "1000:1000"
-[[toolchains]]
-name = "node:18"
-image = "deploybot-local/node:18"
-caches = ["/npm-cache"]
-user = "1000:1000"
-[[projects]]
-name = "bench"
-forge = "github"
-repository = "bradrydzewski/drone-test-go"
-webhook_secret_env = "BENCH_SECRET"
-allowed_images = ["myevents/*"]
-allowed_deployments = ["*"]
-TOML
-"$root/target/release/deploybot" serve --config "$state/deploybot.toml" >"$state/deploybot.log" 2>&1 &
-pids+=($!); wait_port "$db_port"
+start_deploybot pipeline
 
 # Seconds from a signed tag push to the job finished.
 deploybot_run() {
@@ -67,7 +34,7 @@ deploybot_run() {
   t0=$(date +%s.%N)
   job=$(send_push "$db_port" bench "$tag" "$sha")
   st=$(wait_job "$db_port" "$job")
-  [ "$st" = success ] || { echo "deploybot job $job $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot.toml" >&2; exit 1; }
+  [ "$st" = success ] || { echo "deploybot job $job $st" >&2; "$root/target/release/deploybot" job "$job" --config "$state/deploybot-pipeline.toml" >&2; exit 1; }
   python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
 }
 
