@@ -633,3 +633,133 @@ fn annotations(request: &Request<'_>, previous: &str) -> BTreeMap<String, String
         ("kubernetes.io/change-cause".into(), cause),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::deploy::cluster::Changes;
+
+    /// A Deployment whose controller finishes every rollout at once, and which someone else
+    /// changes under deploybot `conflicts` times (each a 409).
+    struct Fake {
+        observed: Mutex<Observed>,
+        conflicts: Mutex<u32>,
+        patches: Mutex<u32>,
+    }
+
+    impl Cluster for Fake {
+        async fn read(&self, _: &DeploymentRef) -> Result<Observed, ClusterError> {
+            Ok(self.observed.lock().unwrap().clone())
+        }
+
+        async fn set_image(
+            &self,
+            target: &DeploymentRef,
+            change: ImageChange<'_>,
+        ) -> Result<Observed, ClusterError> {
+            let mut observed = self.observed.lock().unwrap();
+            let mut conflicts = self.conflicts.lock().unwrap();
+            if *conflicts > 0 {
+                *conflicts -= 1;
+                observed
+                    .images
+                    .insert("api".into(), "someone/else:2".into());
+                observed.resource_version = format!("{}x", observed.resource_version);
+            }
+            if change.resource_version != observed.resource_version {
+                return Err(ClusterError::Conflict(target.clone()));
+            }
+            *self.patches.lock().unwrap() += 1;
+            observed
+                .images
+                .insert(change.container.into(), change.image.into());
+            observed.generation += 1;
+            observed.observed_generation = observed.generation;
+            Ok(observed.clone())
+        }
+
+        async fn follow(&self, _: &DeploymentRef, _: &str) -> Result<Changes, ClusterError> {
+            Ok(Box::pin(futures_util::stream::empty()))
+        }
+    }
+
+    fn environment() -> Environment {
+        Environment {
+            name: "production".into(),
+            namespace: "default".into(),
+            tags: Vec::new(),
+            branches: Vec::new(),
+            projects: Vec::new(),
+            order: crate::config::DeployOrder::Semver,
+            rollout_timeout: Duration::from_secs(5),
+            cluster: crate::config::ClusterAccess::InCluster,
+            token: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_409_conflict_is_read_again_recorded_again_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Arc::new(Jobs::open_migrated(dir.path()).unwrap());
+        let fake = Fake {
+            observed: Mutex::new(Observed {
+                resource_version: "1".into(),
+                generation: 1,
+                observed_generation: 1,
+                desired: 1,
+                total: 1,
+                updated: 1,
+                available: 1,
+                images: BTreeMap::from([("api".into(), "web:1".into())]),
+                ..Observed::default()
+            }),
+            conflicts: Mutex::new(1),
+            patches: Mutex::new(0),
+        };
+        let deployer = Deployer::new(
+            HashMap::from([("production".into(), Ok(fake))]),
+            jobs.clone(),
+        );
+        let environment = environment();
+        let request = Request {
+            job: None,
+            project: "myevents",
+            service: "web",
+            environment: &environment,
+            deployment: "web",
+            container: "api",
+            tag: "v2",
+            sha: "",
+            delivery: "",
+            pushed_at: "2026-01-01T00:00:00.000Z",
+            image: "web:2",
+            by_hand: false,
+        };
+        let notes = Mutex::new(Vec::new());
+        let note = |text: &str| notes.lock().unwrap().push(text.to_owned());
+
+        let outcome = deployer.run(&request, &note).await;
+
+        assert_eq!(
+            outcome,
+            Outcome::Deployed {
+                image: "web:2".into()
+            }
+        );
+        let fake = match deployer.clusters.get("production") {
+            Some(Ok(fake)) => fake,
+            _ => unreachable!(),
+        };
+        assert_eq!(*fake.patches.lock().unwrap(), 1);
+        let record = &jobs.deploy_history("myevents", "web", 10).unwrap()[0];
+        assert_eq!(record.state, "deployed");
+        assert_eq!(
+            record.previous_image.as_deref(),
+            Some("someone/else:2"),
+            "the previous image is the one read after the conflict"
+        );
+        assert!(notes.lock().unwrap().iter().any(|n| n.contains("409")));
+    }
+}

@@ -102,6 +102,17 @@ impl Jobs {
         })
     }
 
+    /// A store of its own in `data_dir`, schema included (unit tests of code that records).
+    #[cfg(test)]
+    pub(crate) fn open_migrated(data_dir: &Path) -> Result<Jobs, StoreError> {
+        let mut conn = open_connection(&db_path(data_dir))?;
+        super::schema::migrate(&mut conn)?;
+        Ok(Jobs {
+            conn: Mutex::new(conn),
+            owner: "test".into(),
+        })
+    }
+
     pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding this lock would be a bug in a short SQL call; the data
         // itself is in SQLite, so carrying on with the inner value is safe.

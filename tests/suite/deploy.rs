@@ -283,6 +283,21 @@ async fn get_watch_and_patch_on_deployments_are_all_a_deploy_needs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_that_does_not_exist_fails_the_deploy_naming_it() {
+    let Some(deploy) = Deploy::start("hello", &[], 30).await else {
+        return;
+    };
+
+    let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+
+    assert_eq!(detail.job.state, "failed", "{}", deploy.explain(&detail));
+    let reason = detail.deploys[0].reason.clone().unwrap_or_default();
+    let named = format!("Deployment {}/web not found", deploy.cluster.namespace);
+    assert!(reason.contains(&named), "{reason}");
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_older_tag_does_not_overwrite_a_newer_one_already_deployed() {
     let Some(deploy) = Deploy::start("hello", &["web"], 30).await else {
         return;
