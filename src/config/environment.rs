@@ -26,8 +26,9 @@ pub struct Environment {
     /// deploybot's own deadline for a rollout, beside the Deployment's progressDeadlineSeconds.
     pub rollout_timeout: Duration,
     pub cluster: ClusterAccess,
-    /// The bearer token's value, kept only so that it can be masked.
-    pub token: Option<SecretString>,
+    /// The bearer tokens this access uses (token file, kubeconfig users), kept only so that
+    /// they can be masked wherever text is shown.
+    pub tokens: Vec<SecretString>,
 }
 
 /// Which of two deploys of one Deployment is the newer.
@@ -169,26 +170,27 @@ fn environment(
             None
         }
     };
-    let token = match &cluster {
+    let tokens = match &cluster {
         Some(ClusterAccess::Explicit { token_file, .. }) => {
             match std::fs::read_to_string(token_file) {
                 Ok(text) if !text.trim().is_empty() => {
-                    Some(SecretString::from(text.trim().to_owned()))
+                    vec![SecretString::from(text.trim().to_owned())]
                 }
                 Ok(_) => {
                     problem("token_file", format!("{} is empty", token_file.display()));
-                    None
+                    Vec::new()
                 }
                 Err(e) => {
                     problem(
                         "token_file",
                         format!("cannot read {}: {}", token_file.display(), e.kind()),
                     );
-                    None
+                    Vec::new()
                 }
             }
         }
-        _ => None,
+        Some(ClusterAccess::Kubeconfig { path, .. }) => kubeconfig_tokens(path),
+        _ => Vec::new(),
     };
     for (key, path) in [("ca_file", &raw.ca_file), ("kubeconfig", &raw.kubeconfig)] {
         if let Some(path) = path {
@@ -221,8 +223,32 @@ fn environment(
         order,
         rollout_timeout,
         cluster: cluster?,
-        token,
+        tokens,
     })
+}
+
+/// The tokens a kubeconfig's users carry, inline or in files (unreadable ones are kube's to
+/// report when it connects).
+fn kubeconfig_tokens(path: &std::path::Path) -> Vec<SecretString> {
+    let Ok(kubeconfig) = kube::config::Kubeconfig::read_from(path) else {
+        return Vec::new();
+    };
+    kubeconfig
+        .auth_infos
+        .into_iter()
+        .filter_map(|named| named.auth_info)
+        .flat_map(|user| {
+            // A relative tokenFile is relative to the kubeconfig, as kubectl reads it.
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            let from_file = user
+                .token_file
+                .and_then(|file| std::fs::read_to_string(base.join(file)).ok())
+                .map(|text| SecretString::from(text.trim().to_owned()));
+            [user.token, from_file]
+        })
+        .flatten()
+        .filter(|token| !secrecy::ExposeSecret::expose_secret(token).is_empty())
+        .collect()
 }
 
 /// RFC 1123 label: what Kubernetes accepts as a namespace (and a Deployment) name.
@@ -234,4 +260,27 @@ pub fn is_dns_label(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_kubeconfigs_tokens_inline_and_in_files_are_known_for_masking() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "file-token-value\n").unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers:\n- name: a\n  user: {token: inline-token-value}\n- name: b\n  user: {tokenFile: token}\n",
+        )
+        .unwrap();
+        let tokens: Vec<String> = kubeconfig_tokens(&kubeconfig)
+            .iter()
+            .map(|t| t.expose_secret().to_owned())
+            .collect();
+        assert_eq!(tokens, ["inline-token-value", "file-token-value"]);
+    }
 }

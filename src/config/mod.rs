@@ -201,7 +201,7 @@ impl Settings {
             values.push(token.expose_secret().to_owned());
         }
         for environment in &self.environments {
-            if let Some(token) = &environment.token {
+            for token in &environment.tokens {
                 values.push(token.expose_secret().to_owned());
             }
         }

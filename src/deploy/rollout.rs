@@ -695,7 +695,7 @@ mod tests {
             order: crate::config::DeployOrder::Semver,
             rollout_timeout: Duration::from_secs(5),
             cluster: crate::config::ClusterAccess::InCluster,
-            token: None,
+            tokens: Vec::new(),
         }
     }
 
