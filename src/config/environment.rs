@@ -267,6 +267,60 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    fn problems(toml: &str) -> Vec<String> {
+        let sources = super::super::Sources {
+            file: None,
+            inline_toml: Some(toml),
+            env: Default::default(),
+        };
+        match super::super::Settings::from_sources(sources) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    #[test]
+    fn every_environment_problem_is_named_by_its_field() {
+        let found = problems(
+            "[[environments]]\nnamespace = \"Not_A_Name\"\norder = \"newest\"\napi_server = \"http://10.0.0.1\"\ntoken_file = \"/nonexistent\"\n\n[[environments]]\nname = \"staging\"\nin_cluster = true\nkubeconfig = \"/etc/k\"\n",
+        );
+        for expected in [
+            "environments[0].name: missing",
+            "environments[0].namespace: \"Not_A_Name\" is not a Kubernetes namespace name",
+            "environments[0].order: unknown order \"newest\"",
+            "environments[0].api_server: \"http://10.0.0.1\" must be an https:// URL",
+            "environments[1].kubeconfig: give exactly one of",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "{expected:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tags_deploy_by_default_and_a_branch_environment_takes_only_its_branches() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        let toml = format!(
+            "[[environments]]\nname = \"production\"\nin_cluster = true\n\n[[environments]]\nname = \"staging\"\nbranches = [\"main\"]\napi_server = \"https://k\"\ntoken_file = \"{}\"\n",
+            token.display()
+        );
+        let sources = super::super::Sources {
+            file: None,
+            inline_toml: Some(&toml),
+            env: Default::default(),
+        };
+        let settings = super::super::Settings::from_sources(sources).unwrap();
+        let (production, staging) = (&settings.environments[0], &settings.environments[1]);
+        assert!(production.takes("p", "tag", "v1.0.0"));
+        assert!(!production.takes("p", "branch", "main"));
+        assert!(staging.takes("p", "branch", "main"));
+        assert!(!staging.takes("p", "tag", "v1.0.0"));
+        assert!(settings.secret_values().contains(&"t".to_owned()));
+    }
+
     #[test]
     fn a_kubeconfigs_tokens_inline_and_in_files_are_known_for_masking() {
         let dir = tempfile::tempdir().unwrap();
