@@ -106,8 +106,12 @@ pub struct Deployer<C: Cluster> {
 /// Held while one rollout of a Deployment runs.
 type DeploymentLock = Arc<tokio::sync::Mutex<()>>;
 
+/// How a wait for a rollout ended.
 enum Waited {
-    Done(Health),
+    Complete,
+    /// The controller gave up: "reason: message" of the Progressing condition.
+    Failed(String),
+    /// deploybot's own deadline passed; what it still waited for.
     TimedOut(String),
 }
 
@@ -303,13 +307,12 @@ impl<C: Cluster> Deployer<C> {
         };
         note(&format!("waiting for {target} to roll out"));
         let reason = match self.wait(cluster, target, &since, deadline, note).await {
-            Ok(Waited::Done(Health::Complete)) => {
+            Ok(Waited::Complete) => {
                 note(&format!("{target} is running {}", request.image));
                 let image = request.image.to_owned();
                 return (Some(id), Outcome::Deployed { image });
             }
-            Ok(Waited::Done(Health::Failed { reason, message })) => format!("{reason}: {message}"),
-            Ok(Waited::Done(Health::Waiting(_))) => return (Some(id), unreachable_waiting()),
+            Ok(Waited::Failed(reason)) => reason,
             Ok(Waited::TimedOut(last)) => format!(
                 "not healthy within {}s ({last})",
                 request.environment.rollout_timeout.as_secs()
@@ -505,7 +508,7 @@ impl<C: Cluster> Deployer<C> {
             }
         };
         match self.wait(cluster, target, &since, deadline, note).await {
-            Ok(Waited::Done(Health::Complete)) => {
+            Ok(Waited::Complete) => {
                 note(&format!(
                     "rolled back: {target} is running {previous} again"
                 ));
@@ -514,10 +517,7 @@ impl<C: Cluster> Deployer<C> {
                     previous: previous.to_owned(),
                 }
             }
-            Ok(Waited::Done(Health::Failed { reason: r, message })) => {
-                rollback_failed(&reason, format!("{r}: {message}"))
-            }
-            Ok(Waited::Done(Health::Waiting(_))) => unreachable_waiting(),
+            Ok(Waited::Failed(why)) => rollback_failed(&reason, why),
             Ok(Waited::TimedOut(last)) => rollback_failed(&reason, format!("timed out ({last})")),
             Err(e) => rollback_failed(&reason, e.to_string()),
         }
@@ -537,7 +537,7 @@ impl<C: Cluster> Deployer<C> {
         loop {
             let observed = cluster.read(target).await?;
             if let Some(done) = judge(&observed, since, &mut last, note) {
-                return Ok(Waited::Done(done));
+                return Ok(done);
             }
             let mut changes = cluster.follow(target, &observed.resource_version).await?;
             loop {
@@ -546,7 +546,7 @@ impl<C: Cluster> Deployer<C> {
                     Ok(None) => break,
                     Ok(Some(change)) => {
                         if let Some(done) = judge(&change?, since, &mut last, note) {
-                            return Ok(Waited::Done(done));
+                            return Ok(done);
                         }
                     }
                 }
@@ -560,8 +560,8 @@ impl<C: Cluster> Deployer<C> {
     }
 }
 
-/// A finished health, or None while waiting (each new thing waited for is noted once).
-fn judge(observed: &Observed, since: &Since, last: &mut String, note: Note<'_>) -> Option<Health> {
+/// How the rollout ended, or None while it goes on (each new thing waited for is noted once).
+fn judge(observed: &Observed, since: &Since, last: &mut String, note: Note<'_>) -> Option<Waited> {
     match assess(observed, since) {
         Health::Waiting(what) => {
             if what != *last {
@@ -570,14 +570,8 @@ fn judge(observed: &Observed, since: &Since, last: &mut String, note: Note<'_>) 
             }
             None
         }
-        done => Some(done),
-    }
-}
-
-fn unreachable_waiting() -> Outcome {
-    // `wait` returns only finished health; kept total instead of panicking.
-    Outcome::Failed {
-        reason: "internal: a rollout reported as finished while waiting".into(),
+        Health::Complete => Some(Waited::Complete),
+        Health::Failed { reason, message } => Some(Waited::Failed(format!("{reason}: {message}"))),
     }
 }
 
