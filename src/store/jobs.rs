@@ -320,6 +320,20 @@ impl Jobs {
         Ok(())
     }
 
+    /// The stored `PushEvent` JSON of the delivery that queued `job`.
+    pub fn event_json(&self, job: i64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT d.event_json FROM jobs j JOIN deliveries d ON d.id = j.delivery
+                 WHERE j.id = ?1",
+                [job],
+                |row| row.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// Queues reports for a job without changing it (a canceled job's final status).
     pub fn queue_reports(&self, job: i64, reports: &[super::NewReport]) -> Result<(), StoreError> {
         let mut conn = self.conn();

@@ -128,9 +128,25 @@ pub async fn cancel(
     request: HttpRequest,
     views: web::Data<Arc<Views>>,
     token: web::Data<ActionToken>,
+    intake: web::Data<crate::intake::IntakeState>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    act(&request, &views, &token, id.into_inner(), CANCEL).await
+    let id = id.into_inner();
+    let before = views.read(move |v| v.jobs.state(id)).await.ok().flatten();
+    let response = act(&request, &views, &token, id, CANCEL).await;
+    // A running job's worker reports its end; a queued one has no worker yet.
+    if response.status() == actix_web::http::StatusCode::ACCEPTED
+        && before.as_deref() == Some("queued")
+    {
+        let settings = intake.settings.clone();
+        let reported = views
+            .read(move |v| crate::worker::report_canceled(&settings, &v.jobs, id))
+            .await;
+        if reported.is_ok() {
+            intake.reports.notify_one();
+        }
+    }
+    response
 }
 
 /// What the rollback action needs: the deployer the worker uses, and the store.

@@ -153,11 +153,9 @@ impl<E: Executor> Runner<E> {
         {
             // An operator canceled it (the store already says so): the commit status says so too.
             tracing::info!(parent: &span, "Canceled by an operator");
-            let reports = reporter
-                .map(|r| r.finished("canceled", None, None))
-                .unwrap_or_default();
+            let settings = self.settings.clone();
             let _ = self
-                .blocking(move |jobs| jobs.queue_reports(id, &reports))
+                .blocking(move |jobs| super::report_canceled(&settings, jobs, id))
                 .await;
             self.reports.notify_one();
             return;

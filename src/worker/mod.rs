@@ -24,6 +24,23 @@ use crate::deploy::{Deployer, KubeCluster};
 use crate::docker::Executor;
 use crate::store::Jobs;
 
+/// Queues the final commit status of a job an operator canceled (the store already says
+/// `canceled`; queued or running, its `pending` must not stay the last word).
+pub fn report_canceled(
+    settings: &Settings,
+    jobs: &Jobs,
+    job: i64,
+) -> Result<(), crate::store::StoreError> {
+    let Some(event) = jobs
+        .event_json(job)?
+        .and_then(|json| serde_json::from_str::<crate::intake::PushEvent>(&json).ok())
+    else {
+        return Ok(());
+    };
+    let reports = reporter::Reporter::new(settings, &event, job).finished("canceled", None, None);
+    jobs.queue_reports(job, &reports)
+}
+
 /// How often an idle worker looks for work when nobody wakes it.
 const POLL: Duration = Duration::from_millis(500);
 

@@ -164,7 +164,7 @@ async fn a_signed_myevents_tag_push_ends_with_all_three_deployments_running_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_message() {
-    let Some(deploy) = Deploy::start("hello", &["web"], 8).await else {
+    let Some(deploy) = Deploy::start("hello", &["web"], 12).await else {
         return;
     };
     let good = deploy.push_tag("v1.0.0", &deploy.build.sha).await;

@@ -300,3 +300,31 @@ async fn a_late_pending_never_overwrites_a_final_state() {
         "the stale pending is never sent again"
     );
 }
+
+#[tokio::test]
+async fn a_queued_job_canceled_by_an_operator_ends_its_status_as_canceled() {
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let gitlab = ForgeDouble::gitlab(vec![(201, None)]).await;
+    let extra = "\n[web]\naction_token = \"cancel-token\"\n";
+    let app =
+        TestApp::spawn_config(&config(&github.server.uri(), &gitlab.server.uri(), extra)).await;
+    let (response, _) = app.deliver_fixture("github/push.tag").await;
+    let job = json(response).await["job"].as_i64().unwrap();
+
+    let canceled = app
+        .client
+        .post(format!("{}/api/v1/jobs/{job}/cancel", app.address))
+        .bearer_auth("cancel-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 202);
+
+    let seen = github
+        .wait_until(10, |seen| seen.iter().any(|s| s.body["state"] == "error"))
+        .await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.body["context"], "deploybot");
+    assert_eq!(last.body["state"], "error");
+    assert_eq!(last.body["description"], "Canceled by an operator");
+}
