@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: install and start what the tests need (Docker,
-# docker-registry, git, base images: scripts/real-parts.sh), then format check, clippy, and
-# every test, then the JSON API against openapi.yaml with schemathesis. Under CI=true a missing real part fails the run instead of skipping.
+# docker-registry, git, Chromium, base images, a local Kubernetes v1.20.2 built from Debian's
+# sources: scripts/real-parts.sh), then format check, clippy, the JSON API against openapi.yaml
+# with schemathesis, and every test. Under CI=true a missing real part fails the test that needs
+# it instead of skipping it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
