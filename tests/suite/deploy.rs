@@ -24,7 +24,8 @@ impl Deploy {
         Deploy::start_with(fixture, deployments, progress_deadline_secs, None, "").await
     }
 
-    /// `token_file`: the cluster credential deploybot uses (default: the admin token).
+    /// `token_file`: the cluster credential deploybot uses (default: the admin token);
+    /// `extra`: keys for the project, then any tables (see `config_with`).
     async fn start_with(
         fixture: &str,
         deployments: &[&str],
@@ -42,7 +43,8 @@ impl Deploy {
                 .await;
         }
         let environment = cluster.environment(token_file.unwrap_or(&cluster.token_file));
-        let extra = format!("{environment}{extra}");
+        // The project's own keys and other tables first, then the environment.
+        let extra = format!("{extra}\n{environment}");
         let build = Build::with_parts(registry, git, sha, None, &extra).await?;
         Some(Deploy { build, cluster })
     }
@@ -164,7 +166,13 @@ async fn a_signed_myevents_tag_push_ends_with_all_three_deployments_running_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_message() {
-    let Some(deploy) = Deploy::start("hello", &["web"], 12).await else {
+    use crate::common::forge_double::{states, ForgeDouble, STATUS_TOKEN};
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let statuses = format!(
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nretry_base_ms = 20\n",
+        github.server.uri()
+    );
+    let Some(deploy) = Deploy::start_with("hello", &["web"], 12, None, &statuses).await else {
         return;
     };
     let good = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
@@ -219,6 +227,32 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
             && page.contains("rolled back")
             && page.contains("has timed out progressing"),
         "the job page shows the rollback and why: {page}"
+    );
+    let seen = github
+        .wait_until(30, |seen| {
+            seen.iter().any(|s| {
+                s.path.ends_with(&sha)
+                    && s.body["context"] == "deploybot/web"
+                    && s.body["state"] == "failure"
+            })
+        })
+        .await;
+    let on_sha: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.ends_with(&sha))
+        .cloned()
+        .collect();
+    let web = states(&on_sha, "context", "deploybot/web");
+    assert_eq!(web.last().map(String::as_str), Some("failure"), "{web:?}");
+    let last = on_sha
+        .iter()
+        .rev()
+        .find(|s| s.body["context"] == "deploybot/web")
+        .unwrap();
+    let words = last.body["description"].as_str().unwrap();
+    assert!(
+        words.starts_with("Rolled back in production: ProgressDeadlineExceeded"),
+        "{words}"
     );
     let metrics = deploy.build.app.get("/metrics").await.text().await.unwrap();
     assert!(
@@ -612,6 +646,16 @@ async fn deploybot_rollback_to_a_tag_rolls_the_service_to_that_tags_image() {
     assert_eq!(deploy.cluster.image("web").await, v1);
     let token = std::fs::read_to_string(&deploy.cluster.token_file).unwrap();
     assert!(!printed.contains(token.trim()));
+
+    let job =
+        crate::common::binary::run(dir.path(), &["job", "2", "--config", "deploybot.toml"], &[]);
+    let shown = String::from_utf8_lossy(&job.stdout);
+    assert!(
+        shown.contains("deploys:")
+            && shown.contains("web  production")
+            && shown.contains("deployed  (was"),
+        "deploybot job shows the rollout: {shown}"
+    );
 
     let unknown = run(&["myevents", "web", "--to", "v9.9.9"]);
     assert_eq!(unknown.status.code(), Some(2));
