@@ -134,7 +134,15 @@ impl<E: Executor> Runner<E> {
                 image: &image,
                 by_hand: false,
             };
-            let outcome = self.deployer.run(&request, &note).await;
+            // On shutdown the rollout is left where its record says it is (planned, patched or
+            // rolling back); the job stays running and the next start resumes it from there.
+            let outcome = tokio::select! {
+                outcome = self.deployer.run(&request, &note) => outcome,
+                () = self.shutdown.cancelled() => {
+                    note("deploybot is stopping; the rollout resumes at its next start");
+                    return outcomes;
+                }
+            };
             let place = format!(
                 "{} ({}/{deployment})",
                 environment.name, environment.namespace

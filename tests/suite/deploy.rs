@@ -446,6 +446,28 @@ async fn an_unreachable_api_server_fails_the_deploy_with_a_clear_message() {
 /// record and waits for it instead of patching again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_killed_during_the_rollout_wait_resumes_waiting_and_patches_once() {
+    stopped_mid_rollout(crate::common::binary::Server::kill_hard).await;
+}
+
+/// SIGTERM while deploybot waits for a rollout (deploybot restarted, or rolled out itself):
+/// it exits at once, cleanly, and the next start finishes the rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_stopped_by_sigterm_during_the_rollout_wait_resumes_after_the_restart() {
+    stopped_mid_rollout(|server| {
+        let asked = Instant::now();
+        let (status, log) = server.terminate();
+        assert!(status.success(), "{status}: {log}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "it does not wait out the rollout before exiting: {:?}",
+            asked.elapsed()
+        );
+        log
+    })
+    .await;
+}
+
+async fn stopped_mid_rollout(stop: impl FnOnce(crate::common::binary::Server) -> String) {
     use crate::common::binary::Server;
     let Some(deploy) = Deploy::start("hello", &["web"], 60).await else {
         return;
@@ -509,7 +531,7 @@ async fn a_deploy_killed_during_the_rollout_wait_resumes_waiting_and_patches_onc
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let first_log = server.kill_hard();
+    let first_log = stop(server);
     let restarted = Server::start(dir.path(), &config_path, &[("RUST_LOG", "debug")]);
     let detail = finished(&jobs, job).await;
 
