@@ -100,16 +100,7 @@ service_concurrency = 3
 address = "$registry"
 username = "bench"
 password_env = "REGISTRY_PASSWORD"
-[[toolchains]]
-name = "golang:1.19"
-image = "deploybot-local/golang:1.19"
-caches = ["/go"]
-user = "1000:1000"
-[[toolchains]]
-name = "node:18"
-image = "deploybot-local/node:18"
-caches = ["/npm-cache"]
-user = "1000:1000"
+$(cat "$root/config/local-toolchains.toml")
 [[projects]]
 name = "bench"
 forge = "github"

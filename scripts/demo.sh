@@ -103,17 +103,7 @@ address = "127.0.0.1:$registry_port"
 username = "deploybot"
 password_file = "$demo/registry-password"
 
-[[toolchains]]
-name = "golang:1.19"
-image = "deploybot-local/golang:1.19"
-caches = ["/go"]
-user = "1000:1000"
-
-[[toolchains]]
-name = "node:18"
-image = "deploybot-local/node:18"
-caches = ["/npm-cache"]
-user = "1000:1000"
+$(cat "$root/config/local-toolchains.toml")
 
 [[projects]]
 name = "myevents"

@@ -41,17 +41,7 @@ address = "{address}"
 username = "{username}"
 password = "{password}"
 
-[[toolchains]]
-name = "golang:1.19"
-image = "deploybot-local/golang:1.19"
-caches = ["/go"]
-user = "1000:1000"
-
-[[toolchains]]
-name = "node:18"
-image = "deploybot-local/node:18"
-caches = ["/npm-cache"]
-user = "1000:1000"
+{toolchains}
 
 [[projects]]
 name = "myevents"
@@ -63,6 +53,7 @@ allowed_deployments = ["eventservice", "bookingservice", "frontend", "web"]
 "#,
         address = registry.address,
         username = registry.username,
+        toolchains = include_str!("../../config/local-toolchains.toml"),
     )
 }
 

@@ -49,6 +49,15 @@ impl Deploy {
         Some(Deploy { build, cluster })
     }
 
+    /// Deploying to `web` as the narrow test user, whom a Role grants only `verbs` on
+    /// Deployments in the test's namespace.
+    async fn as_narrow_user(verbs: &[&str]) -> Option<Deploy> {
+        let narrow = crate::common::cluster::run_dir().join("narrow-token");
+        let deploy = Deploy::start_with("hello", &["web"], 30, Some(&narrow), "").await?;
+        deploy.cluster.grant_narrow_user(verbs).await;
+        Some(deploy)
+    }
+
     /// Tags `sha` as `tag`, sends the signed tag push, and waits for the job to end.
     async fn push_tag(&self, tag: &str, sha: &str) -> deploybot::store::JobDetail {
         self.build.git.tag(tag, sha);
@@ -266,15 +275,9 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_patch_permission_fails_the_deploy_naming_the_verb_resource_and_namespace() {
-    let run = crate::common::cluster::run_dir();
-    let narrow = run.join("narrow-token");
-    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, Some(&narrow), "").await else {
+    let Some(deploy) = Deploy::as_narrow_user(&["get", "list", "watch"]).await else {
         return;
     };
-    deploy
-        .cluster
-        .grant_narrow_user(&["get", "list", "watch"])
-        .await;
 
     let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
 
@@ -293,7 +296,8 @@ async fn a_missing_patch_permission_fails_the_deploy_naming_the_verb_resource_an
         INITIAL_IMAGE,
         "nothing changed"
     );
-    let token = std::fs::read_to_string(&narrow).unwrap();
+    let narrow = crate::common::cluster::run_dir().join("narrow-token");
+    let token = std::fs::read_to_string(narrow).unwrap();
     assert!(!deploy.build.log(detail.job.id).contains(token.trim()));
     deploy.finish().await;
 }
@@ -301,14 +305,9 @@ async fn a_missing_patch_permission_fails_the_deploy_naming_the_verb_resource_an
 /// The verbs of k8s/rbac.yaml's Role, and nothing more, are enough to deploy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_watch_and_patch_on_deployments_are_all_a_deploy_needs() {
-    let narrow = crate::common::cluster::run_dir().join("narrow-token");
-    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, Some(&narrow), "").await else {
+    let Some(deploy) = Deploy::as_narrow_user(&["get", "watch", "patch"]).await else {
         return;
     };
-    deploy
-        .cluster
-        .grant_narrow_user(&["get", "watch", "patch"])
-        .await;
 
     let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
 
