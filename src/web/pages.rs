@@ -29,7 +29,8 @@ td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}\
 .success,.deployed{background:#2e7d32}.failed{background:#c62828}.rolled_back,.rolling_back{background:#ef6c00}.running{background:#1565c0}\
 .pending,.queued{background:#9e9e9e}.skipped{background:#bdbdbd;color:#333}.superseded{background:#6d4c41}\
 .grid td{border:none}.box{display:block;min-width:90px;padding:6px;border-radius:6px;color:#fff;text-decoration:none;text-align:center}\
-pre{background:#111;color:#eee;padding:1em;overflow:auto;max-height:60vh}";
+pre{background:#111;color:#eee;padding:1em;overflow:auto;max-height:60vh}\
+#deploys+table code{word-break:break-all}";
 
 fn page(title: &str, body: &str) -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
@@ -140,8 +141,9 @@ fn job_body(detail: &JobDetail) -> String {
             {
                 let _ = write!(
                     body,
-                    "<td><a class=\"box {state}\" data-service=\"{service}\" data-stage=\"{stage}\" href=\"/jobs/{id}/log?service={service}\">{stage}<br><small>{state}{exit}</small></a></td>",
+                    "<td><a class=\"box {state}\" data-service=\"{service}\" data-stage=\"{stage}\" href=\"/jobs/{id}/log?service={service}\">{stage}<br><small>{label}{exit}</small></a></td>",
                     state = escape(&stage.state),
+                    label = escape(&stage_label(&stage.stage, &stage.state)),
                     service = escape(service),
                     stage = escape(&stage.stage),
                     id = job.id,
@@ -189,6 +191,14 @@ fn job_body(detail: &JobDetail) -> String {
     }
     deploys_section(&mut body, detail);
     body
+}
+
+/// A box's state as people say it: a deploy that succeeded is "deployed".
+fn stage_label(stage: &str, state: &str) -> String {
+    match (stage, state) {
+        ("deploy", "success") => "deployed".into(),
+        _ => state.replace('_', " "),
+    }
 }
 
 /// What each rollout did: where, what runs now, what ran before, and why it was rolled back.
