@@ -26,6 +26,9 @@ if $browser; then
   command -v npm >/dev/null || need+=(npm)
 fi
 for tool in jq patch make gcc; do command -v $tool >/dev/null || need+=($tool); done
+# The Kubernetes build fetches Debian's source package; the pause image is a static C binary.
+command -v dpkg-source >/dev/null || need+=(dpkg-dev)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   apt-get update -q >/dev/null
