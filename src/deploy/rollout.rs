@@ -113,6 +113,8 @@ enum Waited {
     Failed(String),
     /// deploybot's own deadline passed; what it still waited for.
     TimedOut(String),
+    /// Someone else set the container to this image meanwhile: no longer our rollout.
+    Replaced(String),
 }
 
 impl<C: Cluster> Deployer<C> {
@@ -306,11 +308,19 @@ impl<C: Cluster> Deployer<C> {
             }
         };
         note(&format!("waiting for {target} to roll out"));
-        let reason = match self.wait(cluster, target, &since, deadline, note).await {
+        let ours = (request.container, request.image);
+        let reason = match self
+            .wait(cluster, target, &since, ours, deadline, note)
+            .await
+        {
             Ok(Waited::Complete) => {
                 note(&format!("{target} is running {}", request.image));
                 let image = request.image.to_owned();
                 return (Some(id), Outcome::Deployed { image });
+            }
+            Ok(Waited::Replaced(image)) => {
+                let reason = replaced(target, request.container, &image);
+                return (Some(id), Outcome::Failed { reason });
             }
             Ok(Waited::Failed(reason)) => reason,
             Ok(Waited::TimedOut(last)) => format!(
@@ -507,7 +517,14 @@ impl<C: Cluster> Deployer<C> {
                 Err(e) => return rollback_failed(&reason, e.to_string()),
             }
         };
-        match self.wait(cluster, target, &since, deadline, note).await {
+        let ours = (request.container, previous);
+        match self
+            .wait(cluster, target, &since, ours, deadline, note)
+            .await
+        {
+            Ok(Waited::Replaced(image)) => {
+                rollback_failed(&reason, replaced(target, request.container, &image))
+            }
             Ok(Waited::Complete) => {
                 note(&format!(
                     "rolled back: {target} is running {previous} again"
@@ -524,19 +541,20 @@ impl<C: Cluster> Deployer<C> {
     }
 
     /// Follows the Deployment until the rollout of the change `since` describes completes or
-    /// fails, or the deadline passes.
+    /// fails, someone else replaces `ours` (container, image), or the deadline passes.
     async fn wait(
         &self,
         cluster: &C,
         target: &DeploymentRef,
         since: &Since,
+        ours: (&str, &str),
         deadline: Instant,
         note: Note<'_>,
     ) -> Result<Waited, ClusterError> {
         let mut last = String::new();
         loop {
             let observed = cluster.read(target).await?;
-            if let Some(done) = judge(&observed, since, &mut last, note) {
+            if let Some(done) = judge(&observed, since, ours, &mut last, note) {
                 return Ok(done);
             }
             let mut changes = cluster.follow(target, &observed.resource_version).await?;
@@ -545,7 +563,7 @@ impl<C: Cluster> Deployer<C> {
                     Err(_) => return Ok(Waited::TimedOut(last)),
                     Ok(None) => break,
                     Ok(Some(change)) => {
-                        if let Some(done) = judge(&change?, since, &mut last, note) {
+                        if let Some(done) = judge(&change?, since, ours, &mut last, note) {
                             return Ok(done);
                         }
                     }
@@ -561,7 +579,19 @@ impl<C: Cluster> Deployer<C> {
 }
 
 /// How the rollout ended, or None while it goes on (each new thing waited for is noted once).
-fn judge(observed: &Observed, since: &Since, last: &mut String, note: Note<'_>) -> Option<Waited> {
+fn judge(
+    observed: &Observed,
+    since: &Since,
+    (container, image): (&str, &str),
+    last: &mut String,
+    note: Note<'_>,
+) -> Option<Waited> {
+    // A rollout someone else replaced (kubectl set image, another tool) is not ours to judge:
+    // its completion would be recorded as ours, its failure rolled back over their change.
+    match observed.images.get(container) {
+        Some(running) if running != image => return Some(Waited::Replaced(running.clone())),
+        _ => {}
+    }
     match assess(observed, since) {
         Health::Waiting(what) => {
             if what != *last {
@@ -573,6 +603,12 @@ fn judge(observed: &Observed, since: &Since, last: &mut String, note: Note<'_>) 
         Health::Complete => Some(Waited::Complete),
         Health::Failed { reason, message } => Some(Waited::Failed(format!("{reason}: {message}"))),
     }
+}
+
+fn replaced(target: &DeploymentRef, container: &str, image: &str) -> String {
+    format!(
+        "{target}: container {container} was set to {image} by someone else during the rollout; deploybot leaves it as it is"
+    )
 }
 
 fn rollback_failed(reason: &str, why: String) -> Outcome {
@@ -641,6 +677,8 @@ mod tests {
         observed: Mutex<Observed>,
         conflicts: Mutex<u32>,
         patches: Mutex<u32>,
+        /// Someone else's image, set right after deploybot's patch.
+        then_someone_sets: Option<&'static str>,
     }
 
     impl Cluster for Fake {
@@ -671,7 +709,15 @@ mod tests {
                 .insert(change.container.into(), change.image.into());
             observed.generation += 1;
             observed.observed_generation = observed.generation;
-            Ok(observed.clone())
+            let answer = observed.clone();
+            if let Some(theirs) = self.then_someone_sets {
+                observed
+                    .images
+                    .insert(change.container.into(), theirs.into());
+                observed.generation += 1;
+                observed.observed_generation = observed.generation;
+            }
+            Ok(answer)
         }
 
         async fn follow(&self, _: &DeploymentRef, _: &str) -> Result<Changes, ClusterError> {
@@ -693,11 +739,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_409_conflict_is_read_again_recorded_again_and_retried() {
-        let dir = tempfile::tempdir().unwrap();
-        let jobs = Arc::new(Jobs::open_migrated(dir.path()).unwrap());
-        let fake = Fake {
+    fn fake(conflicts: u32, then_someone_sets: Option<&'static str>) -> Fake {
+        Fake {
             observed: Mutex::new(Observed {
                 resource_version: "1".into(),
                 generation: 1,
@@ -709,9 +752,17 @@ mod tests {
                 images: BTreeMap::from([("api".into(), "web:1".into())]),
                 ..Observed::default()
             }),
-            conflicts: Mutex::new(1),
+            conflicts: Mutex::new(conflicts),
             patches: Mutex::new(0),
-        };
+            then_someone_sets,
+        }
+    }
+
+    /// Deploys `web:2` (previously `web:1`) on `fake`; answers the outcome, the notes, the
+    /// patches sent and the record.
+    async fn deploy_on(fake: Fake) -> (Outcome, Vec<String>, u32, DeployRow) {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = Arc::new(Jobs::open_migrated(dir.path()).unwrap());
         let deployer = Deployer::new(
             HashMap::from([("production".into(), Ok(fake))]),
             jobs.clone(),
@@ -733,8 +784,21 @@ mod tests {
         };
         let notes = Mutex::new(Vec::new());
         let note = |text: &str| notes.lock().unwrap().push(text.to_owned());
-
         let outcome = deployer.run(&request, &note).await;
+        let patches = match deployer.clusters.get("production") {
+            Some(Ok(fake)) => *fake.patches.lock().unwrap(),
+            _ => unreachable!(),
+        };
+        let record = jobs
+            .deploy_history("myevents", "web", 10)
+            .unwrap()
+            .remove(0);
+        (outcome, notes.into_inner().unwrap(), patches, record)
+    }
+
+    #[tokio::test]
+    async fn a_409_conflict_is_read_again_recorded_again_and_retried() {
+        let (outcome, notes, patches, record) = deploy_on(fake(1, None)).await;
 
         assert_eq!(
             outcome,
@@ -742,18 +806,28 @@ mod tests {
                 image: "web:2".into()
             }
         );
-        let fake = match deployer.clusters.get("production") {
-            Some(Ok(fake)) => fake,
-            _ => unreachable!(),
-        };
-        assert_eq!(*fake.patches.lock().unwrap(), 1);
-        let record = &jobs.deploy_history("myevents", "web", 10).unwrap()[0];
+        assert_eq!(patches, 1);
         assert_eq!(record.state, "deployed");
         assert_eq!(
             record.previous_image.as_deref(),
             Some("someone/else:2"),
             "the previous image is the one read after the conflict"
         );
-        assert!(notes.lock().unwrap().iter().any(|n| n.contains("409")));
+        assert!(notes.iter().any(|n| n.contains("409")));
+    }
+
+    #[tokio::test]
+    async fn an_image_someone_else_sets_during_the_rollout_is_neither_claimed_nor_rolled_back() {
+        let (outcome, _, patches, record) = deploy_on(fake(0, Some("hotfix:9"))).await;
+
+        let Outcome::Failed { reason } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(
+            reason.contains("was set to hotfix:9 by someone else"),
+            "{reason}"
+        );
+        assert_eq!(patches, 1, "no rollback over their change");
+        assert_eq!(record.state, "failed");
     }
 }
