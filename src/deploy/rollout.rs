@@ -299,7 +299,7 @@ impl<C: Cluster> Deployer<C> {
                     }
                 }
                 match self
-                    .change_image(cluster, request, target, record.map(|r| r.id), note)
+                    .change_image(cluster, request, target, record.as_ref(), note)
                     .await
                 {
                     Ok(changed) => changed,
@@ -380,9 +380,12 @@ impl<C: Cluster> Deployer<C> {
         cluster: &C,
         request: &Request<'_>,
         target: &DeploymentRef,
-        mut id: Option<i64>,
+        record: Option<&DeployRow>,
         note: Note<'_>,
     ) -> Result<(i64, Since, Option<String>), (Option<i64>, ClusterError)> {
+        let mut id = record.map(|r| r.id);
+        // What ran before, as recorded before a patch that a restart interrupted.
+        let recorded_previous = record.and_then(|r| r.previous_image.clone());
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -430,7 +433,13 @@ impl<C: Cluster> Deployer<C> {
                 ));
             };
             if already {
-                return Ok((recorded, Since::change(&observed), Some(current)));
+                // The change in place is ours (or the same image): a verdict on it counts.
+                let since = Since {
+                    generation: observed.generation,
+                    stale_verdict: None,
+                };
+                let previous = recorded_previous.or(Some(current));
+                return Ok((recorded, since, previous));
             }
             let annotations = annotations(request, &current);
             note(&format!(
@@ -679,11 +688,23 @@ mod tests {
         patches: Mutex<u32>,
         /// Someone else's image, set right after deploybot's patch.
         then_someone_sets: Option<&'static str>,
+        /// `web:2` never becomes ready: the controller has given up on it.
+        stalls: bool,
     }
 
     impl Cluster for Fake {
         async fn read(&self, _: &DeploymentRef) -> Result<Observed, ClusterError> {
-            Ok(self.observed.lock().unwrap().clone())
+            let mut observed = self.observed.lock().unwrap().clone();
+            if self.stalls && observed.images["api"] == "web:2" {
+                observed.updated = 0;
+                observed.progressing = Some(crate::deploy::cluster::Condition {
+                    status: "False".into(),
+                    reason: "ProgressDeadlineExceeded".into(),
+                    message: "ReplicaSet \"web-2\" has timed out progressing.".into(),
+                    last_update: "2026-01-01T00:00:09Z".into(),
+                });
+            }
+            Ok(observed)
         }
 
         async fn set_image(
@@ -733,7 +754,7 @@ mod tests {
             branches: Vec::new(),
             projects: Vec::new(),
             order: crate::config::DeployOrder::Semver,
-            rollout_timeout: Duration::from_secs(5),
+            rollout_timeout: Duration::from_secs(1),
             cluster: crate::config::ClusterAccess::InCluster,
             tokens: Vec::new(),
         }
@@ -755,21 +776,58 @@ mod tests {
             conflicts: Mutex::new(conflicts),
             patches: Mutex::new(0),
             then_someone_sets,
+            stalls: false,
         }
     }
 
     /// Deploys `web:2` (previously `web:1`) on `fake`; answers the outcome, the notes, the
     /// patches sent and the record.
     async fn deploy_on(fake: Fake) -> (Outcome, Vec<String>, u32, DeployRow) {
+        resume_on(fake, None).await
+    }
+
+    /// The same, for a job whose rollout a killed process left recorded as `earlier` (state,
+    /// generation): the restarted worker runs it again.
+    async fn resume_on(
+        fake: Fake,
+        earlier: Option<(&'static str, i64)>,
+    ) -> (Outcome, Vec<String>, u32, DeployRow) {
         let dir = tempfile::tempdir().unwrap();
         let jobs = Arc::new(Jobs::open_migrated(dir.path()).unwrap());
+        let job = match earlier {
+            Some((state, generation)) => {
+                let job = jobs.insert_running_job_for_tests("myevents").unwrap();
+                let reason = (state == "rolling_back")
+                    .then(|| "ProgressDeadlineExceeded: stalled".to_owned());
+                jobs.plan_deploy(&crate::store::NewDeploy {
+                    job: Some(job),
+                    project: "myevents".into(),
+                    service: "web".into(),
+                    environment: "production".into(),
+                    namespace: "default".into(),
+                    deployment: "web".into(),
+                    container: "api".into(),
+                    tag: "v2".into(),
+                    pushed_at: "2026-01-01T00:00:00.000Z".into(),
+                    image: "web:2".into(),
+                    kind: "deploy",
+                    state,
+                    previous_image: Some("web:1".into()),
+                    generation: Some(generation),
+                    reason,
+                })
+                .unwrap();
+                Some(job)
+            }
+            None => None,
+        };
         let deployer = Deployer::new(
             HashMap::from([("production".into(), Ok(fake))]),
             jobs.clone(),
         );
         let environment = environment();
         let request = Request {
-            job: None,
+            job,
             project: "myevents",
             service: "web",
             environment: &environment,
@@ -794,6 +852,89 @@ mod tests {
             .unwrap()
             .remove(0);
         (outcome, notes.into_inner().unwrap(), patches, record)
+    }
+
+    /// `fake` after deploybot's patch to `web:2` went through (generation 2).
+    fn already_patched(fake: Fake) -> Fake {
+        {
+            let mut observed = fake.observed.lock().unwrap();
+            observed.images.insert("api".into(), "web:2".into());
+            observed.generation = 2;
+            observed.observed_generation = 2;
+        }
+        fake
+    }
+
+    #[tokio::test]
+    async fn a_rollout_recorded_as_patched_is_waited_for_not_patched_again() {
+        let (outcome, notes, patches, record) =
+            resume_on(already_patched(fake(0, None)), Some(("patched", 2))).await;
+
+        assert_eq!(
+            outcome,
+            Outcome::Deployed {
+                image: "web:2".into()
+            }
+        );
+        assert_eq!(patches, 0);
+        assert_eq!(record.state, "deployed");
+        assert!(notes.iter().any(|n| n.starts_with("resuming")), "{notes:?}");
+    }
+
+    /// Killed between sending the patch and recording it: the image is already the new one.
+    #[tokio::test]
+    async fn a_rollout_recorded_as_planned_whose_patch_went_through_is_not_patched_again() {
+        let (outcome, notes, patches, record) =
+            resume_on(already_patched(fake(0, None)), Some(("planned", 1))).await;
+
+        assert_eq!(
+            outcome,
+            Outcome::Deployed {
+                image: "web:2".into()
+            }
+        );
+        assert_eq!(patches, 0);
+        assert_eq!(
+            record.previous_image.as_deref(),
+            Some("web:1"),
+            "kept from the record"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("not patching")),
+            "{notes:?}"
+        );
+    }
+
+    /// ... and when that rollout then fails, the image put back is the recorded one.
+    #[tokio::test]
+    async fn a_resumed_rollout_that_fails_rolls_back_to_the_image_recorded_before_it() {
+        let mut stalled = already_patched(fake(0, None));
+        stalled.stalls = true;
+        let (outcome, _, patches, record) = resume_on(stalled, Some(("planned", 1))).await;
+
+        let Outcome::RolledBack { previous, reason } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(previous, "web:1");
+        assert!(reason.starts_with("ProgressDeadlineExceeded"), "{reason}");
+        assert_eq!(patches, 1);
+        assert_eq!(record.state, "rolled_back");
+    }
+
+    #[tokio::test]
+    async fn a_rollback_recorded_as_started_is_finished_after_a_restart() {
+        let (outcome, _, patches, record) =
+            resume_on(already_patched(fake(0, None)), Some(("rolling_back", 2))).await;
+
+        assert_eq!(
+            outcome,
+            Outcome::RolledBack {
+                reason: "ProgressDeadlineExceeded: stalled".into(),
+                previous: "web:1".into()
+            }
+        );
+        assert_eq!(patches, 1, "the previous image put back, once");
+        assert_eq!(record.state, "rolled_back");
     }
 
     #[tokio::test]

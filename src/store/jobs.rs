@@ -113,6 +113,25 @@ impl Jobs {
         })
     }
 
+    /// A running job of `project` with its delivery (unit tests of code that records per job).
+    #[cfg(test)]
+    pub(crate) fn insert_running_job_for_tests(&self, project: &str) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO deliveries (project, outcome, received_at) VALUES (?1, 'queued', ?2)",
+            params![project, now_text()],
+        )?;
+        let delivery = conn.last_insert_rowid();
+        conn.execute(
+            "INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
+                created_at, updated_at)
+             VALUES (?1, ?2, 'refs/tags/v2', 'tag', 'v2', '0000000000000000000000000000000000000000',
+                'running', ?3, ?3)",
+            params![delivery, project, now_text()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
     pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding this lock would be a bug in a short SQL call; the data
         // itself is in SQLite, so carrying on with the inner value is safe.
