@@ -40,8 +40,7 @@ pub struct Checkouts {
     workspaces: PathBuf,
     /// One checkout per project mirror at a time: two `git fetch`es into one repository race
     /// on its lock files (FETCH_HEAD, packed-refs) and one of them fails.
-    mirror_locks:
-        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    mirror_locks: crate::keyed_lock::KeyedLocks<String>,
 }
 
 impl Checkouts {
@@ -74,11 +73,7 @@ impl Checkouts {
         {
             return Err(CheckoutError::BadUrl(url.to_owned()));
         }
-        let lock = {
-            let mut locks = self.mirror_locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(project.to_owned()).or_default().clone()
-        };
-        let _one_at_a_time = lock.lock().await;
+        let _one_at_a_time = self.mirror_locks.lock(project.to_owned()).await;
         let mirror = self.mirrors.join(format!("{project}.git"));
         if !mirror.join("HEAD").exists() {
             tokio::fs::create_dir_all(&self.mirrors)

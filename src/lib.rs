@@ -9,6 +9,7 @@ pub mod docker;
 pub mod domain;
 pub mod forge;
 pub mod intake;
+pub mod keyed_lock;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;

@@ -119,9 +119,9 @@ pub async fn roll_back<C: Cluster>(
         )));
     }
     let (project, service) = (ask.project.clone(), ask.service.clone());
-    let history = tokio::task::spawn_blocking(move || jobs.deploy_history(&project, &service, 500))
-        .await
-        .map_err(|e| RollbackError::Unknown(e.to_string()))??;
+    let history = jobs
+        .call(move |jobs| jobs.deploy_history(&project, &service, 500))
+        .await?;
     let choice = choose(&history, ask)?;
     let environment = settings
         .environment(&choice.current.environment)

@@ -18,6 +18,7 @@ use super::cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed
 use super::health::{assess, Health, Since};
 use super::order::{is_older, Version};
 use crate::config::Environment;
+use crate::keyed_lock::KeyedLocks;
 use crate::store::{DeployRow, DeployUpdate, Jobs, NewDeploy, StoreError};
 
 /// How often a 409 conflict is retried with a fresh read before the rollout fails.
@@ -100,11 +101,9 @@ pub struct Deployer<C: Cluster> {
     /// By environment name; the error says why a cluster could not be set up.
     clusters: HashMap<String, Result<C, String>>,
     jobs: Arc<Jobs>,
-    locks: std::sync::Mutex<HashMap<(String, DeploymentRef), DeploymentLock>>,
+    /// One rollout per (environment, Deployment) at a time.
+    locks: KeyedLocks<(String, DeploymentRef)>,
 }
-
-/// Held while one rollout of a Deployment runs.
-type DeploymentLock = Arc<tokio::sync::Mutex<()>>;
 
 /// How a wait for a rollout ended.
 enum Waited {
@@ -123,7 +122,7 @@ impl<C: Cluster> Deployer<C> {
         Deployer {
             clusters,
             jobs,
-            locks: std::sync::Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
         }
     }
 
@@ -133,8 +132,10 @@ impl<C: Cluster> Deployer<C> {
             namespace: environment.namespace.clone(),
             name: request.deployment.to_owned(),
         };
-        let lock = self.lock_for(&environment.name, &target);
-        let _one_at_a_time = lock.lock().await;
+        let _one_at_a_time = self
+            .locks
+            .lock((environment.name.clone(), target.clone()))
+            .await;
         let cluster = match self.clusters.get(&environment.name) {
             Some(Ok(cluster)) => Ok(cluster),
             Some(Err(e)) => Err(format!("environment \"{}\": {e}", environment.name)),
@@ -182,32 +183,14 @@ impl<C: Cluster> Deployer<C> {
         outcome
     }
 
-    fn lock_for(&self, environment: &str, target: &DeploymentRef) -> DeploymentLock {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks
-            .entry((environment.to_owned(), target.clone()))
-            .or_default()
-            .clone()
-    }
-
-    async fn store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Jobs) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let jobs = self.jobs.clone();
-        tokio::task::spawn_blocking(move || f(&jobs))
-            .await
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-    }
-
-    /// The job's rollout as recorded (a resumed job), or a new `planned` one.
     /// The job's rollout as recorded before (a resumed job).
     async fn earlier(&self, request: &Request<'_>) -> Result<Option<DeployRow>, StoreError> {
         let Some(job) = request.job else {
             return Ok(None);
         };
         let (service, environment) = (request.service.to_owned(), request.environment.name.clone());
-        self.store(move |jobs| jobs.deploy_of(job, &service, &environment))
+        self.jobs
+            .call(move |jobs| jobs.deploy_of(job, &service, &environment))
             .await
     }
 
@@ -241,7 +224,7 @@ impl<C: Cluster> Deployer<C> {
             generation,
             reason,
         };
-        match self.store(move |jobs| jobs.plan_deploy(&new)).await {
+        match self.jobs.call(move |jobs| jobs.plan_deploy(&new)).await {
             Ok(id) => Some(id),
             Err(e) => {
                 tracing::error!(error = %e, "Could not record a deploy");
@@ -252,7 +235,8 @@ impl<C: Cluster> Deployer<C> {
 
     async fn update(&self, id: i64, update: DeployUpdate) {
         if let Err(e) = self
-            .store(move |jobs| jobs.update_deploy(id, &update))
+            .jobs
+            .call(move |jobs| jobs.update_deploy(id, &update))
             .await
         {
             tracing::error!(error = %e, deploy = id, "Could not record a deploy step");
@@ -348,7 +332,8 @@ impl<C: Cluster> Deployer<C> {
     ) -> Option<String> {
         let (environment, target_owned) = (request.environment.name.clone(), target.clone());
         let in_place = self
-            .store(move |jobs| {
+            .jobs
+            .call(move |jobs| {
                 jobs.in_place(&environment, &target_owned.namespace, &target_owned.name)
             })
             .await

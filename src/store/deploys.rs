@@ -1,7 +1,7 @@
 //! Rollouts as the deploy code records them, step by step, so that a process killed at any
 //! point resumes where it was: `planned` (previous image recorded) → `patched` (the change is
 //! on the server, with the generation it produced) → `deployed`, or → `rolling_back` →
-//! `rolled_back`; `failed` and `skipped` end it too. Calls block: use `spawn_blocking`.
+//! `rolled_back`; `failed` and `skipped` end it too. Calls block: use [`Jobs::call`].
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;

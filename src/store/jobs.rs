@@ -1,6 +1,6 @@
 //! Jobs as the worker sees them: claiming with a lease, recording stages, images and logs, and
 //! finishing. The worker writes through this connection of its own (SQLite serialises it with
-//! intake's writer; both keep their transactions short). Calls block: use `spawn_blocking`.
+//! intake's writer; both keep their transactions short). Calls block: use [`Jobs::call`].
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -100,6 +100,18 @@ impl Jobs {
             conn: Mutex::new(open_connection(&db_path(data_dir))?),
             owner: owner.to_owned(),
         })
+    }
+
+    /// Runs `f` on a blocking thread: every call here waits on SQLite, which async code must
+    /// not do on its own threads.
+    pub async fn call<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Jobs) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let jobs = self.clone();
+        tokio::task::spawn_blocking(move || f(&jobs))
+            .await
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
     }
 
     /// A store of its own in `data_dir`, schema included (unit tests of code that records).
@@ -293,6 +305,19 @@ impl Jobs {
         digest: Option<&str>,
     ) -> Result<(), StoreError> {
         upsert_image(&self.conn(), job, service, reference, digest)
+    }
+
+    /// `reference@digest` of what `job` pushed for `service`, if it pushed.
+    pub fn pushed_image(&self, job: i64, service: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT reference || '@' || digest FROM images
+                 WHERE job = ?1 AND service = ?2 AND digest IS NOT NULL",
+                params![job, service],
+                |row| row.get(0),
+            )
+            .optional()?)
     }
 
     /// The digest an image reference was first pushed with, and the commit it was built

@@ -85,28 +85,34 @@ const CANCEL: Action = Action {
     only: "only a queued or running job can be canceled",
 };
 
+/// Takes the action; answers the response and, when it was taken, the state the job was in.
 async fn act(
     request: &HttpRequest,
     views: &Arc<Views>,
     token: &ActionToken,
     id: i64,
     action: Action,
-) -> HttpResponse {
+) -> (HttpResponse, Option<String>) {
     if let Err(refused) = authorize(request, token) {
-        return refused.response();
+        return (refused.response(), None);
     }
     let apply = action.apply;
     match views
         .read(move |v| Ok((v.jobs.state(id)?, apply(&v.jobs, id)?)))
         .await
     {
-        Ok((None, _)) => error(404, &format!("job {id}: no such job")),
-        Ok((Some(_), true)) => {
+        Ok((None, _)) => (error(404, &format!("job {id}: no such job")), None),
+        Ok((Some(before), true)) => {
             tracing::info!(job = id, action = action.name, "Action taken");
-            HttpResponse::Accepted().json(serde_json::json!({ "job": id, "state": action.leaves }))
+            let response = HttpResponse::Accepted()
+                .json(serde_json::json!({ "job": id, "state": action.leaves }));
+            (response, Some(before))
         }
-        Ok((Some(state), false)) => error(409, &format!("job {id} is {state}; {}", action.only)),
-        Err(response) => response,
+        Ok((Some(state), false)) => (
+            error(409, &format!("job {id} is {state}; {}", action.only)),
+            None,
+        ),
+        Err(response) => (response, None),
     }
 }
 
@@ -117,8 +123,8 @@ pub async fn rerun(
     wake: web::Data<Arc<tokio::sync::Notify>>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    let response = act(&request, &views, &token, id.into_inner(), RERUN).await;
-    if response.status() == actix_web::http::StatusCode::ACCEPTED {
+    let (response, taken) = act(&request, &views, &token, id.into_inner(), RERUN).await;
+    if taken.is_some() {
         wake.notify_one();
     }
     response
@@ -132,12 +138,9 @@ pub async fn cancel(
     id: web::Path<i64>,
 ) -> HttpResponse {
     let id = id.into_inner();
-    let before = views.read(move |v| v.jobs.state(id)).await.ok().flatten();
-    let response = act(&request, &views, &token, id, CANCEL).await;
+    let (response, before) = act(&request, &views, &token, id, CANCEL).await;
     // A running job's worker reports its end; a queued one has no worker yet.
-    if response.status() == actix_web::http::StatusCode::ACCEPTED
-        && before.as_deref() == Some("queued")
-    {
+    if before.as_deref() == Some("queued") {
         let settings = intake.settings.clone();
         let reported = views
             .read(move |v| crate::worker::report_canceled(&settings, &v.jobs, id))

@@ -202,15 +202,10 @@ impl<E: Executor> Runner<E> {
 
     /// `registry/image:tag@sha256:...`: what was pushed, pinned by digest.
     async fn pinned_image(&self, job: i64, service: &str) -> Option<String> {
-        let detail = self
-            .blocking(move |jobs| jobs.get(job))
+        let service = service.to_owned();
+        self.blocking(move |jobs| jobs.pushed_image(job, &service))
             .await
             .ok()
-            .flatten()?;
-        detail
-            .images
-            .into_iter()
-            .find(|i| i.service == service)
-            .and_then(|i| i.digest.map(|digest| format!("{}@{digest}", i.reference)))
+            .flatten()
     }
 }

@@ -182,10 +182,7 @@ impl<E: Executor> Runner<E> {
         &self,
         f: impl FnOnce(&Jobs) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let jobs = self.jobs.clone();
-        let result = tokio::task::spawn_blocking(move || f(&jobs))
-            .await
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = self.jobs.call(f).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "Job store call failed");
         }
@@ -434,27 +431,40 @@ impl<E: Executor> Runner<E> {
         detail: Option<&str>,
         reports: Vec<NewReport>,
     ) {
-        let (service, stage, state, detail) = (
+        let (service_owned, stage_owned, state_owned, detail) = (
             service.to_owned(),
             stage.to_owned(),
             state.to_owned(),
             detail.map(str::to_owned),
         );
-        self.time_stage(&service, &stage, &state);
+        self.record_stage(service, stage, state, reports, move |jobs, reports| {
+            jobs.set_stage_reporting(
+                job,
+                &service_owned,
+                &stage_owned,
+                &state_owned,
+                exit,
+                detail.as_deref(),
+                reports,
+            )
+        })
+        .await
+    }
+
+    /// Every stage change goes through here: the duration histogram, the store write that
+    /// carries the change and the reports it causes (one transaction), and a wake-up for the
+    /// report sender when there are reports.
+    async fn record_stage(
+        &self,
+        service: &str,
+        stage: &str,
+        state: &str,
+        reports: Vec<NewReport>,
+        write: impl FnOnce(&Jobs, &[NewReport]) -> Result<(), StoreError> + Send + 'static,
+    ) {
+        self.time_stage(service, stage, state);
         let queued = !reports.is_empty();
-        let _ = self
-            .blocking(move |jobs| {
-                jobs.set_stage_reporting(
-                    job,
-                    &service,
-                    &stage,
-                    &state,
-                    exit,
-                    detail.as_deref(),
-                    &reports,
-                )
-            })
-            .await;
+        let _ = self.blocking(move |jobs| write(jobs, &reports)).await;
         if queued {
             self.reports.notify_one();
         }
@@ -840,17 +850,15 @@ impl<E: Executor> Runner<E> {
                 &format!("Pushed {pushed}"),
             )
         };
-        self.time_stage(&service.name, "push", "success");
-        let queued = !reports.is_empty();
-        {
-            let (id, service, reference) = (job.id, service.name.clone(), reference.to_owned());
-            let _ = self
-                .blocking(move |jobs| jobs.record_push(id, &service, &reference, &digest, &reports))
-                .await;
-        }
-        if queued {
-            self.reports.notify_one();
-        }
+        let (id, name, reference) = (job.id, service.name.clone(), reference.to_owned());
+        self.record_stage(
+            &service.name,
+            "push",
+            "success",
+            reports,
+            move |jobs, reports| jobs.record_push(id, &name, &reference, &digest, reports),
+        )
+        .await;
         Ok(())
     }
 }

@@ -62,9 +62,11 @@ impl TestCluster {
             "run scripts/k8s/build.sh and scripts/k8s/cluster-up.sh (scripts/test.sh does)",
         )?;
         build_initial_image();
-        let mut config = Config::new(API.parse().unwrap());
-        config.root_cert = Some(pem_der(&std::fs::read_to_string(&ca_file).unwrap()));
-        config.auth_info.token_file = Some(token_file.display().to_string());
+        // The admin kubeconfig cluster-up.sh writes (its CA, its token file).
+        let kubeconfig = kube::config::Kubeconfig::read_from(run.join("kubeconfig")).unwrap();
+        let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
         let client = Client::try_from(config).unwrap();
         let namespace = format!("t-{}", crate::common::unique_delivery_id().replace('-', ""));
         let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -265,18 +267,4 @@ fn build_initial_image() {
 fn base64_text(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-fn pem_der(pem: &str) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    pem.split("-----BEGIN CERTIFICATE-----")
-        .skip(1)
-        .filter_map(|block| block.split("-----END CERTIFICATE-----").next())
-        .map(|body| {
-            let body: String = body.split_whitespace().collect();
-            base64::engine::general_purpose::STANDARD
-                .decode(body)
-                .unwrap()
-        })
-        .collect()
 }
