@@ -26,6 +26,10 @@ if ! docker image inspect $PAUSE >/dev/null 2>&1; then
 fi
 
 running() { local p; p=$(cat $R/$1.pid 2>/dev/null) && [[ "$(readlink /proc/$p/exe)" == */$1 ]]; }
+# A kubelet left running by an older copy of this script, without the eviction settings, is replaced.
+if running kubelet && ! tr '\0' ' ' < /proc/$(cat $R/kubelet.pid)/cmdline | grep -q -- --eviction-hard; then
+  kill $(cat $R/kubelet.pid); sleep 2
+fi
 start() { local n=$1; shift; running $n && return 0
   setsid "$@" > $R/$n.log 2>&1 < /dev/null & echo $! > $R/$n.pid; }
 wait_for() { local what=$1 i; shift
@@ -68,7 +72,10 @@ start kube-scheduler $B/kube-scheduler --kubeconfig=$R/kubeconfig \
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes > sysctl.before
 [ -s oom.before ] || for p in $(pidof dockerd containerd); do echo "$p $(cat /proc/$p/oom_score_adj)"; done > oom.before
 # kubelet: dockershim against /var/run/docker.sock; no CNI (pods use docker's bridge network);
-# no iptables chains, no device-plugin socket, no image GC; all state under $K; HOME=$K so that
+# no iptables chains, no device-plugin socket, no image GC and no disk-pressure eviction (deploybot
+# addition: the default eviction thresholds, imagefs.available<15% and nodefs.available<10%, made a
+# kubelet on a machine with 16% of its disk free delete every image no container used, the tests'
+# base images among them, in the middle of a test run); all state under $K; HOME=$K so that
 # ~/.docker/config.json is not used and private images need an imagePullSecret. Needs the kubelet built
 # with kubelet-no-negative-oom.patch where root lacks CAP_SYS_RESOURCE (as here).
 start kubelet env HOME=$K $B/kubelet --kubeconfig=$R/kubeconfig --hostname-override=$NODE --register-node=true \
@@ -79,7 +86,8 @@ start kubelet env HOME=$K $B/kubelet --kubeconfig=$R/kubeconfig --hostname-overr
   --cgroup-driver=cgroupfs --fail-swap-on=false --oom-score-adj=0 \
   --address=127.0.0.1 --port=10250 --read-only-port=0 --healthz-bind-address=127.0.0.1 \
   --make-iptables-util-chains=false --hairpin-mode=none --feature-gates=DevicePlugins=false \
-  --image-gc-high-threshold=100 --image-gc-low-threshold=99
+  --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
+  --eviction-hard='memory.available<1Mi,nodefs.available<1Mi,imagefs.available<1Mi'
 
 node_ready() { api /api/v1/nodes/$NODE | jq -e '.status.conditions[]|select(.type=="Ready" and .status=="True")'; }
 wait_for "node $NODE Ready" node_ready
