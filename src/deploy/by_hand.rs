@@ -1,6 +1,6 @@
 //! Rollbacks a person asks for (`deploybot rollback`, `POST /api/v1/rollback`): pick the image
 //! from deploybot's record of the service's rollouts, then roll it out through the same
-//! [`Deployer::run`] a job uses (recorded, serialised per Deployment, waited for).
+//! [`Deployer`] a job uses (recorded, in the Deployment's turn, waited for).
 
 use super::cluster::Cluster;
 use super::rollout::{Deployer, Outcome, Request};
@@ -105,6 +105,8 @@ pub fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, Rollba
 }
 
 /// Chooses the target and rolls it out; answers the environment and how the rollout went.
+/// The choice is made again once the Deployment's turn is ours: a rollout that was running
+/// meanwhile (the server's, while this is `deploybot rollback`) changed what "previous" means.
 pub async fn roll_back<C: Cluster>(
     deployer: &Deployer<C>,
     settings: &Settings,
@@ -118,39 +120,63 @@ pub async fn roll_back<C: Cluster>(
             ask.project
         )));
     }
+    let first = choice_on_record(&jobs, ask).await?;
+    let environment = settings
+        .environment(&first.current.environment)
+        .ok_or_else(|| {
+            RollbackError::Unknown(format!(
+                "environment \"{}\" is no longer configured",
+                first.current.environment
+            ))
+        })?;
+    let deployment = first.current.deployment.clone();
+    let what = format!("a rollback by hand of {}", ask.service);
+    let turn = deployer.turn(environment, &deployment, what, note).await?;
+    let outcome = match choice_on_record(&jobs, ask).await {
+        Ok(choice) if choice.current.environment == environment.name
+            && choice.current.deployment == deployment =>
+        {
+            note(&format!(
+                "rolling {} back to {} ({}) in {}",
+                ask.service, choice.tag, choice.image, environment.name
+            ));
+            let pushed_at = crate::store::timestamp(time::OffsetDateTime::now_utc());
+            let request = Request {
+                job: None,
+                project: &ask.project,
+                service: &ask.service,
+                environment,
+                deployment: &deployment,
+                container: &choice.current.container,
+                tag: &choice.tag,
+                sha: "",
+                delivery: "",
+                pushed_at: &pushed_at,
+                image: &choice.image,
+                by_hand: true,
+            };
+            Ok(deployer.run_in(&turn, &request, note).await)
+        }
+        Ok(_) => Err(RollbackError::NoTarget(format!(
+            "the rollouts of service \"{}\" moved to another Deployment while this rollback waited; ask again",
+            ask.service
+        ))),
+        Err(e) => Err(e),
+    };
+    turn.end().await;
+    Ok((environment.name.clone(), outcome?))
+}
+
+/// The target by the record as it is now.
+async fn choice_on_record(
+    jobs: &std::sync::Arc<Jobs>,
+    ask: &RollbackAsk,
+) -> Result<Choice, RollbackError> {
     let (project, service) = (ask.project.clone(), ask.service.clone());
     let history = jobs
         .call(move |jobs| jobs.deploy_history(&project, &service, 500))
         .await?;
-    let choice = choose(&history, ask)?;
-    let environment = settings
-        .environment(&choice.current.environment)
-        .ok_or_else(|| {
-            RollbackError::Unknown(format!(
-                "environment \"{}\" is no longer configured",
-                choice.current.environment
-            ))
-        })?;
-    note(&format!(
-        "rolling {} back to {} ({}) in {}",
-        ask.service, choice.tag, choice.image, environment.name
-    ));
-    let pushed_at = crate::store::timestamp(time::OffsetDateTime::now_utc());
-    let request = Request {
-        job: None,
-        project: &ask.project,
-        service: &ask.service,
-        environment,
-        deployment: &choice.current.deployment,
-        container: &choice.current.container,
-        tag: &choice.tag,
-        sha: "",
-        delivery: "",
-        pushed_at: &pushed_at,
-        image: &choice.image,
-        by_hand: true,
-    };
-    Ok((environment.name.clone(), deployer.run(&request, note).await))
+    choose(&history, ask)
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //!
 //! Every step is written to the store before the next one starts, so a process killed at any
 //! point resumes from the record and never patches twice. Rollouts of one Deployment never
-//! interleave (a lock per Deployment, in this process).
+//! interleave: each runs in a [`Turn`], a lock per Deployment in this process and a turn in
+//! the store that other processes (`deploybot rollback` beside the server) wait for too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,10 +20,15 @@ use super::health::{assess, Health, Since};
 use super::order::{is_older, Version};
 use crate::config::Environment;
 use crate::keyed_lock::KeyedLocks;
-use crate::store::{DeployRow, DeployUpdate, Jobs, NewDeploy, StoreError};
+use crate::store::{DeployRow, DeployUpdate, Jobs, NewDeploy, StoreError, TurnClaim};
 
 /// How often a 409 conflict is retried with a fresh read before the rollout fails.
 const CONFLICT_RETRIES: usize = 5;
+/// How long a turn on a Deployment lasts unless renewed (it is renewed at a third of this);
+/// the bound on how long a hung process can hold a Deployment.
+const TURN_LEASE: Duration = Duration::from_secs(30);
+/// How often a rollout waiting for another process's turn asks again.
+const TURN_POLL: Duration = Duration::from_millis(250);
 
 /// What to roll out, and why.
 #[derive(Debug, Clone)]
@@ -76,6 +82,16 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+impl Request<'_> {
+    /// What this rollout is, as someone waiting for its turn reads it.
+    fn what(&self) -> String {
+        match self.job {
+            Some(job) => format!("job {job} ({} {})", self.project, self.tag),
+            None => format!("a rollback by hand of {} to {}", self.service, self.tag),
+        }
+    }
+}
+
 impl Outcome {
     /// Rebuilds the outcome of a rollout that had already ended (a resumed job).
     fn of_record(row: &DeployRow) -> Outcome {
@@ -101,8 +117,36 @@ pub struct Deployer<C: Cluster> {
     /// By environment name; the error says why a cluster could not be set up.
     clusters: HashMap<String, Result<C, String>>,
     jobs: Arc<Jobs>,
-    /// One rollout per (environment, Deployment) at a time.
+    /// One rollout per (environment, Deployment) at a time in this process...
     locks: KeyedLocks<(String, DeploymentRef)>,
+    /// ...and across processes, through turns in the store held under this name.
+    holder: String,
+}
+
+/// A rollout's turn on one Deployment: nobody else rolls it out until [`Turn::end`]. Dropped
+/// without it (a stopped job), the renewal stops and the turn lapses.
+pub struct Turn {
+    _in_this_process: tokio::sync::OwnedMutexGuard<()>,
+    claim: TurnClaim,
+    renewal: tokio::task::JoinHandle<()>,
+    jobs: Arc<Jobs>,
+}
+
+impl Turn {
+    pub async fn end(self) {
+        self.renewal.abort();
+        let claim = self.claim.clone();
+        if let Err(e) = self.jobs.call(move |jobs| jobs.end_turn(&claim)).await {
+            // Not fatal: the turn lapses with its lease.
+            tracing::warn!(error = %e, deployment = %self.claim.deployment, "Could not end a rollout's turn");
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
 }
 
 /// How a wait for a rollout ended.
@@ -119,23 +163,108 @@ enum Waited {
 impl<C: Cluster> Deployer<C> {
     /// `clusters` by environment name.
     pub fn new(clusters: HashMap<String, Result<C, String>>, jobs: Arc<Jobs>) -> Deployer<C> {
+        let holder = format!(
+            "{}-{}",
+            std::process::id(),
+            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+        );
         Deployer {
             clusters,
             jobs,
             locks: KeyedLocks::default(),
+            holder,
         }
     }
 
+    /// Waits for the turn on `deployment` in `environment` (noting who has it, once each),
+    /// then holds it, renewed, until [`Turn::end`].
+    pub async fn turn(
+        &self,
+        environment: &Environment,
+        deployment: &str,
+        what: String,
+        note: Note<'_>,
+    ) -> Result<Turn, StoreError> {
+        let target = DeploymentRef {
+            namespace: environment.namespace.clone(),
+            name: deployment.to_owned(),
+        };
+        let local = self
+            .locks
+            .lock((environment.name.clone(), target.clone()))
+            .await;
+        let claim = TurnClaim {
+            environment: environment.name.clone(),
+            namespace: target.namespace.clone(),
+            deployment: target.name.clone(),
+            holder: self.holder.clone(),
+            pid: std::process::id(),
+            what,
+        };
+        let mut waiting_for = None;
+        loop {
+            let ask = claim.clone();
+            match self
+                .jobs
+                .call(move |jobs| jobs.take_turn(&ask, TURN_LEASE))
+                .await?
+            {
+                None => break,
+                Some(other) => {
+                    if waiting_for.as_ref() != Some(&other) {
+                        note(&format!("waiting: {other} is rolling out {target}"));
+                        waiting_for = Some(other);
+                    }
+                    tokio::time::sleep(TURN_POLL).await;
+                }
+            }
+        }
+        let renewal = tokio::spawn(renew(self.jobs.clone(), claim.clone()));
+        Ok(Turn {
+            _in_this_process: local,
+            claim,
+            renewal,
+            jobs: self.jobs.clone(),
+        })
+    }
+
+    /// Rolls `request` out in its own turn.
     pub async fn run(&self, request: &Request<'_>, note: Note<'_>) -> Outcome {
+        let turn = match self
+            .turn(
+                request.environment,
+                request.deployment,
+                request.what(),
+                note,
+            )
+            .await
+        {
+            Ok(turn) => turn,
+            Err(e) => {
+                return Outcome::Failed {
+                    reason: format!(
+                        "whose turn it is to roll out {} could not be read: {e}",
+                        request.deployment
+                    ),
+                }
+            }
+        };
+        let outcome = self.run_in(&turn, request, note).await;
+        turn.end().await;
+        outcome
+    }
+
+    /// Rolls `request` out in `turn`, which is the turn on its Deployment.
+    pub async fn run_in(&self, turn: &Turn, request: &Request<'_>, note: Note<'_>) -> Outcome {
         let environment = request.environment;
         let target = DeploymentRef {
             namespace: environment.namespace.clone(),
             name: request.deployment.to_owned(),
         };
-        let _one_at_a_time = self
-            .locks
-            .lock((environment.name.clone(), target.clone()))
-            .await;
+        debug_assert_eq!(
+            (&turn.claim.environment, &turn.claim.deployment),
+            (&environment.name, &target.name)
+        );
         let cluster = match self.clusters.get(&environment.name) {
             Some(Ok(cluster)) => Ok(cluster),
             Some(Err(e)) => Err(format!("environment \"{}\": {e}", environment.name)),
@@ -568,6 +697,26 @@ impl<C: Cluster> Deployer<C> {
             }
             // A watch the server closed: a short pause so a flapping server is not hammered.
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Keeps a turn from lapsing while its rollout runs (stopped with the turn).
+async fn renew(jobs: Arc<Jobs>, claim: TurnClaim) {
+    loop {
+        tokio::time::sleep(TURN_LEASE / 3).await;
+        let ask = claim.clone();
+        match jobs
+            .call(move |jobs| jobs.renew_turn(&ask, TURN_LEASE))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(deployment = %claim.deployment, "A rollout's turn lapsed and another holder took it")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, deployment = %claim.deployment, "Could not renew a rollout's turn")
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ mod outbox;
 mod reader;
 pub(crate) mod schema;
 mod segments;
+mod turns;
 pub(crate) mod writer;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use deploys::{DeployRow, DeployUpdate, NewDeploy};
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
 pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
+pub use turns::TurnClaim;
 pub use writer::WriterStats;
 
 use crate::domain::RefKind;

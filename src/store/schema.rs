@@ -125,6 +125,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX deploys_once ON deploys (job, service, environment)
         WHERE job IS NOT NULL AND retired = 0;
     CREATE INDEX deploys_by_target ON deploys (environment, namespace, deployment, state);",
+    // 5: whose turn it is to roll out a Deployment, across processes (the server and
+    // `deploybot rollback`): one row while a rollout runs.
+    "CREATE TABLE deploy_turns (
+        environment TEXT NOT NULL,
+        namespace   TEXT NOT NULL,
+        deployment  TEXT NOT NULL,
+        holder      TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        what        TEXT NOT NULL,
+        held_until  INTEGER NOT NULL,
+        PRIMARY KEY (environment, namespace, deployment)
+    );",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

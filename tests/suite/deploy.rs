@@ -71,6 +71,57 @@ impl Deploy {
         format!("{}@{}", image.reference, image.digest.clone().unwrap())
     }
 
+    /// A folder with a deploybot.toml for CLI commands on the in-process app's store.
+    fn cli_config(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::common::build::config_with(
+            &self.build.registry,
+            &self.build.registry.password,
+            &self.cluster.environment(&self.cluster.token_file),
+        )
+        .replacen(
+            "[server]\n",
+            &format!(
+                "[server]\ndata_dir = \"{}\"\n",
+                self.build.app.data_dir.path().display()
+            ),
+            1,
+        );
+        std::fs::write(dir.path().join("deploybot.toml"), config).unwrap();
+        dir
+    }
+
+    /// `deploybot rollback ARGS` on the in-process app's store: exit status and all it printed.
+    fn cli_rollback(dir: &Path, args: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut all = vec!["rollback", "--config", "deploybot.toml"];
+        all.extend_from_slice(args);
+        let out = crate::common::binary::run(dir, &all, &[]);
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status, printed)
+    }
+
+    /// Makes `name`'s pods take ~`seconds` to become ready, and waits for that rollout.
+    async fn slow_readiness(&self, name: &str, seconds: i32) {
+        let slow = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "api", "readinessProbe": {"initialDelaySeconds": seconds}}
+        ]}}}});
+        let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace);
+        deployments
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(slow),
+            )
+            .await
+            .unwrap();
+        self.cluster.wait_available(name).await;
+    }
+
     fn explain(&self, detail: &deploybot::store::JobDetail) -> String {
         format!("{detail:#?}\n{}", self.build.log(detail.job.id))
     }
@@ -472,20 +523,7 @@ async fn stopped_mid_rollout(stop: impl FnOnce(crate::common::binary::Server) ->
         return;
     };
     // Slow readiness: the rollout takes ~6 s, time to kill deploybot in the middle.
-    let slow = serde_json::json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "api", "readinessProbe": {"initialDelaySeconds": 6}}
-    ]}}}});
-    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(deploy.cluster.client.clone(), &deploy.cluster.namespace);
-    deployments
-        .patch(
-            "web",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Strategic(slow),
-        )
-        .await
-        .unwrap();
-    deploy.cluster.wait_available("web").await;
+    deploy.slow_readiness("web", 6).await;
     let before = deploy
         .cluster
         .deployment("web")
@@ -513,23 +551,7 @@ async fn stopped_mid_rollout(stop: impl FnOnce(crate::common::binary::Server) ->
     let job = server.post_delivery("myevents", &delivery).await;
     let jobs = deploybot::store::Jobs::open(&dir.path().join("data"), "test").unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let patched = jobs
-            .deploys_of_job(job)
-            .unwrap()
-            .iter()
-            .any(|d| d.state == "patched");
-        if patched {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never patched: {:#?}",
-            jobs.get(job).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_patched(&jobs, job).await;
     let first_log = stop(server);
     let restarted = Server::start(dir.path(), &config_path, &[("RUST_LOG", "debug")]);
     let detail = finished(&jobs, job).await;
@@ -565,6 +587,27 @@ async fn stopped_mid_rollout(stop: impl FnOnce(crate::common::binary::Server) ->
         assert!(!output.contains(&deploy.build.registry.password));
     }
     deploy.finish().await;
+}
+
+/// Waits until `job`'s rollout has sent its change and waits for the Deployment.
+async fn until_patched(jobs: &deploybot::store::Jobs, job: i64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let patched = jobs
+            .deploys_of_job(job)
+            .unwrap()
+            .iter()
+            .any(|d| d.state == "patched");
+        if patched {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never patched: {:#?}",
+            jobs.get(job).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Two tags deployed, v1.0.0 then v1.1.0: the service's record to roll back on.
@@ -632,34 +675,11 @@ async fn deploybot_rollback_to_a_tag_rolls_the_service_to_that_tags_image() {
         return;
     };
     let (v1, v11) = two_releases(&deploy).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = crate::common::build::config_with(
-        &deploy.build.registry,
-        &deploy.build.registry.password,
-        &deploy.cluster.environment(&deploy.cluster.token_file),
-    )
-    .replacen(
-        "[server]\n",
-        &format!(
-            "[server]\ndata_dir = \"{}\"\n",
-            deploy.build.app.data_dir.path().display()
-        ),
-        1,
-    );
-    std::fs::write(dir.path().join("deploybot.toml"), config).unwrap();
-    let run = |args: &[&str]| {
-        let mut all = vec!["rollback", "--config", "deploybot.toml"];
-        all.extend_from_slice(args);
-        crate::common::binary::run(dir.path(), &all, &[])
-    };
+    let dir = deploy.cli_config();
 
-    let back = run(&["myevents", "web", "--to", "v1.0.0"]);
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&back.stdout),
-        String::from_utf8_lossy(&back.stderr)
-    );
-    assert!(back.status.success(), "{printed}");
+    let (status, printed) =
+        Deploy::cli_rollback(dir.path(), &["myevents", "web", "--to", "v1.0.0"]);
+    assert!(status.success(), "{printed}");
     assert!(
         printed.contains(&format!("rolled back: web runs {v1}")),
         "{printed}"
@@ -678,13 +698,70 @@ async fn deploybot_rollback_to_a_tag_rolls_the_service_to_that_tags_image() {
         "deploybot job shows the rollout: {shown}"
     );
 
-    let unknown = run(&["myevents", "web", "--to", "v9.9.9"]);
-    assert_eq!(unknown.status.code(), Some(2));
-    let said = String::from_utf8_lossy(&unknown.stderr);
+    let (status, said) = Deploy::cli_rollback(dir.path(), &["myevents", "web", "--to", "v9.9.9"]);
+    assert_eq!(status.code(), Some(2));
     assert!(
         said.contains("never deployed at v9.9.9") && said.contains("v1.1.0"),
         "{said}"
     );
     assert_ne!(v1, v11);
+    deploy.finish().await;
+}
+
+/// `deploybot rollback` runs in its own process: while the server rolls the same Deployment
+/// out, it waits for its turn (saying whose it is) instead of changing the image under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_rollback_during_a_server_rollout_waits_for_its_turn() {
+    let Some(deploy) = Deploy::start("hello", &["web"], 60).await else {
+        return;
+    };
+    let first = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+    assert_eq!(first.job.state, "deployed", "{}", deploy.explain(&first));
+    let v1 = Deploy::pinned(&first, "web");
+    deploy.slow_readiness("web", 6).await;
+    let sha = deploy.build.git.commit("v1.1", "master", None, |dir| {
+        std::fs::write(dir.join("health"), "ok 1.1\n").unwrap();
+    });
+    deploy.build.git.tag("v1.1.0", &sha);
+    let job = deploy.build.send("refs/tags/v1.1.0", &sha).await;
+    let jobs = deploy.build.jobs();
+    until_patched(&jobs, job).await;
+    let dir = deploy.cli_config();
+
+    let (status, printed) = tokio::task::spawn_blocking(move || {
+        Deploy::cli_rollback(dir.path(), &["myevents", "web", "--to", "v1.0.0"])
+    })
+    .await
+    .unwrap();
+
+    assert!(status.success(), "{printed}");
+    assert!(
+        printed.contains(&format!("waiting: job {job} (myevents v1.1.0)")),
+        "it says whose turn it waits for: {printed}"
+    );
+    let released = deploy.build.finished(job).await;
+    assert_eq!(
+        released.job.state,
+        "deployed",
+        "the server's rollout ran to its end undisturbed: {}",
+        deploy.explain(&released)
+    );
+    let history = jobs.deploy_history("myevents", "web", 10).unwrap();
+    let (rollback, release) = (&history[0], &history[1]);
+    assert_eq!(
+        (rollback.kind.as_str(), rollback.state.as_str()),
+        ("rollback", "deployed")
+    );
+    assert_eq!(release.job, Some(job));
+    assert!(
+        rollback.patched_at.as_deref() >= release.finished_at.as_deref(),
+        "the rollback's change came after the release's rollout ended: {history:#?}"
+    );
+    assert_eq!(
+        rollback.previous_image.as_deref(),
+        Some(Deploy::pinned(&released, "web").as_str()),
+        "it went back over the release, read after its turn came"
+    );
+    assert_eq!(deploy.cluster.image("web").await, v1);
     deploy.finish().await;
 }
