@@ -132,10 +132,13 @@ pub async fn roll_back<C: Cluster>(
     let deployment = first.current.deployment.clone();
     let what = format!("a rollback by hand of {}", ask.service);
     let turn = deployer.turn(environment, &deployment, what, note).await?;
-    let outcome = match choice_on_record(&jobs, ask).await {
-        Ok(choice) if choice.current.environment == environment.name
-            && choice.current.deployment == deployment =>
-        {
+    // The same environment as the first choice, whatever rolled out elsewhere meanwhile.
+    let pinned = RollbackAsk {
+        environment: Some(environment.name.clone()),
+        ..ask.clone()
+    };
+    let outcome = match choice_on_record(&jobs, &pinned).await {
+        Ok(choice) if choice.current.deployment == deployment => {
             note(&format!(
                 "rolling {} back to {} ({}) in {}",
                 ask.service, choice.tag, choice.image, environment.name
