@@ -71,24 +71,24 @@ impl Deploy {
         format!("{}@{}", image.reference, image.digest.clone().unwrap())
     }
 
-    /// A folder with a deploybot.toml for CLI commands on the in-process app's store.
-    fn cli_config(&self) -> tempfile::TempDir {
+    /// A folder with a deploybot.toml for this test's registry, repository and namespace,
+    /// `server_keys` added to its `[server]` table.
+    fn config_dir(&self, server_keys: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::common::build::config_with(
             &self.build.registry,
             &self.build.registry.password,
             &self.cluster.environment(&self.cluster.token_file),
         )
-        .replacen(
-            "[server]\n",
-            &format!(
-                "[server]\ndata_dir = \"{}\"\n",
-                self.build.app.data_dir.path().display()
-            ),
-            1,
-        );
+        .replacen("[server]\n", &format!("[server]\n{server_keys}"), 1);
         std::fs::write(dir.path().join("deploybot.toml"), config).unwrap();
         dir
+    }
+
+    /// The same, for CLI commands on the in-process app's store.
+    fn cli_config(&self) -> tempfile::TempDir {
+        let data_dir = self.build.app.data_dir.path().display();
+        self.config_dir(&format!("data_dir = \"{data_dir}\"\n"))
     }
 
     /// `deploybot rollback ARGS` on the in-process app's store: exit status and all it printed.
@@ -532,19 +532,8 @@ async fn stopped_mid_rollout(stop: impl FnOnce(crate::common::binary::Server) ->
         .generation
         .unwrap();
     // The in-process app is not used here: the real binary is, so it can be killed.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = deploy.config_dir("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n");
     let config_path = dir.path().join("deploybot.toml");
-    let config = crate::common::build::config_with(
-        &deploy.build.registry,
-        &deploy.build.registry.password,
-        &deploy.cluster.environment(&deploy.cluster.token_file),
-    )
-    .replacen(
-        "[server]\n",
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
-        1,
-    );
-    std::fs::write(&config_path, config).unwrap();
     let server = Server::start(dir.path(), &config_path, &[("RUST_LOG", "debug")]);
     deploy.build.git.tag("v1.0.0", &deploy.build.sha);
     let delivery = signed_push(&deploy.build.git.url, "refs/tags/v1.0.0", &deploy.build.sha);
