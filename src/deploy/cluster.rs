@@ -1,5 +1,6 @@
 //! What the rollout logic needs from a cluster, and nothing more: read a Deployment, set one
-//! container's image (optimistically, against the version read), and follow its changes.
+//! container's image (optimistically, against the version read), follow its changes, and say
+//! why the pods of a failed rollout were not ready.
 //! `kube.rs` implements it with kube-rs; a fake or another orchestrator would be one more file.
 
 use std::collections::BTreeMap;
@@ -24,6 +25,8 @@ pub struct Observed {
     pub progressing: Option<Condition>,
     /// Container name → image, in `spec.template`.
     pub images: BTreeMap<String, String>,
+    /// `spec.selector.matchLabels`: which pods are this Deployment's.
+    pub selector: BTreeMap<String, String>,
 }
 
 /// The Deployment's `Progressing` condition.
@@ -109,4 +112,15 @@ pub trait Cluster: Send + Sync + 'static {
         target: &DeploymentRef,
         resource_version: &str,
     ) -> impl Future<Output = Result<Changes, ClusterError>> + Send;
+
+    /// Why the pods running `image` in `container` (those `selector` matches) are not ready,
+    /// one line per pod, for the person reading a failed rollout: waiting to be scheduled, an
+    /// image that cannot be pulled, a crash loop, a readiness probe that does not pass.
+    fn pods_not_ready(
+        &self,
+        target: &DeploymentRef,
+        selector: &BTreeMap<String, String>,
+        container: &str,
+        image: &str,
+    ) -> impl Future<Output = Result<Vec<String>, ClusterError>> + Send;
 }

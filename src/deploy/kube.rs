@@ -1,11 +1,13 @@
-//! [`Cluster`] on the Kubernetes API, through kube-rs: `apps/v1` Deployments only (the calls
-//! the Role in `k8s/rbac.yaml` allows: get, watch, patch).
+//! [`Cluster`] on the Kubernetes API, through kube-rs: `apps/v1` Deployments (get, watch,
+//! patch) and, only to say why a failed rollout's pods were not ready, a list of its pods: the
+//! calls the Role in `k8s/rbac.yaml` allows.
 
 use std::collections::BTreeMap;
 
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client, Config};
 
 use super::cluster::{
@@ -15,6 +17,8 @@ use crate::config::ClusterAccess;
 
 /// Seconds a watch stays open before the server ends it (and deploybot follows again).
 const WATCH_SECONDS: u32 = 60;
+/// Pods described when a rollout fails: enough to see the pattern, short enough to read.
+const PODS_DESCRIBED: usize = 3;
 
 #[derive(Clone)]
 pub struct KubeCluster {
@@ -168,6 +172,107 @@ impl Cluster for KubeCluster {
             },
         )))
     }
+
+    async fn pods_not_ready(
+        &self,
+        target: &DeploymentRef,
+        selector: &BTreeMap<String, String>,
+        container: &str,
+        image: &str,
+    ) -> Result<Vec<String>, ClusterError> {
+        let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &target.namespace);
+        let list = pods
+            .list(&ListParams::default().labels(&labels.join(",")))
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(response) if response.code == 403 => ClusterError::Other {
+                    verb: "list the pods of",
+                    target: target.clone(),
+                    message: "forbidden (give the deploybot Role the verb `list` on pods to see why pods are not ready)".into(),
+                },
+                other => named(other, "list the pods of", target),
+            })?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|pod| runs(pod, container, image))
+            .filter_map(|pod| not_ready(pod, container))
+            .take(PODS_DESCRIBED)
+            .collect())
+    }
+}
+
+/// Whether `pod` runs `image` in `container` (a pod of the rollout, not of an older version).
+fn runs(pod: &Pod, container: &str, image: &str) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .any(|c| c.name == container && c.image.as_deref() == Some(image))
+    })
+}
+
+/// Why `pod` is not ready, in the words `kubectl describe pod` would use; None if it is.
+fn not_ready(pod: &Pod, container: &str) -> Option<String> {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let status = pod.status.as_ref()?;
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+        let message = c.message.as_deref().unwrap_or_default();
+        return Some(format!("pod {name} is not scheduled: {reason}: {message}"));
+    }
+    let Some(state) = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|s| s.name == container)
+    else {
+        let phase = status.phase.as_deref().unwrap_or("Pending");
+        return Some(format!(
+            "pod {name} is {phase}, container {container} not started"
+        ));
+    };
+    if state.ready {
+        return None;
+    }
+    let restarts = match state.restart_count {
+        0 => String::new(),
+        1 => ", restarted once".to_owned(),
+        n => format!(", restarted {n} times"),
+    };
+    let last_exit = state
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| format!(" (last exit code {})", t.exit_code))
+        .unwrap_or_default();
+    let now = state.state.as_ref();
+    if let Some(waiting) = now.and_then(|s| s.waiting.as_ref()) {
+        let reason = waiting.reason.as_deref().unwrap_or("Waiting");
+        let message = waiting
+            .message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        return Some(format!(
+            "pod {name}: container {container} {reason}{message}{last_exit}{restarts}"
+        ));
+    }
+    if let Some(done) = now.and_then(|s| s.terminated.as_ref()) {
+        let reason = done.reason.as_deref().unwrap_or("Terminated");
+        return Some(format!(
+            "pod {name}: container {container} exited: exit code {} ({reason}){restarts}",
+            done.exit_code
+        ));
+    }
+    Some(format!(
+        "pod {name}: container {container} is running but not ready (its readiness probe does not pass){restarts}"
+    ))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -241,6 +346,9 @@ fn observe(deployment: &Deployment) -> Observed {
         available: status.and_then(|s| s.available_replicas).unwrap_or(0),
         progressing,
         images,
+        selector: spec
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -442,6 +442,7 @@ impl<C: Cluster> Deployer<C> {
             ),
             Err(e) => return (Some(id), failed(e)),
         };
+        let reason = explained(cluster, target, ours, reason, note).await;
         note(&format!("rollout failed: {reason}"));
         let outcome = match previous {
             Some(previous) if !request.by_hand && previous != request.image => {
@@ -701,6 +702,32 @@ impl<C: Cluster> Deployer<C> {
     }
 }
 
+/// `reason` a rollout failed for, with why its pods (those running `ours`: container, image)
+/// were not ready, when the cluster lets deploybot see them: read before the rollback
+/// replaces them.
+async fn explained<C: Cluster>(
+    cluster: &C,
+    target: &DeploymentRef,
+    (container, image): (&str, &str),
+    reason: String,
+    note: Note<'_>,
+) -> String {
+    let Ok(observed) = cluster.read(target).await else {
+        return reason;
+    };
+    match cluster
+        .pods_not_ready(target, &observed.selector, container, image)
+        .await
+    {
+        Ok(pods) if !pods.is_empty() => format!("{reason}; {}", pods.join("; ")),
+        Ok(_) => reason,
+        Err(e) => {
+            note(&format!("why its pods were not ready is not known: {e}"));
+            reason
+        }
+    }
+}
+
 /// Keeps a turn from lapsing while its rollout runs (stopped with the turn).
 async fn renew(jobs: Arc<Jobs>, claim: TurnClaim) {
     loop {
@@ -824,6 +851,8 @@ mod tests {
         then_someone_sets: Option<&'static str>,
         /// `web:2` never becomes ready: the controller has given up on it.
         stalls: bool,
+        /// Listing pods is forbidden (a Role without `list` on pods).
+        pods_hidden: bool,
     }
 
     impl Cluster for Fake {
@@ -878,6 +907,27 @@ mod tests {
         async fn follow(&self, _: &DeploymentRef, _: &str) -> Result<Changes, ClusterError> {
             Ok(Box::pin(futures_util::stream::empty()))
         }
+
+        async fn pods_not_ready(
+            &self,
+            target: &DeploymentRef,
+            _: &BTreeMap<String, String>,
+            _: &str,
+            image: &str,
+        ) -> Result<Vec<String>, ClusterError> {
+            if self.pods_hidden {
+                return Err(ClusterError::Other {
+                    verb: "list the pods of",
+                    target: target.clone(),
+                    message: "forbidden".into(),
+                });
+            }
+            Ok(if self.stalls && image == "web:2" {
+                vec!["pod web-2-x: container api is running but not ready".into()]
+            } else {
+                Vec::new()
+            })
+        }
     }
 
     fn environment() -> Environment {
@@ -911,6 +961,7 @@ mod tests {
             patches: Mutex::new(0),
             then_someone_sets,
             stalls: false,
+            pods_hidden: false,
         }
     }
 
@@ -1051,8 +1102,34 @@ mod tests {
         };
         assert_eq!(previous, "web:1");
         assert!(reason.starts_with("ProgressDeadlineExceeded"), "{reason}");
+        assert!(
+            reason.ends_with("; pod web-2-x: container api is running but not ready"),
+            "the reason says why its pods were not ready: {reason}"
+        );
         assert_eq!(patches, 1);
         assert_eq!(record.state, "rolled_back");
+    }
+
+    #[tokio::test]
+    async fn without_leave_to_list_pods_the_reason_is_the_condition_and_the_log_says_so() {
+        let mut stalled = fake(0, None);
+        stalled.stalls = true;
+        stalled.pods_hidden = true;
+        let (outcome, notes, _, _) = deploy_on(stalled).await;
+
+        let Outcome::RolledBack { reason, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(
+            reason,
+            "ProgressDeadlineExceeded: ReplicaSet \"web-2\" has timed out progressing."
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("why its pods were not ready is not known")),
+            "{notes:?}"
+        );
     }
 
     #[tokio::test]

@@ -133,11 +133,17 @@ impl Deploy {
 
 /// A commit to the hello fixture whose image never passes its readiness probe.
 fn never_ready(dir: &Path) {
+    runs_instead(dir, r#"CMD ["sleep","3600"]"#);
+}
+
+/// A commit to the hello fixture whose container exits with code 3 at once, again and again.
+fn crashes(dir: &Path) {
+    runs_instead(dir, r#"CMD ["sh","-c","exit 3"]"#);
+}
+
+fn runs_instead(dir: &Path, command: &str) {
     let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
-    let broken = dockerfile.replace(
-        r#"CMD ["httpd","-f","-p","8080","-h","/www"]"#,
-        r#"CMD ["sleep","3600"]"#,
-    );
+    let broken = dockerfile.replace(r#"CMD ["httpd","-f","-p","8080","-h","/www"]"#, command);
     assert_ne!(dockerfile, broken);
     std::fs::write(dir.join("Dockerfile"), broken).unwrap();
 }
@@ -258,6 +264,10 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
         reason.contains("ProgressDeadlineExceeded") && reason.contains("has timed out progressing"),
         "the condition's reason and message: {reason}"
     );
+    assert!(
+        reason.contains("container api is running but not ready"),
+        "and why its pod was not ready: {reason}"
+    );
     assert_eq!(record.previous_image.as_deref(), Some(good_image.as_str()));
     assert_eq!(
         deploy.cluster.image("web").await,
@@ -320,6 +330,37 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
             r#"deploybot_deploys_total{environment="production",outcome="rolled_back"} 1"#
         ),
         "{metrics}"
+    );
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_image_is_rolled_back_naming_its_pod_and_exit_code() {
+    let Some(deploy) = Deploy::start("hello", &["web"], 15).await else {
+        return;
+    };
+    let good = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+    assert_eq!(good.job.state, "deployed", "{}", deploy.explain(&good));
+
+    let sha = deploy.build.git.commit("crashes", "master", None, crashes);
+    let detail = deploy.push_tag("v1.1.0", &sha).await;
+
+    assert_eq!(
+        detail.job.state,
+        "rolled_back",
+        "{}",
+        deploy.explain(&detail)
+    );
+    let reason = detail.deploys[0].reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("pod web-")
+            && reason.contains("container api")
+            && reason.contains("exit code 3"),
+        "the reason names the pod, the container and how it exited: {reason}"
+    );
+    assert_eq!(
+        deploy.cluster.image("web").await,
+        Deploy::pinned(&good, "web")
     );
     deploy.finish().await;
 }
