@@ -271,7 +271,7 @@ fn not_ready(pod: &Pod, container: &str) -> Option<String> {
         ));
     }
     Some(format!(
-        "pod {name}: container {container} is running but not ready (its readiness probe does not pass){restarts}"
+        "pod {name}: container {container} is running but not ready (its readiness probe does not pass){last_exit}{restarts}"
     ))
 }
 
