@@ -65,6 +65,13 @@ impl Deploy {
         self.build.finished(job).await
     }
 
+    /// A release the test builds on: `tag` on `sha` pushed, and deployed.
+    async fn released(&self, tag: &str, sha: &str) -> deploybot::store::JobDetail {
+        let detail = self.push_tag(tag, sha).await;
+        assert_eq!(detail.job.state, "deployed", "{}", self.explain(&detail));
+        detail
+    }
+
     /// `registry/myevents/<service>:<tag>@<digest>` as the job recorded it.
     fn pinned(detail: &deploybot::store::JobDetail, service: &str) -> String {
         let image = detail.images.iter().find(|i| i.service == service).unwrap();
@@ -241,8 +248,7 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
     let Some(deploy) = Deploy::start_with("hello", &["web"], 12, None, &statuses).await else {
         return;
     };
-    let good = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
-    assert_eq!(good.job.state, "deployed", "{}", deploy.explain(&good));
+    let good = deploy.released("v1.0.0", &deploy.build.sha).await;
     let good_image = Deploy::pinned(&good, "web");
 
     let sha = deploy
@@ -339,8 +345,7 @@ async fn a_crashing_image_is_rolled_back_naming_its_pod_and_exit_code() {
     let Some(deploy) = Deploy::start("hello", &["web"], 15).await else {
         return;
     };
-    let good = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
-    assert_eq!(good.job.state, "deployed", "{}", deploy.explain(&good));
+    let good = deploy.released("v1.0.0", &deploy.build.sha).await;
 
     let sha = deploy.build.git.commit("crashes", "master", None, crashes);
     let detail = deploy.push_tag("v1.1.0", &sha).await;
@@ -427,8 +432,7 @@ async fn a_late_older_tag_does_not_overwrite_a_newer_one_already_deployed() {
     let Some(deploy) = Deploy::start("hello", &["web"], 30).await else {
         return;
     };
-    let newer = deploy.push_tag("v2.0.0", &deploy.build.sha).await;
-    assert_eq!(newer.job.state, "deployed", "{}", deploy.explain(&newer));
+    let newer = deploy.released("v2.0.0", &deploy.build.sha).await;
     let generation = deploy.cluster.deployment("web").await.metadata.generation;
 
     let sha = deploy
@@ -642,13 +646,11 @@ async fn until_patched(jobs: &deploybot::store::Jobs, job: i64) {
 
 /// Two tags deployed, v1.0.0 then v1.1.0: the service's record to roll back on.
 async fn two_releases(deploy: &Deploy) -> (String, String) {
-    let first = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
-    assert_eq!(first.job.state, "deployed", "{}", deploy.explain(&first));
+    let first = deploy.released("v1.0.0", &deploy.build.sha).await;
     let sha = deploy.build.git.commit("v1.1", "master", None, |dir| {
         std::fs::write(dir.join("health"), "ok 1.1\n").unwrap();
     });
-    let second = deploy.push_tag("v1.1.0", &sha).await;
-    assert_eq!(second.job.state, "deployed", "{}", deploy.explain(&second));
+    let second = deploy.released("v1.1.0", &sha).await;
     (
         Deploy::pinned(&first, "web"),
         Deploy::pinned(&second, "web"),
@@ -745,8 +747,7 @@ async fn a_cli_rollback_during_a_server_rollout_waits_for_its_turn() {
     let Some(deploy) = Deploy::start("hello", &["web"], 60).await else {
         return;
     };
-    let first = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
-    assert_eq!(first.job.state, "deployed", "{}", deploy.explain(&first));
+    let first = deploy.released("v1.0.0", &deploy.build.sha).await;
     let v1 = Deploy::pinned(&first, "web");
     deploy.slow_readiness("web", 6).await;
     let sha = deploy.build.git.commit("v1.1", "master", None, |dir| {
