@@ -395,10 +395,10 @@ fn rollback(settings: Settings, ask: crate::deploy::RollbackAsk) -> anyhow::Resu
         .build()?;
     runtime.block_on(async move {
         let jobs = std::sync::Arc::new(Jobs::open(&settings.server.data_dir, "cli-rollback")?);
-        let deployer = crate::deploy::connect(&settings, jobs.clone()).await;
+        let deployer = crate::deploy::connect(&settings, jobs).await;
         let masker = crate::worker::logs::Masker::new(settings.secret_values());
         let note = |text: &str| println!("{}", masker.mask(text));
-        match crate::deploy::roll_back(&deployer, &settings, jobs, &ask, &note).await {
+        match crate::deploy::roll_back(&deployer, &settings, &ask, &note).await {
             Ok((_, crate::deploy::Outcome::Deployed { image })) => {
                 println!("rolled back: {} runs {image}", ask.service);
                 Ok(0)

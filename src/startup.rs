@@ -63,10 +63,9 @@ impl Application {
         // never interleave, whoever asked for them.
         let deploy_jobs =
             Arc::new(Jobs::open(&settings.server.data_dir, "deploy").context("opening the store")?);
-        let deployer = Arc::new(crate::deploy::connect(&settings, deploy_jobs.clone()).await);
+        let deployer = Arc::new(crate::deploy::connect(&settings, deploy_jobs).await);
         let rollbacks = web::Data::new(ops::Rollbacks {
             deployer: deployer.clone(),
-            jobs: deploy_jobs,
             settings: settings.clone(),
             metrics: metrics.clone(),
         });

@@ -3,7 +3,7 @@
 //! [`Deployer`] a job uses (recorded, in the Deployment's turn, waited for).
 
 use super::cluster::Cluster;
-use super::rollout::{Deployer, Outcome, Request};
+use super::rollout::{by_hand_of, Deployer, Outcome, Request};
 use crate::config::Settings;
 use crate::store::{DeployRow, Jobs};
 
@@ -110,7 +110,6 @@ pub fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, Rollba
 pub async fn roll_back<C: Cluster>(
     deployer: &Deployer<C>,
     settings: &Settings,
-    jobs: std::sync::Arc<Jobs>,
     ask: &RollbackAsk,
     note: super::Note<'_>,
 ) -> Result<(String, Outcome), RollbackError> {
@@ -120,7 +119,7 @@ pub async fn roll_back<C: Cluster>(
             ask.project
         )));
     }
-    let first = choice_on_record(&jobs, ask).await?;
+    let first = choice_on_record(deployer.jobs(), ask).await?;
     let environment = settings
         .environment(&first.current.environment)
         .ok_or_else(|| {
@@ -130,14 +129,15 @@ pub async fn roll_back<C: Cluster>(
             ))
         })?;
     let deployment = first.current.deployment.clone();
-    let what = format!("a rollback by hand of {}", ask.service);
-    let turn = deployer.turn(environment, &deployment, what, note).await?;
+    let turn = deployer
+        .turn(environment, &deployment, by_hand_of(&ask.service), note)
+        .await?;
     // The same environment as the first choice, whatever rolled out elsewhere meanwhile.
     let pinned = RollbackAsk {
         environment: Some(environment.name.clone()),
         ..ask.clone()
     };
-    let outcome = match choice_on_record(&jobs, &pinned).await {
+    let outcome = match choice_on_record(deployer.jobs(), &pinned).await {
         Ok(choice) if choice.current.deployment == deployment => {
             note(&format!(
                 "rolling {} back to {} ({}) in {}",

@@ -87,9 +87,14 @@ impl Request<'_> {
     fn what(&self) -> String {
         match self.job {
             Some(job) => format!("job {job} ({} {})", self.project, self.tag),
-            None => format!("a rollback by hand of {} to {}", self.service, self.tag),
+            None => by_hand_of(self.service),
         }
     }
+}
+
+/// A rollback by hand of `service`, as someone waiting for its turn reads it.
+pub(super) fn by_hand_of(service: &str) -> String {
+    format!("a rollback by hand of {service}")
 }
 
 impl Outcome {
@@ -226,6 +231,11 @@ impl<C: Cluster> Deployer<C> {
             renewal,
             jobs: self.jobs.clone(),
         })
+    }
+
+    /// The store its rollouts are recorded in.
+    pub fn jobs(&self) -> &Arc<Jobs> {
+        &self.jobs
     }
 
     /// Rolls `request` out in its own turn.

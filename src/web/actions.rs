@@ -152,10 +152,9 @@ pub async fn cancel(
     response
 }
 
-/// What the rollback action needs: the deployer the worker uses, and the store.
+/// What the rollback action needs: the deployer the worker uses (and its store).
 pub struct Rollbacks {
     pub deployer: Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
-    pub jobs: Arc<crate::store::Jobs>,
     pub settings: Arc<crate::config::Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -179,14 +178,8 @@ pub async fn rollback(
     };
     let masker = crate::worker::logs::Masker::new(rollbacks.settings.secret_values());
     let note = |text: &str| tracing::info!(service = %ask.service, "{}", masker.mask(text));
-    let outcome = crate::deploy::roll_back(
-        &rollbacks.deployer,
-        &rollbacks.settings,
-        rollbacks.jobs.clone(),
-        &ask,
-        &note,
-    )
-    .await;
+    let outcome =
+        crate::deploy::roll_back(&rollbacks.deployer, &rollbacks.settings, &ask, &note).await;
     match outcome {
         Ok((environment, Outcome::Deployed { image })) => {
             rollbacks

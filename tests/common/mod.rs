@@ -258,6 +258,16 @@ impl TestApp {
             .await
             .expect("request is sent")
     }
+
+    /// Takes the action at `path` (POST) with the bearer `token`.
+    pub async fn act(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request is sent")
+    }
 }
 
 impl Drop for TestApp {

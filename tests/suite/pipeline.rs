@@ -705,12 +705,8 @@ async fn canceling_a_running_job_ends_its_commit_status_as_canceled() {
 
     let canceled = build
         .app
-        .client
-        .post(format!("{}/api/v1/jobs/{job}/cancel", build.app.address))
-        .bearer_auth("cancel-token")
-        .send()
-        .await
-        .unwrap();
+        .act(&format!("/api/v1/jobs/{job}/cancel"), "cancel-token")
+        .await;
     assert_eq!(canceled.status(), 202);
 
     let seen = github

@@ -312,12 +312,8 @@ async fn a_queued_job_canceled_by_an_operator_ends_its_status_as_canceled() {
     let job = json(response).await["job"].as_i64().unwrap();
 
     let canceled = app
-        .client
-        .post(format!("{}/api/v1/jobs/{job}/cancel", app.address))
-        .bearer_auth("cancel-token")
-        .send()
-        .await
-        .unwrap();
+        .act(&format!("/api/v1/jobs/{job}/cancel"), "cancel-token")
+        .await;
     assert_eq!(canceled.status(), 202);
 
     let seen = github
