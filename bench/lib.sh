@@ -96,6 +96,7 @@ data_dir = "$state/store-$name"
 filter = "warn"
 [worker]
 service_concurrency = 3
+clone_schemes = ["https", "git"]
 [registry]
 address = "$registry"
 username = "bench"
@@ -108,6 +109,8 @@ repository = "bradrydzewski/drone-test-go"
 webhook_secret_env = "BENCH_SECRET"
 allowed_images = ["myevents/*"]
 allowed_deployments = ["*"]
+clone_url = "${git_url:?serve the repository first}"
+allow_network = true
 $extra
 TOML
   "$root/target/release/deploybot" serve --config "$state/deploybot-$name.toml" >"$state/deploybot-$name.log" 2>&1 &

@@ -98,6 +98,10 @@ cat > "$demo/deploybot.toml" <<EOF
 listen = "127.0.0.1:$port"
 data_dir = "$demo/store"
 
+[worker]
+# The sample repository is served by git daemon on this machine (git://); https only elsewhere.
+clone_schemes = ["https", "git"]
+
 [registry]
 address = "127.0.0.1:$registry_port"
 username = "deploybot"
@@ -112,6 +116,8 @@ repository = "bradrydzewski/drone-test-go"
 webhook_secret_file = "$demo/webhook-secret"
 clone_url = "git://127.0.0.1:$git_port/myevents.git"
 allowed_deployments = ["eventservice", "bookingservice", "frontend"]
+# The frontend's compile step runs npm ci, which needs the network.
+allow_network = true
 
 [[environments]]
 name = "production"

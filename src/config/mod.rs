@@ -10,6 +10,7 @@ mod environment;
 mod raw;
 mod secret;
 mod validate;
+mod worker;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -107,6 +108,13 @@ pub struct WorkerSettings {
     pub step_timeout: Duration,
     pub lease: Duration,
     pub log_limit_bytes: usize,
+    /// What a step may use at most (toolchains tighten it); image builds get it too.
+    pub limits: crate::docker::Limits,
+    pub max_context_bytes: u64,
+    /// Claims of one job (each a worker that died with it) before it fails instead.
+    pub max_attempts: u32,
+    /// URL schemes repositories may be fetched over (`https`, and for tests `git`).
+    pub clone_schemes: Vec<String>,
 }
 
 /// The registry images are pushed to.
@@ -119,13 +127,16 @@ pub struct RegistrySettings {
 }
 
 /// What an image name in a pipeline means on this deploybot: the image actually run, the
-/// dependency caches kept between builds (named volumes per project), the user to run as.
+/// dependency caches kept between builds (named volumes per project), the non-root user to run
+/// as and the limits its steps run with. Steps run only in toolchains the operator named.
 #[derive(Debug, Clone)]
 pub struct Toolchain {
     pub name: String,
     pub image: String,
     pub caches: Vec<String>,
-    pub user: Option<String>,
+    /// `uid[:gid]`, never root.
+    pub user: String,
+    pub limits: crate::docker::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -151,8 +162,9 @@ pub struct Project {
     pub forge: ForgeKind,
     pub repository: RepoSlug,
     pub secrets: WebhookSecrets,
-    /// Where to fetch from; None trusts the verified payload's clone URL.
-    pub clone_url: Option<String>,
+    /// Where to fetch from: the configured `clone_url`, else the repository's URL on its forge
+    /// (never a URL a payload names).
+    pub clone_url: String,
     pub git_credentials: Option<crate::checkout::GitCredentials>,
     /// The pipeline for repositories without a `.deploybot.toml`.
     pub default_pipeline: Option<String>,
@@ -160,6 +172,10 @@ pub struct Project {
     pub allowed_images: Vec<crate::pipeline::Pattern>,
     /// Deployments this project's pipeline may name (patterns); none by default.
     pub allowed_deployments: Vec<crate::pipeline::Pattern>,
+    /// Steps may ask for the network, and Dockerfile commands get one.
+    pub allow_network: bool,
+    /// Dockerfiles may run commands (`RUN`, `ONBUILD`) in the engine's build containers.
+    pub allow_dockerfile_run: bool,
     /// Commit statuses, when a token is configured.
     pub statuses: Option<StatusReporting>,
 }
@@ -219,18 +235,10 @@ impl Settings {
         self.projects.iter().find(|p| p.name.as_ref() == name)
     }
 
-    /// The toolchain a pipeline's image name stands for; an unknown name is used as it is.
-    pub fn toolchain(&self, name: &str) -> Toolchain {
-        self.toolchains
-            .iter()
-            .find(|t| t.name == name)
-            .cloned()
-            .unwrap_or_else(|| Toolchain {
-                name: name.to_owned(),
-                image: name.to_owned(),
-                caches: Vec::new(),
-                user: None,
-            })
+    /// The toolchain a pipeline's image name stands for; None for a name the operator did not
+    /// configure (a step may not run any image it names).
+    pub fn toolchain(&self, name: &str) -> Option<&Toolchain> {
+        self.toolchains.iter().find(|t| t.name == name)
     }
 }
 

@@ -94,6 +94,12 @@ pub struct RawWorker {
     pub step_timeout_secs: u64,
     pub lease_secs: u64,
     pub log_limit_bytes: u64,
+    pub step_memory_mb: u64,
+    pub step_cpus: f64,
+    pub step_pids: u64,
+    pub max_context_bytes: u64,
+    pub max_attempts: u64,
+    pub clone_schemes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +121,10 @@ pub struct RawToolchain {
     #[serde(default)]
     pub caches: Vec<String>,
     pub user: Option<String>,
+    /// Tighter limits than `[worker]`'s for this toolchain's steps.
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +168,14 @@ pub struct RawProject {
     pub allowed_images: Option<Vec<String>>,
     #[serde(default)]
     pub allowed_deployments: Vec<String>,
+    /// Whether this project's steps may ask for the network (`network = true`), and its
+    /// Dockerfiles' `RUN` get one.
+    #[serde(default)]
+    pub allow_network: bool,
+    /// Whether this project's Dockerfiles may run commands (`RUN`, `ONBUILD`) in the engine's
+    /// build containers, which the engine cannot confine as it confines steps.
+    #[serde(default)]
+    pub allow_dockerfile_run: bool,
     pub status_token: Option<SecretString>,
     pub status_token_env: Option<String>,
     pub status_token_file: Option<PathBuf>,

@@ -8,8 +8,7 @@ use super::raw::{RawProject, RawSettings};
 use super::secret::SecretSpec;
 use super::{
     ChatChannel, ConfigError, LogSettings, Problem, Project, RegistrySettings, ReportSettings,
-    ServerSettings, Settings, StatusAuth, StatusReporting, Toolchain, WebhookSecrets,
-    WorkerSettings,
+    ServerSettings, Settings, StatusAuth, StatusReporting, WebhookSecrets,
 };
 use crate::checkout::GitCredentials;
 use crate::domain::{ProjectName, RepoSlug};
@@ -22,10 +21,12 @@ pub fn settings(
 ) -> Result<Settings, ConfigError> {
     let mut problems = Vec::new();
     let server = server(&raw, &mut problems);
+    let worker = super::worker::worker(&raw, &mut problems);
     let mut projects = Vec::new();
     let mut names = HashSet::new();
     for (index, raw_project) in raw.projects.iter().enumerate() {
-        if let Some(project) = project(index, raw_project, lookup_env, &mut problems) {
+        let schemes = &worker.clone_schemes;
+        if let Some(project) = project(index, raw_project, schemes, lookup_env, &mut problems) {
             if !names.insert(project.name.as_ref().to_owned()) {
                 problems.push(Problem {
                     field: format!("projects[{index}].name"),
@@ -35,9 +36,8 @@ pub fn settings(
             projects.push(project);
         }
     }
-    let worker = worker(&raw, &mut problems);
     let registry = registry(&raw, lookup_env, &mut problems);
-    let toolchains = toolchains(&raw, &mut problems);
+    let toolchains = super::worker::toolchains(&raw, &worker, &mut problems);
     let report = ReportSettings {
         base_url: Some(raw.report.base_url.trim_end_matches('/').to_owned())
             .filter(|u| !u.is_empty()),
@@ -83,29 +83,6 @@ pub fn settings(
     }
 }
 
-fn worker(raw: &RawSettings, problems: &mut Vec<Problem>) -> WorkerSettings {
-    let w = &raw.worker;
-    let mut at_least_one = |field: &str, value: u64| {
-        if value == 0 {
-            problems.push(Problem {
-                field: format!("worker.{field}"),
-                message: "must be greater than 0".into(),
-            });
-        }
-        usize::try_from(value).unwrap_or(usize::MAX)
-    };
-    WorkerSettings {
-        enabled: w.enabled,
-        concurrency: at_least_one("concurrency", w.concurrency),
-        service_concurrency: at_least_one("service_concurrency", w.service_concurrency),
-        step_timeout: Duration::from_secs(
-            at_least_one("step_timeout_secs", w.step_timeout_secs) as u64
-        ),
-        lease: Duration::from_secs(at_least_one("lease_secs", w.lease_secs) as u64),
-        log_limit_bytes: at_least_one("log_limit_bytes", w.log_limit_bytes),
-    }
-}
-
 fn registry(
     raw: &RawSettings,
     lookup_env: &dyn Fn(&str) -> Option<String>,
@@ -146,29 +123,6 @@ fn registry(
         username: r.username.clone(),
         password,
     })
-}
-
-fn toolchains(raw: &RawSettings, problems: &mut Vec<Problem>) -> Vec<Toolchain> {
-    raw.toolchains
-        .iter()
-        .enumerate()
-        .map(|(index, t)| {
-            for cache in &t.caches {
-                if !cache.starts_with('/') {
-                    problems.push(Problem {
-                        field: format!("toolchains[{index}].caches"),
-                        message: format!("\"{cache}\" must be an absolute path in the container"),
-                    });
-                }
-            }
-            Toolchain {
-                name: t.name.clone(),
-                image: t.image.clone().unwrap_or_else(|| t.name.clone()),
-                caches: t.caches.clone(),
-                user: t.user.clone(),
-            }
-        })
-        .collect()
 }
 
 fn chat_channels(
@@ -273,6 +227,7 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
 fn project(
     index: usize,
     raw: &RawProject,
+    clone_schemes: &[String],
     lookup_env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> Option<Project> {
@@ -381,14 +336,23 @@ fn project(
             .unwrap_or_else(|| "x-access-token".into()),
         token,
     });
-    if let Some(url) = &raw.clone_url {
-        if url.contains('@') {
+    let clone_url = match (forge, &repository) {
+        (Some(forge), Some(repository)) => clone_url(
+            raw,
+            forge,
+            repository,
+            clone_schemes,
+            git_credentials.is_some(),
+        )
+        .map_err(|(key, message)| {
             problems.push(Problem {
-                field: field("clone_url"),
-                message: "must not carry credentials; use git_token_env or git_token_file".into(),
-            });
-        }
-    }
+                field: field(key),
+                message,
+            })
+        })
+        .ok(),
+        _ => None,
+    };
     let default_pipeline = match &raw.default_pipeline_file {
         None => None,
         Some(path) => match std::fs::read_to_string(path) {
@@ -509,13 +473,59 @@ fn project(
             secret,
             signing_key,
         },
-        clone_url: raw.clone_url.clone(),
+        clone_url: clone_url?,
         git_credentials,
         default_pipeline,
         allowed_images,
         allowed_deployments,
+        allow_network: raw.allow_network,
+        allow_dockerfile_run: raw.allow_dockerfile_run,
         statuses,
     })
+}
+
+/// Where the project's repository is fetched from: the operator's `clone_url`, else its URL on
+/// the forge (derived from `api_url` for GitHub Enterprise and self-managed GitLab). Never a
+/// URL from a payload: a leaked webhook secret must not become a fetch from anywhere, with the
+/// git token attached. The scheme must be one `worker.clone_schemes` allows, and a git token
+/// only ever goes over https.
+fn clone_url(
+    raw: &RawProject,
+    forge: ForgeKind,
+    repository: &RepoSlug,
+    schemes: &[String],
+    has_token: bool,
+) -> Result<String, (&'static str, String)> {
+    let (key, url) = match &raw.clone_url {
+        Some(url) => ("clone_url", url.clone()),
+        None => (
+            "api_url",
+            forge.repository_url(raw.api_url.as_deref(), repository),
+        ),
+    };
+    if url.contains('@') {
+        return Err((
+            key,
+            "must not carry credentials; use git_token_env or git_token_file".into(),
+        ));
+    }
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if !schemes.iter().any(|s| s == scheme) {
+        return Err((
+            key,
+            format!(
+                "\"{url}\" is fetched over {scheme:?}, which worker.clone_schemes does not allow ({})",
+                schemes.join(", ")
+            ),
+        ));
+    }
+    if has_token && scheme != "https" {
+        return Err((
+            key,
+            format!("\"{url}\" is not https: the git token is only sent over https"),
+        ));
+    }
+    Ok(url)
 }
 
 fn token_spec_field(spec: &SecretSpec<'_>) -> String {
@@ -525,4 +535,55 @@ fn token_spec_field(spec: &SecretSpec<'_>) -> String {
         _ => "",
     };
     format!("{}{}", spec.field, suffix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Settings, Sources};
+
+    const PROJECT: &str = "[[projects]]\nname = \"p\"\nforge = \"github\"\nrepository = \"team/app\"\nwebhook_secret = \"s3cret-value\"\n";
+
+    fn load(toml: &str) -> Result<Settings, Vec<String>> {
+        Settings::from_sources(Sources {
+            file: None,
+            inline_toml: Some(toml),
+            env: Default::default(),
+        })
+        .map_err(|e| e.problems())
+    }
+
+    #[test]
+    fn without_a_clone_url_a_project_fetches_from_its_forge() {
+        let settings = load(PROJECT).unwrap();
+        assert_eq!(settings.projects[0].clone_url, "https://github.com/team/app.git");
+        let enterprise = format!("{PROJECT}api_url = \"https://ghe.example/api/v3\"\n");
+        assert_eq!(
+            load(&enterprise).unwrap().projects[0].clone_url,
+            "https://ghe.example/team/app.git"
+        );
+    }
+
+    #[test]
+    fn a_clone_url_over_a_scheme_the_worker_does_not_allow_is_refused() {
+        let toml = format!("{PROJECT}clone_url = \"git://git.example/app.git\"\n");
+        let problems = load(&toml).err().unwrap();
+        assert_eq!(
+            problems,
+            ["projects[0].clone_url: \"git://git.example/app.git\" is fetched over \"git\", which worker.clone_schemes does not allow (https)"]
+        );
+        let allowed = format!("[worker]\nclone_schemes = [\"https\", \"git\"]\n\n{toml}");
+        assert!(load(&allowed).is_ok());
+    }
+
+    #[test]
+    fn a_git_token_is_only_ever_sent_over_https() {
+        let toml = format!(
+            "[worker]\nclone_schemes = [\"https\", \"http\"]\n\n{PROJECT}clone_url = \"http://git.example/app.git\"\ngit_token = \"t0ken-value\"\n"
+        );
+        let problems = load(&toml).err().unwrap();
+        assert_eq!(
+            problems,
+            ["projects[0].clone_url: \"http://git.example/app.git\" is not https: the git token is only sent over https"]
+        );
+    }
 }

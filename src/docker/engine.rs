@@ -1,16 +1,14 @@
 //! [`Executor`] on the Docker Engine API (bollard). No docker CLI, no socket in any container.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use bollard::auth::DockerCredentials;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
-    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, TagImageOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -18,8 +16,8 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BuildSpec, ExecError, Executor, LogSink, RegistryAuth, StepSpec, INPUT_LABEL, INSTANCE_LABEL,
-    JOB_LABEL,
+    BuildSpec, ExecError, Executor, Limits, LogSink, RegistryAuth, StepSpec, INSTANCE_LABEL,
+    JOB_LABEL, SERVICE_LABEL,
 };
 
 pub struct DockerEngine {
@@ -115,6 +113,54 @@ fn script(commands: &[String]) -> String {
     script
 }
 
+/// The scheduler period the CPU quota is a share of (Docker's default, 100 ms).
+const CPU_PERIOD_MICROS: i32 = 100_000;
+
+fn clamp_i32(value: i64) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// `nano_cpus` as a quota of [`CPU_PERIOD_MICROS`] (the build API takes no NanoCpus).
+fn cpu_quota(limits: &Limits) -> i32 {
+    clamp_i32(limits.nano_cpus * i64::from(CPU_PERIOD_MICROS) / 1_000_000_000)
+}
+
+/// A step's container: the workspace and caches mounted, every capability dropped, no new
+/// privileges, the toolchain's non-root user, memory (no swap), CPU and pids limits, and no
+/// network unless the step asks (and its project may).
+fn step_container(spec: &StepSpec, instance: &str) -> ContainerCreateBody {
+    let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
+    binds.extend(
+        spec.volumes
+            .iter()
+            .map(|(name, path)| format!("{name}:{path}")),
+    );
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(vec!["sh".into(), "-c".into(), script(&spec.commands)]),
+        working_dir: Some(format!("/workspace/{}", spec.workdir)),
+        user: Some(spec.user.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(HashMap::from([
+            (JOB_LABEL.to_owned(), spec.job.to_string()),
+            (SERVICE_LABEL.to_owned(), spec.service.clone()),
+            (INSTANCE_LABEL.to_owned(), instance.to_owned()),
+        ])),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            memory: Some(spec.limits.memory_bytes),
+            memory_swap: Some(spec.limits.memory_bytes),
+            nano_cpus: Some(spec.limits.nano_cpus),
+            pids_limit: Some(spec.limits.pids),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 impl Executor for DockerEngine {
     async fn run_step(
         &self,
@@ -123,31 +169,7 @@ impl Executor for DockerEngine {
         cancel: &CancellationToken,
     ) -> Result<i64, ExecError> {
         self.ensure_image(&spec.image).await?;
-        let mut binds = vec![format!("{}:/workspace", spec.workspace.display())];
-        binds.extend(
-            spec.volumes
-                .iter()
-                .map(|(name, path)| format!("{name}:{path}")),
-        );
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(vec!["sh".into(), "-c".into(), script(&spec.commands)]),
-            working_dir: Some(format!("/workspace/{}", spec.workdir)),
-            user: spec.user.clone(),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(HashMap::from([
-                (JOB_LABEL.to_owned(), spec.job.to_string()),
-                (INSTANCE_LABEL.to_owned(), self.instance.clone()),
-            ])),
-            host_config: Some(HostConfig {
-                binds: Some(binds),
-                // Hermetic unless the step asks for the network.
-                network_mode: Some(if spec.network { "bridge" } else { "none" }.into()),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let body = step_container(spec, &self.instance);
         let created = self
             .docker
             .create_container(Some(CreateContainerOptionsBuilder::default().build()), body)
@@ -162,14 +184,15 @@ impl Executor for DockerEngine {
                 )
                 .await
                 .map_err(engine)?;
-            tokio::select! {
-                code = self.follow(&id, log) => code,
-                () = cancel.cancelled() => {
-                    let kill = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
-                    let _ = self.docker.kill_container(&id, Some(kill)).await;
-                    Err(ExecError::Canceled)
-                }
-            }
+            let stopped = tokio::select! {
+                code = self.follow(&id, log) => return code,
+                () = cancel.cancelled() => ExecError::Canceled,
+                () = tokio::time::sleep(spec.timeout) => ExecError::TimedOut(spec.timeout.as_secs()),
+            };
+            // Stopped at once, not when the job ends: a timed-out step must not keep running.
+            let kill = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+            let _ = self.docker.kill_container(&id, Some(kill)).await;
+            Err(stopped)
         }
         .await;
         self.remove(&id).await;
@@ -182,10 +205,12 @@ impl Executor for DockerEngine {
         log: &dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<String, ExecError> {
-        let context = spec.context.clone();
-        let tar = tokio::task::spawn_blocking(move || context_tar(&context))
+        let context = tokio::fs::File::open(&spec.context_tar)
             .await
-            .map_err(|e| ExecError::Engine(e.to_string()))??;
+            .map_err(|e| ExecError::Context {
+                path: spec.context_tar.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(&spec.dockerfile)
@@ -193,16 +218,25 @@ impl Executor for DockerEngine {
             .labels(&labels)
             .rm(true)
             .forcerm(true)
+            // The Dockerfile's commands get no network unless the project may use one.
+            .networkmode(if spec.network { "default" } else { "none" })
+            .memory(clamp_i32(spec.limits.memory_bytes))
+            .memswap(clamp_i32(spec.limits.memory_bytes))
+            .cpuperiod(CPU_PERIOD_MICROS)
+            .cpuquota(cpu_quota(&spec.limits))
             .build();
-        let mut stream =
-            self.docker
-                .build_image(options, None, Some(bollard::body_full(tar.into())));
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(context));
+        let mut stream = self.docker.build_image(options, None, Some(body));
         let mut lines = LineSplitter::default();
         let mut image_id = None;
+        let deadline = tokio::time::sleep(spec.timeout);
+        tokio::pin!(deadline);
         loop {
+            // Dropping the stream ends the request, and the engine cancels the build.
             let item = tokio::select! {
                 item = stream.next() => item,
                 () = cancel.cancelled() => return Err(ExecError::Canceled),
+                () = &mut deadline => return Err(ExecError::TimedOut(spec.timeout.as_secs())),
             };
             let Some(item) = item else { break };
             let info = item.map_err(|e| ExecError::Build(e.to_string()))?;
@@ -281,19 +315,6 @@ impl Executor for DockerEngine {
         }
     }
 
-    async fn find_built(&self, input: &str) -> Result<Option<String>, ExecError> {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{INPUT_LABEL}={input}")])]);
-        let options = ListImagesOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let images = self
-            .docker
-            .list_images(Some(options))
-            .await
-            .map_err(engine)?;
-        Ok(images.into_iter().next().map(|image| image.id))
-    }
-
     async fn tag(&self, image: &str, reference: &str) -> Result<(), ExecError> {
         let (repository, tag) = split_reference(reference);
         let options = TagImageOptionsBuilder::default()
@@ -341,75 +362,54 @@ fn split_reference(reference: &str) -> (&str, &str) {
     }
 }
 
+/// The longest line kept; the rest of a longer one is dropped and the cut is marked.
+const MAX_LINE: usize = 16 * 1024;
+
 /// Splits a byte stream into lines for the log; a partial last line is kept until more comes.
+/// Each new chunk is scanned once, and a line never grows past [`MAX_LINE`]: output without
+/// newlines costs neither memory nor time beyond that.
 #[derive(Default)]
 struct LineSplitter {
     pending: Vec<u8>,
+    cut: bool,
 }
 
 impl LineSplitter {
-    fn push(&mut self, bytes: &[u8], log: &dyn LogSink) {
-        self.pending.extend_from_slice(bytes);
-        while let Some(newline) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=newline).collect();
-            log.line(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
+    fn push(&mut self, mut bytes: &[u8], log: &dyn LogSink) {
+        while !bytes.is_empty() {
+            let newline = bytes.iter().position(|b| *b == b'\n');
+            let (part, rest) = match newline {
+                Some(at) => (&bytes[..at], &bytes[at + 1..]),
+                None => (bytes, &[][..]),
+            };
+            let room = MAX_LINE.saturating_sub(self.pending.len());
+            self.pending
+                .extend_from_slice(&part[..part.len().min(room)]);
+            self.cut |= part.len() > room;
+            if newline.is_some() {
+                self.emit(log);
+            }
+            bytes = rest;
         }
+    }
+
+    fn emit(&mut self, log: &dyn LogSink) {
+        let text = String::from_utf8_lossy(&self.pending);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if self.cut {
+            log.line(&format!("{text} [deploybot: line cut at {MAX_LINE} bytes]"));
+        } else {
+            log.line(text);
+        }
+        self.pending.clear();
+        self.cut = false;
     }
 
     fn finish(&mut self, log: &dyn LogSink) {
-        if !self.pending.is_empty() {
-            log.line(&String::from_utf8_lossy(&self.pending));
-            self.pending.clear();
+        if !self.pending.is_empty() || self.cut {
+            self.emit(log);
         }
     }
-}
-
-/// The build context as a tar, honouring the simple forms of `.dockerignore` (a name or path
-/// per line, `*` wildcards, `#` comments): dependency folders left by compile steps
-/// (`node_modules`) need not travel to the engine.
-fn context_tar(context: &Path) -> Result<Vec<u8>, ExecError> {
-    let fail = |reason: String| ExecError::Context {
-        path: context.display().to_string(),
-        reason,
-    };
-    let ignore: Vec<crate::pipeline::Pattern> =
-        std::fs::read_to_string(context.join(".dockerignore"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.trim().trim_start_matches("./").trim_end_matches('/'))
-            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
-            .filter_map(|l| crate::pipeline::Pattern::parse(l).ok())
-            .collect();
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    let mut stack = vec![context.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| fail(e.to_string()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| fail(e.to_string()))?;
-            let path = entry.path();
-            let relative = path
-                .strip_prefix(context)
-                .map_err(|e| fail(e.to_string()))?
-                .to_string_lossy()
-                .into_owned();
-            if ignore.iter().any(|p| p.matches(&relative)) {
-                continue;
-            }
-            let kind = entry.file_type().map_err(|e| fail(e.to_string()))?;
-            if kind.is_dir() {
-                builder
-                    .append_dir(&relative, &path)
-                    .map_err(|e| fail(e.to_string()))?;
-                stack.push(path);
-            } else {
-                builder
-                    .append_path_with_name(&path, &relative)
-                    .map_err(|e| fail(format!("{relative}: {e}")))?;
-            }
-        }
-    }
-    builder.into_inner().map_err(|e| fail(e.to_string()))
 }
 
 #[cfg(test)]
@@ -453,27 +453,30 @@ mod tests {
     }
 
     #[test]
-    fn the_context_tar_leaves_out_what_dockerignore_names() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        std::fs::write(dir.path().join(".dockerignore"), "node_modules\n*.log\n").unwrap();
-        std::fs::create_dir(dir.path().join("node_modules")).unwrap();
-        std::fs::write(dir.path().join("node_modules/x.js"), "x").unwrap();
-        std::fs::write(dir.path().join("debug.log"), "x").unwrap();
-        std::fs::create_dir(dir.path().join("dist")).unwrap();
-        std::fs::write(dir.path().join("dist/main.js"), "x").unwrap();
-
-        let tar = context_tar(dir.path()).unwrap();
-        let mut archive = tar::Archive::new(&tar[..]);
-        let mut names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
+    fn a_line_without_end_is_cut_at_the_limit_and_marked() {
+        let lines = Lines(Default::default());
+        let mut splitter = LineSplitter::default();
+        for _ in 0..100 {
+            splitter.push(&[b'x'; 4096], &lines);
+        }
+        splitter.push(b"\nnext\n", &lines);
+        let lines = lines.0.lock().unwrap();
+        assert_eq!(lines.len(), 2);
         assert_eq!(
-            names,
-            [".dockerignore", "Dockerfile", "dist", "dist/main.js"]
+            lines[0].len(),
+            MAX_LINE + " [deploybot: line cut at 16384 bytes]".len()
         );
+        assert!(lines[0].ends_with("[deploybot: line cut at 16384 bytes]"));
+        assert_eq!(lines[1], "next");
+    }
+
+    #[test]
+    fn two_cpus_are_a_quota_of_two_periods() {
+        let limits = Limits {
+            memory_bytes: 1,
+            nano_cpus: 2_000_000_000,
+            pids: 1,
+        };
+        assert_eq!(cpu_quota(&limits), 2 * CPU_PERIOD_MICROS);
     }
 }

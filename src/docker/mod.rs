@@ -11,6 +11,7 @@ mod engine;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +20,8 @@ pub use engine::DockerEngine;
 
 /// The label every deploybot container and image carries, with the job id as value.
 pub const JOB_LABEL: &str = "deploybot.job";
-/// On images: a digest of every input of the build (see `worker::job`), so an unchanged
-/// service is reused instead of rebuilt.
-pub const INPUT_LABEL: &str = "deploybot.input";
+/// On step containers: the service the step belongs to.
+pub const SERVICE_LABEL: &str = "deploybot.service";
 /// Which deploybot (which store) a container belongs to: several may share one engine, and
 /// one must never remove another's containers.
 pub const INSTANCE_LABEL: &str = "deploybot.instance";
@@ -39,10 +39,20 @@ pub trait LogSink: Send + Sync {
     fn line(&self, text: &str);
 }
 
+/// What one step container (or image build) may use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    /// CPUs in billionths (Docker's `NanoCpus`).
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
 /// One step: commands run in order by `sh -e` in `image`, with the workspace mounted.
 #[derive(Debug, Clone)]
 pub struct StepSpec {
     pub job: i64,
+    pub service: String,
     pub image: String,
     pub commands: Vec<String>,
     /// The checkout on this host, mounted at `/workspace`.
@@ -50,23 +60,31 @@ pub struct StepSpec {
     /// Working directory inside the workspace (relative).
     pub workdir: String,
     pub network: bool,
-    /// `uid:gid` to run as; None keeps the image's user.
-    pub user: Option<String>,
+    /// `uid[:gid]` to run as (never root: see `config::Toolchain`).
+    pub user: String,
     /// Named volumes (name → container path): the dependency caches.
     pub volumes: BTreeMap<String, String>,
     pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// Past this the container is stopped and the step fails as timed out.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
     pub job: i64,
-    /// The build context directory on this host.
-    pub context: PathBuf,
+    /// The build context as a tar file on this host, made from the checkout by
+    /// `checkout::Tree::context_tar` (so nothing outside the checkout is in it).
+    pub context_tar: PathBuf,
     /// The Dockerfile, relative to the context.
     pub dockerfile: String,
     /// Full reference to tag the image with (`registry/repo:tag`).
     pub tag: String,
     pub labels: BTreeMap<String, String>,
+    /// Whether the Dockerfile's commands get a network.
+    pub network: bool,
+    pub limits: Limits,
+    pub timeout: Duration,
 }
 
 /// Credentials for a registry; built into the engine's type only inside the push call.
@@ -125,12 +143,6 @@ pub trait Executor: Send + Sync + 'static {
     fn image_id(
         &self,
         reference: &str,
-    ) -> impl Future<Output = Result<Option<String>, ExecError>> + Send;
-
-    /// A local image labelled with this build-input digest ([`INPUT_LABEL`]), if any.
-    fn find_built(
-        &self,
-        input: &str,
     ) -> impl Future<Output = Result<Option<String>, ExecError>> + Send;
 
     /// Tags a local image (by id) with a full reference.

@@ -189,6 +189,15 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
     }))
 }
 
+/// GitHub's web root for an API root: `https://api.github.com` → `https://github.com`;
+/// GitHub Enterprise's `https://ghe.example/api/v3` → `https://ghe.example`.
+pub(super) fn web_root(api_url: Option<&str>) -> String {
+    match api_url.map(|u| u.trim_end_matches('/')) {
+        None | Some("https://api.github.com") => "https://github.com".into(),
+        Some(api) => api.trim_end_matches("/api/v3").to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +242,19 @@ mod tests {
         assert!(
             err.to_string().contains("missing field `repository`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn repositories_are_cloned_from_the_web_root_of_their_api() {
+        assert_eq!(web_root(None), "https://github.com");
+        assert_eq!(
+            web_root(Some("https://api.github.com/")),
+            "https://github.com"
+        );
+        assert_eq!(
+            web_root(Some("https://ghe.example/api/v3")),
+            "https://ghe.example"
         );
     }
 }

@@ -216,3 +216,12 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
         head_commit_message,
     }))
 }
+
+/// GitLab's web root for an API root: `https://gitlab.example.com/api/v4` →
+/// `https://gitlab.example.com`; gitlab.com without one.
+pub(super) fn web_root(api_url: Option<&str>) -> String {
+    match api_url.map(|u| u.trim_end_matches('/')) {
+        None => "https://gitlab.com".into(),
+        Some(api) => api.trim_end_matches("/api/v4").to_owned(),
+    }
+}

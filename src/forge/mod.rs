@@ -43,6 +43,16 @@ impl ForgeKind {
             ForgeKind::Gitlab => "gitlab",
         }
     }
+
+    /// The https URL a repository is cloned from on this forge, given the forge's API root
+    /// (GitHub Enterprise, self-managed GitLab) or its public default.
+    pub fn repository_url(self, api_url: Option<&str>, repository: &RepoSlug) -> String {
+        let web = match self {
+            ForgeKind::Github => github::web_root(api_url),
+            ForgeKind::Gitlab => gitlab::web_root(api_url),
+        };
+        format!("{web}/{}.git", repository.as_ref())
+    }
 }
 
 impl fmt::Display for ForgeKind {

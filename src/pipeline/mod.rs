@@ -3,6 +3,7 @@
 //! from the checkout and hands its text in.
 
 pub mod definition;
+pub mod dockerfile;
 mod glob;
 
 pub use definition::{Definition, DefinitionError, Service, Stage, Step};

@@ -22,6 +22,9 @@ pub struct ClaimedJob {
     pub ref_name: String,
     pub sha: String,
     pub attempt: i64,
+    /// Which claim of the job this is: every later write for it checks the job still carries
+    /// this epoch, so a worker whose job was claimed again (a lapsed lease) writes nothing.
+    pub epoch: i64,
     /// The stored `PushEvent` JSON of the delivery that queued the job.
     pub event_json: String,
     /// When the job was queued (RFC 3339).
@@ -80,6 +83,8 @@ pub struct LogChunk {
 pub struct Jobs {
     conn: Mutex<Connection>,
     owner: String,
+    /// The lease epoch of every job this instance claimed and has not finished.
+    held: Mutex<std::collections::HashMap<i64, i64>>,
 }
 
 pub(super) fn now_unix() -> i64 {
@@ -99,6 +104,7 @@ impl Jobs {
         Ok(Jobs {
             conn: Mutex::new(open_connection(&db_path(data_dir))?),
             owner: owner.to_owned(),
+            held: Mutex::default(),
         })
     }
 
@@ -122,6 +128,7 @@ impl Jobs {
         Ok(Jobs {
             conn: Mutex::new(conn),
             owner: "test".into(),
+            held: Mutex::default(),
         })
     }
 
@@ -144,6 +151,29 @@ impl Jobs {
         Ok(conn.last_insert_rowid())
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, i64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses a write for a job this instance claimed whose lease epoch has moved on (it
+    /// was claimed again: this worker lost it). Jobs this instance never claimed (tools,
+    /// tests) are not checked.
+    fn check_lease(&self, conn: &Connection, job: i64) -> Result<(), StoreError> {
+        let Some(epoch) = self.held().get(&job).copied() else {
+            return Ok(());
+        };
+        let current: Option<i64> = conn
+            .query_row("SELECT lease_epoch FROM jobs WHERE id = ?1", [job], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        if current == Some(epoch) {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost { job })
+        }
+    }
+
     pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding this lock would be a bug in a short SQL call; the data
         // itself is in SQLite, so carrying on with the inner value is safe.
@@ -152,19 +182,25 @@ impl Jobs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the oldest job that is queued, or running under a lease that has expired or
-    /// belongs to a process that is gone (`reclaim_all_running` at startup), and leases it.
+    /// Takes the oldest job that is queued, or running under another owner's lease that has
+    /// expired or belongs to a process that is gone (`reclaim_all_running` at startup), and
+    /// leases it under a new epoch. A job this process runs is never taken again by it, however
+    /// the wall clock moves: its own keeper renews it or learns it is lost.
     pub fn claim_next(&self, lease: Duration) -> Result<Option<ClaimedJob>, StoreError> {
         let conn = self.conn();
         let now = now_unix();
         let claimed = conn
             .query_row(
                 "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
-                        lease_until = ?2, started_at = COALESCE(started_at, ?3), updated_at = ?3
+                        lease_until = ?2, lease_epoch = lease_epoch + 1,
+                        started_at = COALESCE(started_at, ?3), updated_at = ?3
                  WHERE id = (SELECT id FROM jobs
-                             WHERE state = 'queued' OR (state = 'running' AND lease_until < ?4)
+                             WHERE state = 'queued'
+                                OR (state = 'running' AND lease_until < ?4
+                                    AND lease_owner IS NOT ?1)
                              ORDER BY id LIMIT 1)
-                 RETURNING id, project, git_ref, ref_kind, ref_name, sha, attempt, delivery, created_at",
+                 RETURNING id, project, git_ref, ref_kind, ref_name, sha, attempt, delivery,
+                           created_at, lease_epoch",
                 params![self.owner, now + lease.as_secs() as i64, now_text(), now],
                 |row| {
                     Ok((
@@ -176,6 +212,7 @@ impl Jobs {
                             ref_name: row.get(4)?,
                             sha: row.get(5)?,
                             attempt: row.get(6)?,
+                            epoch: row.get(9)?,
                             event_json: String::new(),
                             created_at: row.get(8)?,
                         },
@@ -192,6 +229,7 @@ impl Jobs {
             [delivery],
             |row| row.get(0),
         )?;
+        self.held().insert(job.id, job.epoch);
         Ok(Some(job))
     }
 
@@ -209,9 +247,12 @@ impl Jobs {
 
     /// Extends the lease; false if the job is no longer ours (superseded, reclaimed).
     pub fn renew(&self, job: i64, lease: Duration) -> Result<bool, StoreError> {
+        let epoch = self.held().get(&job).copied();
         let changed = self.conn().execute(
-            "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND state = 'running' AND lease_owner = ?3",
-            params![now_unix() + lease.as_secs() as i64, job, self.owner],
+            "UPDATE jobs SET lease_until = ?1
+             WHERE id = ?2 AND state = 'running' AND lease_owner = ?3
+               AND (?4 IS NULL OR lease_epoch = ?4)",
+            params![now_unix() + lease.as_secs() as i64, job, self.owner, epoch],
         )?;
         Ok(changed == 1)
     }
@@ -257,6 +298,7 @@ impl Jobs {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        self.check_lease(&tx, job)?;
         upsert_stage(&tx, job, service, stage, state, exit_code, detail)?;
         super::outbox::insert(&tx, reports, Some(job))?;
         tx.commit()?;
@@ -275,7 +317,15 @@ impl Jobs {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        self.check_lease(&tx, job)?;
         upsert_image(&tx, job, service, reference, Some(digest))?;
+        // The first digest of a tag stays its digest: a later push of it is refused upstream.
+        tx.execute(
+            "INSERT INTO pushed_tags (reference, digest, sha, job, pushed_at)
+             SELECT ?1, ?2, sha, id, ?3 FROM jobs WHERE id = ?4
+             ON CONFLICT (reference) DO NOTHING",
+            params![reference, digest, now_text(), job],
+        )?;
         let pushed = format!("{reference}@{digest}");
         upsert_stage(&tx, job, service, "push", "success", None, Some(&pushed))?;
         super::outbox::insert(&tx, reports, Some(job))?;
@@ -290,7 +340,9 @@ impl Jobs {
         stage: &str,
         text: &str,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
+        let conn = self.conn();
+        self.check_lease(&conn, job)?;
+        conn.execute(
             "INSERT INTO log_chunks (job, service, stage, text, at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![job, service, stage, text, now_text()],
         )?;
@@ -304,7 +356,9 @@ impl Jobs {
         reference: &str,
         digest: Option<&str>,
     ) -> Result<(), StoreError> {
-        upsert_image(&self.conn(), job, service, reference, digest)
+        let conn = self.conn();
+        self.check_lease(&conn, job)?;
+        upsert_image(&conn, job, service, reference, digest)
     }
 
     /// `reference@digest` of what `job` pushed for `service`, if it pushed.
@@ -326,12 +380,48 @@ impl Jobs {
         Ok(self
             .conn()
             .query_row(
-                "SELECT i.digest, j.sha FROM images i JOIN jobs j ON j.id = i.job
-                 WHERE i.reference = ?1 AND i.digest IS NOT NULL ORDER BY i.pushed_at LIMIT 1",
+                "SELECT digest, sha FROM pushed_tags WHERE reference = ?1",
                 [reference],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// The image deploybot built for `project` from exactly these inputs (a digest of them),
+    /// if it recorded one: the only thing image reuse trusts.
+    pub fn built_image(&self, project: &str, input: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT image_id FROM built_images WHERE project = ?1 AND input = ?2",
+                params![project, input],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records the image `job` built for `project` from these inputs.
+    pub fn record_built(
+        &self,
+        job: i64,
+        project: &str,
+        input: &str,
+        image_id: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO built_images (project, input, image_id, job, built_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (project, input) DO UPDATE SET image_id = excluded.image_id,
+                job = excluded.job, built_at = excluded.built_at",
+            params![project, input, image_id, job, now_text()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets this instance's lease on a job it stops running without finishing it (left for
+    /// the next start after a shutdown, or canceled by an operator).
+    pub fn release(&self, job: i64) {
+        self.held().remove(&job);
     }
 
     /// Ends the job (only if this process still holds it).
@@ -349,13 +439,15 @@ impl Jobs {
         reports: &[super::NewReport],
     ) -> Result<(), StoreError> {
         let now = now_text();
+        let epoch = self.held().remove(&job);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let changed = tx.execute(
             "UPDATE jobs SET state = ?1, error = ?2, finished_at = ?3, updated_at = ?3,
                 lease_owner = NULL, lease_until = NULL
-             WHERE id = ?4 AND state = 'running' AND lease_owner = ?5",
-            params![state, error, now, job, self.owner],
+             WHERE id = ?4 AND state = 'running' AND lease_owner = ?5
+               AND (?6 IS NULL OR lease_epoch = ?6)",
+            params![state, error, now, job, self.owner, epoch],
         )?;
         if changed == 1 {
             super::outbox::insert(&tx, reports, Some(job))?;
@@ -586,7 +678,8 @@ fn upsert_image(
     conn.execute(
         "INSERT INTO images (job, service, reference, digest, pushed_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (job, service) DO UPDATE SET reference = excluded.reference,
-            digest = excluded.digest, pushed_at = excluded.pushed_at",
+            digest = COALESCE(excluded.digest, images.digest),
+            pushed_at = COALESCE(excluded.pushed_at, images.pushed_at)",
         params![job, service, reference, digest, digest.map(|_| now_text())],
     )?;
     Ok(())
@@ -605,4 +698,91 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         finished_at: row.get(8)?,
         error: row.get(9)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store with one queued job (id 1), opened by two workers.
+    fn two_workers() -> (tempfile::TempDir, Jobs, Jobs) {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Jobs::open_migrated(dir.path()).unwrap();
+        first
+            .conn()
+            .execute_batch(
+                "INSERT INTO deliveries (project, outcome, received_at) VALUES ('p', 'queued', 't');
+                 INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
+                                   created_at, updated_at)
+                 VALUES (1, 'p', 'refs/tags/v1', 'tag', 'v1', 'abc', 'queued', 't', 't');",
+            )
+            .unwrap();
+        let first = Jobs {
+            owner: "first".into(),
+            ..first
+        };
+        let second = Jobs::open(dir.path(), "second").unwrap();
+        (dir, first, second)
+    }
+
+    /// The lease looks long expired, as after a forward step of the wall clock.
+    fn lapse(jobs: &Jobs) {
+        jobs.conn()
+            .execute("UPDATE jobs SET lease_until = 0", [])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_worker_never_claims_its_own_running_job_again_however_the_clock_moves() {
+        let (_dir, first, _second) = two_workers();
+        let job = first.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+        assert_eq!((job.id, job.attempt), (1, 1));
+        lapse(&first);
+        assert!(first.claim_next(Duration::from_secs(60)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_worker_whose_job_was_claimed_again_writes_nothing_for_it() {
+        let (_dir, first, second) = two_workers();
+        let lost = first.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+        lapse(&first);
+        let taken = second.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+        assert_eq!(taken.epoch, lost.epoch + 1);
+
+        let err = first
+            .set_stage(1, "web", "check", "running", None, None)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { job: 1 }), "{err}");
+        assert!(first.append_log(1, "web", "check", "late\n").is_err());
+        assert!(!first.renew(1, Duration::from_secs(60)).unwrap());
+        first.finish(1, "failed", Some("late")).unwrap();
+        assert_eq!(first.state(1).unwrap().as_deref(), Some("running"));
+
+        second
+            .set_stage(1, "web", "check", "running", None, None)
+            .unwrap();
+        second.finish(1, "success", None).unwrap();
+        assert_eq!(second.state(1).unwrap().as_deref(), Some("success"));
+    }
+
+    #[test]
+    fn a_tag_keeps_its_first_digest_through_a_rerun_that_builds_again() {
+        let (_dir, jobs, _) = two_workers();
+        jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+        jobs.record_push(1, "web", "r/web:v1", "sha256:first", &[])
+            .unwrap();
+        jobs.finish(1, "success", None).unwrap();
+        assert!(jobs.rerun(1).unwrap());
+        jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+
+        // The re-run's image stage records the image it built, without a digest yet.
+        jobs.record_image(1, "web", "r/web:v1", None).unwrap();
+
+        assert_eq!(
+            jobs.pushed_digest("r/web:v1").unwrap(),
+            Some(("sha256:first".into(), "abc".into()))
+        );
+        let detail = jobs.get(1).unwrap().unwrap();
+        assert_eq!(detail.images[0].digest.as_deref(), Some("sha256:first"));
+    }
 }

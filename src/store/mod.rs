@@ -54,6 +54,8 @@ pub enum StoreError {
     Closed,
     #[error("store: {0}")]
     Corrupt(String),
+    #[error("job {job}: its lease is no longer this worker's (another claim took it)")]
+    LeaseLost { job: i64 },
 }
 
 /// A delivery to record, with what to do about it.

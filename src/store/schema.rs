@@ -137,6 +137,29 @@ const MIGRATIONS: &[&str] = &[
         held_until  INTEGER NOT NULL,
         PRIMARY KEY (environment, namespace, deployment)
     );",
+    // 6: what deploybot itself built (reuse trusts this record, never an image's labels) and
+    // pushed (a tag keeps its first digest through re-runs and resumes), and a lease epoch
+    // every write of a running job is checked against.
+    "CREATE TABLE built_images (
+        project     TEXT NOT NULL,
+        input       TEXT NOT NULL,
+        image_id    TEXT NOT NULL,
+        job         INTEGER NOT NULL REFERENCES jobs (id),
+        built_at    TEXT NOT NULL,
+        PRIMARY KEY (project, input)
+    );
+    CREATE TABLE pushed_tags (
+        reference   TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL,
+        sha         TEXT NOT NULL,
+        job         INTEGER NOT NULL REFERENCES jobs (id),
+        pushed_at   TEXT NOT NULL
+    );
+    INSERT OR IGNORE INTO pushed_tags (reference, digest, sha, job, pushed_at)
+        SELECT i.reference, i.digest, j.sha, i.job, i.pushed_at
+        FROM images i JOIN jobs j ON j.id = i.job
+        WHERE i.digest IS NOT NULL ORDER BY i.pushed_at;
+    ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -4,7 +4,6 @@
 //! worst of its services. Every failure records stage, service, exit code and the last log
 //! lines. Containers and the workspace are removed at the end, whatever happened.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,16 +11,14 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::deploy_stage::Deployed;
-use super::logs::{JobLog, Masker};
+use super::logs::{clip, JobLog, Masker, REASON_BYTES};
 use super::reporter::Reporter;
-use super::reuse;
-use crate::checkout::Checkouts;
+use super::{policy, reuse};
+use crate::checkout::{Checkouts, Tree};
 use crate::config::{Project, Settings};
-use crate::docker::{
-    BuildSpec, ExecError, Executor, RegistryAuth, StepSpec, INPUT_LABEL, JOB_LABEL,
-};
+use crate::docker::{ExecError, Executor};
 use crate::intake::PushEvent;
-use crate::pipeline::{self, Definition, Service, Stage};
+use crate::pipeline::{Definition, Service, Stage};
 use crate::report::StatusState;
 use crate::store::{ClaimedJob, Jobs, NewReport, StoreError};
 
@@ -49,19 +46,32 @@ pub struct Runner<E: Executor> {
 /// What every service of one job is built with.
 pub(super) struct JobContext<'a> {
     pub(super) job: &'a ClaimedJob,
+    pub(super) project: &'a Project,
     reporter: Option<&'a Reporter>,
     /// The commit's root tree id, when known: the key to reusing unchanged images.
-    tree: Option<String>,
+    pub(super) root_tree: Option<String>,
     pub(super) event: &'a PushEvent,
-    workspace: &'a std::path::Path,
-    pushes: bool,
+    pub(super) workspace: &'a std::path::Path,
+    /// The checkout, read only through this (nothing outside it can be reached).
+    pub(super) tree: Arc<Tree>,
+    pub(super) pushes: bool,
     /// The environments this push deploys to (none unless it pushes).
     pub(super) environments: Vec<&'a crate::config::Environment>,
     pub(super) log: &'a JobLog,
-    cancel: &'a CancellationToken,
+    pub(super) cancel: &'a CancellationToken,
 }
 
 impl JobContext<'_> {
+    /// Which dependency caches the job's steps use: tags (releases) and branches have their
+    /// own, so a branch's build cannot poison what a release is built with.
+    pub(super) fn caches(&self) -> &'static str {
+        if self.job.ref_kind == "tag" {
+            "tags"
+        } else {
+            "branches"
+        }
+    }
+
     /// Whether `service` rolls out after the build.
     pub(super) fn deploys(&self, service: &Service) -> bool {
         self.pushes && service.deployment.is_some() && !self.environments.is_empty()
@@ -76,10 +86,10 @@ impl JobContext<'_> {
 }
 
 /// Why a service stopped.
-struct Failure {
-    stage: &'static str,
-    exit_code: Option<i64>,
-    reason: String,
+pub(super) struct Failure {
+    pub(super) stage: &'static str,
+    pub(super) exit_code: Option<i64>,
+    pub(super) reason: String,
 }
 
 impl<E: Executor> Runner<E> {
@@ -125,7 +135,16 @@ impl<E: Executor> Runner<E> {
         let reporter = serde_json::from_str::<PushEvent>(&job.event_json)
             .ok()
             .map(|event| Reporter::new(&self.settings, &event, id));
-        let outcome = self.build(&job, &log, &cancel, reporter.as_ref()).await;
+        let max_attempts = i64::from(self.settings.worker.max_attempts);
+        let outcome = if job.attempt > max_attempts {
+            // Each earlier attempt ended with its worker gone (crashed, killed, restarted): a
+            // job that takes deploybot down must not do so after every restart.
+            Err(format!(
+                "deploybot stopped during each of this job's {max_attempts} attempts (it crashed, was killed or restarted); it is not tried again: re-run it once the cause is found"
+            ))
+        } else {
+            self.build(&job, &log, &cancel, reporter.as_ref()).await
+        };
 
         keeper.abort();
         flushing.cancel();
@@ -142,6 +161,7 @@ impl<E: Executor> Runner<E> {
         } else if self.shutdown.is_cancelled() {
             // Left running: its lease lapses and the next start takes it again.
             tracing::info!(parent: &span, "Interrupted by shutdown; it will be resumed");
+            self.jobs.release(id);
             return;
         } else if self
             .blocking(move |jobs| jobs.state(id))
@@ -158,6 +178,7 @@ impl<E: Executor> Runner<E> {
                 .blocking(move |jobs| super::report_canceled(&settings, jobs, id))
                 .await;
             self.reports.notify_one();
+            self.jobs.release(id);
             return;
         } else {
             match outcome {
@@ -243,26 +264,15 @@ impl<E: Executor> Runner<E> {
         let checkout_log = log.stage(JOB_SCOPE, "checkout");
         self.stage(job.id, JOB_SCOPE, "checkout", "running", None, None)
             .await;
-        let url = project
-            .clone_url
-            .clone()
-            .unwrap_or_else(|| event.clone_url.clone());
-        checkout_log.note(&format!("fetching {} at {}", job.git_ref, job.sha));
-        let workspace = match self
-            .checkouts
-            .checkout(
-                &job.project,
-                &url,
-                &job.git_ref,
-                &job.sha,
-                job.id,
-                project.git_credentials.as_ref(),
-            )
-            .await
-        {
-            Ok(workspace) => workspace,
+        checkout_log.note(&format!(
+            "fetching {} at {} from {}",
+            job.git_ref, job.sha, project.clone_url
+        ));
+        let fetched = self.checkout(job, project, cancel).await;
+        let (workspace, tree) = match fetched {
+            Ok(fetched) => fetched,
             Err(e) => {
-                let reason = log_mask(log, &e.to_string());
+                let reason = log_mask(log, &e);
                 checkout_log.note(&reason);
                 self.stage(job.id, JOB_SCOPE, "checkout", "failed", None, Some(&reason))
                     .await;
@@ -272,7 +282,7 @@ impl<E: Executor> Runner<E> {
         self.stage(job.id, JOB_SCOPE, "checkout", "success", None, None)
             .await;
 
-        let definition = match read_definition(&workspace, project) {
+        let definition = match policy::read_definition(&tree, project, &self.settings) {
             Ok(definition) => definition,
             Err(reason) => {
                 checkout_log.note(&reason);
@@ -323,13 +333,15 @@ impl<E: Executor> Runner<E> {
         let limit = self.settings.worker.service_concurrency;
         // Owned services and explicit borrows: the futures must not be generic over lifetimes,
         // or the spawned job future stops being `Send`.
-        let tree = self.checkouts.tree_id(&job.project, &job.sha).await.ok();
+        let root_tree = self.checkouts.tree_id(&job.project, &job.sha).await.ok();
         let context = JobContext {
             job,
+            project,
             reporter,
-            tree,
+            root_tree,
             event: &event,
             workspace: &workspace,
+            tree,
             pushes,
             environments,
             log,
@@ -454,7 +466,7 @@ impl<E: Executor> Runner<E> {
     /// Every stage change goes through here: the duration histogram, the store write that
     /// carries the change and the reports it causes (one transaction), and a wake-up for the
     /// report sender when there are reports.
-    async fn record_stage(
+    pub(super) async fn record_stage(
         &self,
         service: &str,
         stage: &str,
@@ -473,8 +485,9 @@ impl<E: Executor> Runner<E> {
     async fn build_service(&self, cx: &JobContext<'_>, service: &Service) -> Result<(), Failure> {
         let (job, log) = (cx.job, cx.log);
         let timeout = self.settings.worker.step_timeout;
-        let result = self.service_stages(cx, service, timeout).await;
-        if let Err(failure) = &result {
+        let mut result = self.service_stages(cx, service, timeout).await;
+        if let Err(failure) = &mut result {
+            failure.reason = clip(&failure.reason, REASON_BYTES);
             let tail = log.tail(&service.name).join("\n");
             let detail = if tail.is_empty() {
                 failure.reason.clone()
@@ -517,349 +530,52 @@ impl<E: Executor> Runner<E> {
         service: &Service,
         timeout: Duration,
     ) -> Result<(), Failure> {
-        let (job, event, workspace, log, cancel) =
-            (cx.job, cx.event, cx.workspace, cx.log, cx.cancel);
+        let job = cx.job;
         let reference = image_reference(
             self.settings.registry.as_ref().map(|r| r.address.as_str()),
             service,
             job,
         );
-        let dockerfile =
-            std::fs::read_to_string(workspace.join(&service.context).join(&service.dockerfile))
-                .unwrap_or_default();
-        let input = match &cx.tree {
-            Some(tree) => {
-                let commit = reuse::Commit {
-                    source: &event.clone_url,
-                    sha: &job.sha,
-                    tree,
-                };
-                reuse::build_input(
-                    &*self.executor,
-                    &self.settings,
-                    &commit,
-                    service,
-                    &dockerfile,
-                )
-                .await
-            }
+        let input = self.build_input(cx, service).await;
+        let recorded = match &input {
+            Some(input) => self.recorded_image(cx, input).await,
             None => None,
         };
-        let built = match &input {
-            Some(input) => self.executor.find_built(input).await.ok().flatten(),
-            None => None,
-        };
-        if let Some(image) = built {
-            return self
-                .reuse_image(cx, service, &image, &reference, timeout)
-                .await;
-        }
-
-        for stage in [Stage::Check, Stage::Compile] {
-            let steps: Vec<_> = service.steps.iter().filter(|s| s.stage == stage).collect();
-            if steps.is_empty() {
-                continue;
+        match recorded {
+            Some(image) => self.reuse_image(cx, service, &image, &reference).await?,
+            None => {
+                self.run_steps(cx, service).await?;
+                self.image_stage(cx, service, &reference, input.as_deref())
+                    .await?;
             }
-            let name = stage.as_str();
-            self.stage(job.id, &service.name, name, "running", None, None)
-                .await;
-            let sink = log.stage(&service.name, name);
-            for step in steps {
-                for image in &step.images {
-                    let toolchain = self.settings.toolchain(image);
-                    sink.note(&format!(
-                        "{name} in {} ({})",
-                        toolchain.image,
-                        if step.network {
-                            "network on"
-                        } else {
-                            "network off"
-                        }
-                    ));
-                    let volumes: BTreeMap<String, String> = toolchain
-                        .caches
-                        .iter()
-                        .map(|path| (cache_volume(&job.project, path), path.clone()))
-                        .collect();
-                    let spec = StepSpec {
-                        job: job.id,
-                        image: toolchain.image.clone(),
-                        commands: step.commands.clone(),
-                        workspace: workspace.to_path_buf(),
-                        workdir: step.workdir.clone(),
-                        network: step.network,
-                        user: toolchain.user.clone(),
-                        volumes,
-                        env: vec![
-                            ("CI".into(), "true".into()),
-                            ("DEPLOYBOT_REF".into(), job.git_ref.clone()),
-                            ("DEPLOYBOT_SHA".into(), job.sha.clone()),
-                        ],
-                    };
-                    let code = with_timeout(timeout, self.executor.run_step(&spec, &sink, cancel))
-                        .await
-                        .map_err(|e| Failure {
-                            stage: name,
-                            exit_code: None,
-                            reason: e.to_string(),
-                        })?;
-                    if code != 0 {
-                        // The script echoes each command before running it: the last one
-                        // echoed is the one that failed.
-                        let failed = log
-                            .tail(&service.name)
-                            .iter()
-                            .rev()
-                            .find_map(|l| l.strip_prefix("$ ").map(str::to_owned));
-                        let reason = match failed {
-                            Some(command) => {
-                                format!("`{command}` exited with {code} (in {})", toolchain.image)
-                            }
-                            None => format!("a command in {} exited with {code}", toolchain.image),
-                        };
-                        return Err(Failure {
-                            stage: name,
-                            exit_code: Some(code),
-                            reason,
-                        });
-                    }
-                }
-                for artifact in &step.artifacts {
-                    if !workspace.join(&step.workdir).join(artifact).exists() {
-                        return Err(Failure {
-                            stage: name,
-                            exit_code: None,
-                            reason: format!(
-                                "the step did not produce {artifact} in {}",
-                                step.workdir
-                            ),
-                        });
-                    }
-                }
-            }
-            let words = format!("{name} passed; building the image");
-            let reports = cx.status(&service.name, StatusState::Pending, &words);
-            self.stage_with(
-                job.id,
-                &service.name,
-                name,
-                "success",
-                Some(0),
-                None,
-                reports,
-            )
-            .await;
         }
-
-        // Image.
-        self.stage(job.id, &service.name, "image", "running", None, None)
-            .await;
-        let sink = log.stage(&service.name, "image");
-        let mut labels = BTreeMap::from([
-            (
-                "org.opencontainers.image.revision".to_owned(),
-                job.sha.clone(),
-            ),
-            (
-                "org.opencontainers.image.source".to_owned(),
-                event.clone_url.clone(),
-            ),
-            // The push's time, not the build's: a retried build of the same push is the same image.
-            (
-                "org.opencontainers.image.created".to_owned(),
-                crate::store::timestamp(event.received_at),
-            ),
-            (JOB_LABEL.to_owned(), job.id.to_string()),
-        ]);
-        if let Some(input) = &input {
-            labels.insert(INPUT_LABEL.to_owned(), input.clone());
-        }
-        let build = BuildSpec {
-            job: job.id,
-            context: workspace.join(&service.context),
-            dockerfile: service.dockerfile.clone(),
-            tag: reference.clone(),
-            labels,
-        };
-        let image_id = with_timeout(timeout, self.executor.build_image(&build, &sink, cancel))
-            .await
-            .map_err(|e| Failure {
-                stage: "image",
-                exit_code: None,
-                reason: e.to_string(),
-            })?;
-        sink.note(&format!("built {reference} ({image_id})"));
-        let _ = {
-            let (id, service, reference) = (job.id, service.name.clone(), reference.clone());
-            self.blocking(move |jobs| jobs.record_image(id, &service, &reference, None))
-                .await
-        };
-        // The service's status follows each stage: the image is built, the push is next.
-        let reports = if cx.pushes {
-            cx.status(
-                &service.name,
-                StatusState::Pending,
-                &format!("Built {reference}; pushing"),
-            )
-        } else {
-            Vec::new()
-        };
-        self.stage_with(
-            job.id,
-            &service.name,
-            "image",
-            "success",
-            None,
-            Some(&reference),
-            reports,
-        )
-        .await;
-
         self.push_stage(cx, service, &reference, timeout).await
     }
 
-    /// Same inputs as an image built before: tag that image instead of building again.
-    async fn reuse_image(
-        &self,
-        cx: &JobContext<'_>,
-        service: &Service,
-        image: &str,
-        reference: &str,
-        timeout: Duration,
-    ) -> Result<(), Failure> {
-        let job = cx.job;
-        for stage in [Stage::Check, Stage::Compile] {
-            if service.steps.iter().any(|s| s.stage == stage) {
-                let detail = "unchanged inputs: the image built from them is reused";
-                self.stage(
-                    job.id,
-                    &service.name,
-                    stage.as_str(),
-                    "skipped",
-                    None,
-                    Some(detail),
-                )
-                .await;
-            }
-        }
-        self.executor
-            .tag(image, reference)
-            .await
-            .map_err(|e| Failure {
-                stage: "image",
-                exit_code: None,
-                reason: e.to_string(),
-            })?;
-        let note = format!("unchanged inputs: reusing {image} as {reference}");
-        cx.log.stage(&service.name, "image").note(&note);
-        let _ = {
-            let (id, service, reference) = (job.id, service.name.clone(), reference.to_owned());
-            self.blocking(move |jobs| jobs.record_image(id, &service, &reference, None))
-                .await
+    /// The digest of everything the service's image is built from, when it can be pinned.
+    async fn build_input(&self, cx: &JobContext<'_>, service: &Service) -> Option<String> {
+        let root_tree = cx.root_tree.as_deref()?;
+        let path = format!("{}/{}", service.context, service.dockerfile);
+        let dockerfile = cx
+            .tree
+            .read_text(&path, super::policy::MAX_DEFINITION_BYTES)
+            .ok()
+            .flatten()?;
+        let commit = reuse::Commit {
+            project: &cx.job.project,
+            caches: cx.caches(),
+            source: &cx.project.clone_url,
+            sha: &cx.job.sha,
+            tree: root_tree,
         };
-        self.stage(job.id, &service.name, "image", "success", None, Some(&note))
-            .await;
-        self.push_stage(cx, service, reference, timeout).await
-    }
-
-    /// Push, once per tag: a retry of a job that already pushed reuses that digest, and a
-    /// tag pushed from another commit is refused.
-    async fn push_stage(
-        &self,
-        cx: &JobContext<'_>,
-        service: &Service,
-        reference: &str,
-        timeout: Duration,
-    ) -> Result<(), Failure> {
-        let (job, log) = (cx.job, cx.log);
-        if !cx.pushes {
-            // Built, and by policy not pushed: that is this service's success.
-            let words = format!(
-                "Built {reference}; not pushed ({} is not a pushing ref)",
-                job.ref_name
-            );
-            let reports = cx.status(&service.name, StatusState::Success, &words);
-            self.stage_with(
-                job.id,
-                &service.name,
-                "push",
-                "skipped",
-                None,
-                None,
-                reports,
-            )
-            .await;
-            return Ok(());
-        }
-        self.stage(job.id, &service.name, "push", "running", None, None)
-            .await;
-        let sink = log.stage(&service.name, "push");
-        let earlier = {
-            let reference = reference.to_owned();
-            self.blocking(move |jobs| jobs.pushed_digest(&reference))
-                .await
-                .ok()
-                .flatten()
-        };
-        let digest = match earlier {
-            Some((digest, sha)) if sha == job.sha => {
-                sink.note(&format!(
-                    "{reference} was already pushed as {digest}; not pushing again"
-                ));
-                digest
-            }
-            Some((digest, sha)) => {
-                return Err(Failure {
-                    stage: "push",
-                    exit_code: None,
-                    reason: format!(
-                        "{reference} was already pushed from commit {} as {digest}; pushed tags are immutable (use a new tag)",
-                        &sha[..12.min(sha.len())]
-                    ),
-                });
-            }
-            None => {
-                let auth = self.settings.registry.as_ref().and_then(|r| {
-                    r.password.as_ref().map(|password| RegistryAuth {
-                        server: r.address.clone(),
-                        username: r.username.clone(),
-                        password: password.clone(),
-                    })
-                });
-                with_timeout(
-                    timeout,
-                    self.executor.push_image(reference, auth.as_ref(), &sink),
-                )
-                .await
-                .map_err(|e| Failure {
-                    stage: "push",
-                    exit_code: None,
-                    reason: log_mask(log, &e.to_string()),
-                })?
-            }
-        };
-        sink.note(&format!("pushed {reference}@{digest}"));
-        let pushed = format!("{reference}@{digest}");
-        let reports = if cx.deploys(service) {
-            let words = format!("Pushed {pushed}; deploying next");
-            cx.status(&service.name, StatusState::Pending, &words)
-        } else {
-            cx.status(
-                &service.name,
-                StatusState::Success,
-                &format!("Pushed {pushed}"),
-            )
-        };
-        let (id, name, reference) = (job.id, service.name.clone(), reference.to_owned());
-        self.record_stage(
-            &service.name,
-            "push",
-            "success",
-            reports,
-            move |jobs, reports| jobs.record_push(id, &name, &reference, &digest, reports),
+        reuse::build_input(
+            &*self.executor,
+            &self.settings,
+            &commit,
+            service,
+            &dockerfile,
         )
-        .await;
-        Ok(())
+        .await
     }
 }
 
@@ -882,11 +598,11 @@ fn phases(services: &[Service]) -> Vec<Vec<Service>> {
 }
 
 /// Error texts are masked like log lines before they are stored or shown.
-fn log_mask(log: &JobLog, text: &str) -> String {
+pub(super) fn log_mask(log: &JobLog, text: &str) -> String {
     log.masker().mask(text)
 }
 
-async fn with_timeout<T>(
+pub(super) async fn with_timeout<T>(
     limit: Duration,
     work: impl std::future::Future<Output = Result<T, ExecError>>,
 ) -> Result<T, ExecError> {
@@ -895,14 +611,15 @@ async fn with_timeout<T>(
         .unwrap_or(Err(ExecError::TimedOut(limit.as_secs())))
 }
 
-/// The named volume that keeps one cache path of one project between builds.
-fn cache_volume(project: &str, path: &str) -> String {
+/// The named volume that keeps one cache path of one project's tags or branches between
+/// builds.
+pub(super) fn cache_volume(project: &str, caches: &str, path: &str) -> String {
     let path: String = path
         .trim_matches('/')
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    format!("deploybot-cache-{project}-{path}")
+    format!("deploybot-cache-{project}-{caches}-{path}")
 }
 
 /// `registry/image:tag` for a tag push, `registry/image:sha-<12>` for a branch.
@@ -941,57 +658,16 @@ fn should_push(definition: &Definition, job: &ClaimedJob) -> bool {
     patterns.iter().any(|p| p.matches(&job.ref_name))
 }
 
-/// The repository's `.deploybot.toml`, else the project's default, checked against what the
-/// project allows.
-fn read_definition(workspace: &std::path::Path, project: &Project) -> Result<Definition, String> {
-    let path = workspace.join(pipeline::definition::FILE_NAME);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(_) => project.default_pipeline.clone().ok_or_else(|| {
-            format!(
-                "no {} in the repository and no default_pipeline_file for project {}",
-                pipeline::definition::FILE_NAME,
-                project.name
-            )
-        })?,
-    };
-    let definition = pipeline::definition::parse(&text).map_err(|e| e.to_string())?;
-    for service in &definition.services {
-        if !project
-            .allowed_images
-            .iter()
-            .any(|p| p.matches(&service.image))
-        {
-            return Err(format!(
-                "service \"{}\": image \"{}\" is not allowed for project {} (allowed_images)",
-                service.name, service.image, project.name
-            ));
-        }
-        if let Some(deployment) = &service.deployment {
-            if !project
-                .allowed_deployments
-                .iter()
-                .any(|p| p.matches(deployment))
-            {
-                return Err(format!(
-                    "service \"{}\": Deployment \"{deployment}\" is not allowed for project {} (allowed_deployments)",
-                    service.name, project.name
-                ));
-            }
-        }
-    }
-    Ok(definition)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn tag_images_are_named_after_the_tag_and_branch_images_after_the_commit() {
-        let definition =
-            pipeline::definition::parse("[[services]]\nname = \"web\"\nimage = \"team/web\"\n")
-                .unwrap();
+        let definition = crate::pipeline::definition::parse(
+            "[[services]]\nname = \"web\"\nimage = \"team/web\"\n",
+        )
+        .unwrap();
         let mut job = ClaimedJob {
             id: 1,
             project: "team".into(),
@@ -1000,6 +676,7 @@ mod tests {
             ref_name: "v1.2.3".into(),
             sha: "0123456789abcdef0123456789abcdef01234567".into(),
             attempt: 1,
+            epoch: 1,
             event_json: String::new(),
             created_at: String::new(),
         };
@@ -1022,14 +699,14 @@ mod tests {
     }
 
     #[test]
-    fn cache_volumes_are_per_project_and_path() {
+    fn cache_volumes_are_per_project_trust_class_and_path() {
         assert_eq!(
-            cache_volume("myevents", "/go"),
-            "deploybot-cache-myevents-go"
+            cache_volume("myevents", "tags", "/go"),
+            "deploybot-cache-myevents-tags-go"
         );
         assert_eq!(
-            cache_volume("myevents", "/npm-cache/x"),
-            "deploybot-cache-myevents-npm-cache-x"
+            cache_volume("myevents", "branches", "/npm-cache/x"),
+            "deploybot-cache-myevents-branches-npm-cache-x"
         );
     }
 }

@@ -9,8 +9,23 @@ use std::time::Duration;
 use crate::docker::LogSink;
 use crate::store::Jobs;
 
-/// How many of a service's last lines a failure report quotes.
+/// How many of a service's last lines a failure report quotes, and how much of each.
 pub const TAIL_LINES: usize = 20;
+const TAIL_LINE_BYTES: usize = 400;
+/// The most of a failure's reason a stage detail, status or chat message carries.
+pub const REASON_BYTES: usize = 1000;
+
+/// `text` cut to at most `max` bytes on a character boundary, the cut marked with `…`.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// Replaces secret values in text. Values shorter than 3 characters are not masked: they
@@ -95,7 +110,7 @@ impl JobLog {
         let line = self.masker.mask(line);
         let mut pending = self.lock();
         let tail = pending.tails.entry(service.to_owned()).or_default();
-        tail.push_back(line.clone());
+        tail.push_back(clip(&line, TAIL_LINE_BYTES));
         if tail.len() > TAIL_LINES {
             tail.pop_front();
         }
@@ -245,6 +260,13 @@ mod tests {
         log.flush().await;
         let chunks = jobs.logs(1, Some("web"), 0).unwrap();
         assert_eq!(chunks[0].text, "password=***\n");
+    }
+
+    #[test]
+    fn clipped_text_ends_on_a_character_boundary_with_a_mark() {
+        assert_eq!(clip("short", 10), "short");
+        let clipped = clip(&"é".repeat(100), 11);
+        assert!(clipped.len() <= 11 && clipped.ends_with('…'), "{clipped}");
     }
 
     #[test]

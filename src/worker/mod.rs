@@ -5,11 +5,16 @@
 //! process's containers (found by label) and its workspaces. A newer push to the same branch
 //! supersedes an older job, queued or running (its containers are killed); tags never are.
 
+mod checkout_stage;
 mod deploy_stage;
+mod image;
 mod job;
 pub mod logs;
+mod policy;
+mod push;
 mod reporter;
 mod reuse;
+mod steps;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -19,13 +19,14 @@ pub struct Build {
     pub sha: String,
 }
 
-pub fn config(registry: &Registry, password: &str) -> String {
-    config_with(registry, password, "")
+pub fn config(registry: &Registry, git: &GitServer, password: &str) -> String {
+    config_with(registry, git, password, "")
 }
 
 /// The build configuration plus `extra` TOML: keys for the project (they follow its table),
-/// then any further tables.
-pub fn config_with(registry: &Registry, password: &str, extra: &str) -> String {
+/// then any further tables. The project fetches from the test's git server (over `git://`,
+/// which `clone_schemes` allows here) and may use the network (the frontend's `npm ci`).
+pub fn config_with(registry: &Registry, git: &GitServer, password: &str, extra: &str) -> String {
     format!(
         r#"[server]
 
@@ -35,6 +36,7 @@ concurrency = 2
 service_concurrency = 3
 step_timeout_secs = 600
 lease_secs = 6
+clone_schemes = ["https", "git"]
 
 [registry]
 address = "{address}"
@@ -49,8 +51,11 @@ forge = "github"
 repository = "bradrydzewski/drone-test-go"
 webhook_secret = "{TEST_SECRET}"
 allowed_deployments = ["eventservice", "bookingservice", "frontend", "web"]
+clone_url = "{clone_url}"
+allow_network = true
 {extra}
 "#,
+        clone_url = git.url,
         address = registry.address,
         username = registry.username,
         toolchains = include_str!("../../config/local-toolchains.toml"),
@@ -80,13 +85,45 @@ impl Build {
         extra: &str,
     ) -> Option<Build> {
         let password = password.unwrap_or(&registry.password).to_owned();
-        let app = TestApp::spawn_config(&config_with(&registry, &password, extra)).await;
+        let app = TestApp::spawn_config(&config_with(&registry, &git, &password, extra)).await;
         Some(Build {
             app,
             registry,
             git,
             sha,
         })
+    }
+
+    /// A deploybot building `tests/fixtures/hello` (one service, no steps), configured with
+    /// the usual configuration as `edit` changes it.
+    pub async fn hello(edit: impl FnOnce(String) -> String) -> Option<Build> {
+        docker_with_base_images()?;
+        let registry = Registry::start()?;
+        let (git, sha) = GitServer::start_fixture("hello")?;
+        let config = edit(config(&registry, &git, &registry.password));
+        let app = TestApp::spawn_config(&config).await;
+        Some(Build {
+            app,
+            registry,
+            git,
+            sha,
+        })
+    }
+
+    /// Commits what `change` does to the working copy, pushes it as `git_ref`
+    /// (`refs/tags/NAME` or `refs/heads/NAME`) with a signed delivery, and waits for the job.
+    pub async fn push_change(
+        &self,
+        git_ref: &str,
+        change: impl FnOnce(&std::path::Path),
+    ) -> (i64, deploybot::store::JobDetail) {
+        let (branch, tag) = match git_ref.strip_prefix("refs/tags/") {
+            Some(tag) => ("master", Some(tag)),
+            None => (git_ref.trim_start_matches("refs/heads/"), None),
+        };
+        let sha = self.git.commit(git_ref, branch, tag, change);
+        let job = self.send(git_ref, &sha).await;
+        (job, self.finished(job).await)
     }
 
     pub async fn send(&self, git_ref: &str, sha: &str) -> i64 {
@@ -163,4 +200,19 @@ pub fn stage<'a>(
         .iter()
         .find(|s| s.service == service && s.stage == stage)
         .unwrap_or_else(|| panic!("no {service}/{stage} in {:?}", detail.stages))
+}
+
+/// The hello pipeline with `steps` (TOML `[[services.steps]]` tables) added to its service.
+pub fn hello_steps(steps: &str) -> impl FnOnce(&std::path::Path) + '_ {
+    move |dir| {
+        let path = dir.join(".deploybot.toml");
+        let mut definition = std::fs::read_to_string(&path).unwrap();
+        definition.push_str(steps);
+        std::fs::write(path, definition).unwrap();
+    }
+}
+
+/// The stage's detail, or "" when it has none.
+pub fn detail<'a>(detail: &'a deploybot::store::JobDetail, service: &str, name: &str) -> &'a str {
+    stage(detail, service, name).detail.as_deref().unwrap_or("")
 }

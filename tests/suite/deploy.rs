@@ -84,6 +84,7 @@ impl Deploy {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::common::build::config_with(
             &self.build.registry,
+            &self.build.git,
             &self.build.registry.password,
             &self.cluster.environment(&self.cluster.token_file),
         )

@@ -18,4 +18,5 @@ mod idempotency;
 mod operations;
 mod pipeline;
 mod report;
+mod trust;
 mod web;

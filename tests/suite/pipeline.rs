@@ -271,7 +271,7 @@ async fn a_build_killed_mid_way_completes_once_after_a_restart() {
     git.tag("v3.0.0", &sha);
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("deploybot.toml");
-    let config = config(&registry, &registry.password).replacen(
+    let config = config(&registry, &git, &registry.password).replacen(
         "[server]\n",
         "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
         1,
@@ -606,7 +606,7 @@ async fn a_gitlab_tag_push_reports_pending_then_success_per_service_on_gitlab() 
     };
     let gitlab = ForgeDouble::gitlab(vec![(201, None)]).await;
     git.tag("v7.0.0", &sha);
-    let config = config(&registry, &registry.password).replacen(
+    let config = config(&registry, &git, &registry.password).replacen(
         "[[projects]]\nname = \"myevents\"\nforge = \"github\"\nrepository = \"bradrydzewski/drone-test-go\"",
         &format!(
             "[[projects]]\nname = \"myevents\"\nforge = \"gitlab\"\nrepository = \"jsmith/example\"\nstatus_token = \"{STATUS_TOKEN}\"\napi_url = \"{}/api/v4\"",
@@ -681,7 +681,7 @@ async fn canceling_a_running_job_ends_its_commit_status_as_canceled() {
         let path = dir.join(".deploybot.toml");
         let mut definition = std::fs::read_to_string(&path).unwrap();
         definition.push_str(
-            "\n[[services.steps]]\nstage = \"check\"\nimage = \"deploybot-local/static:latest\"\ncommands = [\"sleep 120\"]\n",
+            "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"sleep 120\"]\n",
         );
         std::fs::write(path, definition).unwrap();
     });

@@ -6,6 +6,10 @@
 //! reach git as an `http.extraHeader` through `GIT_CONFIG_*` environment variables, which only
 //! the same user can read.
 
+mod tree;
+
+pub use tree::{Tree, TreeError};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -58,6 +62,14 @@ impl Checkouts {
         self.workspaces.join(format!("job-{job}"))
     }
 
+    /// A path for the job's own files beside (never inside) its workspace, e.g. a build
+    /// context tar: steps cannot see or replace it.
+    pub fn scratch(&self, job: i64, name: &str) -> PathBuf {
+        self.workspaces
+            .join(format!("job-{job}.scratch"))
+            .join(name)
+    }
+
     /// Fetches `git_ref` from `url` into the project's mirror and writes commit `sha` (no
     /// `.git`) into the job's workspace, which every step user may write to.
     pub async fn checkout(
@@ -76,9 +88,7 @@ impl Checkouts {
         let _one_at_a_time = self.mirror_locks.lock(project.to_owned()).await;
         let mirror = self.mirrors.join(format!("{project}.git"));
         if !mirror.join("HEAD").exists() {
-            tokio::fs::create_dir_all(&self.mirrors)
-                .await
-                .map_err(|e| workspace_error(&self.mirrors, e))?;
+            private_dir(&self.mirrors).await?;
             git(
                 &["init", "--bare", "--quiet", &mirror.to_string_lossy()],
                 None,
@@ -132,9 +142,12 @@ impl Checkouts {
 
         let workspace = self.workspace(job);
         let _ = tokio::fs::remove_dir_all(&workspace).await;
-        tokio::fs::create_dir_all(&workspace)
-            .await
-            .map_err(|e| workspace_error(&workspace, e))?;
+        private_dir(&self.workspaces).await?;
+        for dir in [&workspace, &self.scratch(job, "")] {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| workspace_error(dir, e))?;
+        }
         let archive = self.workspaces.join(format!("job-{job}.tar"));
         git(
             &[
@@ -181,11 +194,24 @@ impl Checkouts {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
-    /// Removes a job's workspace (after the job, whatever its result).
+    /// Removes a job's workspace and scratch files (after the job, whatever its result).
     pub async fn clean(&self, job: i64) {
         let _ = tokio::fs::remove_dir_all(self.workspace(job)).await;
+        let _ = tokio::fs::remove_dir_all(self.scratch(job, "")).await;
         let _ = tokio::fs::remove_file(self.workspaces.join(format!("job-{job}.tar"))).await;
     }
+}
+
+/// A directory only deploybot's own user may enter: the mirrors and every job's workspace sit
+/// in these, so no other user of the host (and no other job, whose steps see only their own
+/// workspace) reaches them.
+async fn private_dir(path: &Path) -> Result<(), CheckoutError> {
+    tokio::fs::create_dir_all(path)
+        .await
+        .map_err(|e| workspace_error(path, e))?;
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(|e| workspace_error(path, e))
 }
 
 fn workspace_error(path: &Path, e: std::io::Error) -> CheckoutError {

@@ -1,0 +1,203 @@
+//! A service's image stage: its build context is read from the checkout only (a tar made by
+//! `checkout::Tree`, so a link out of the checkout fails the stage naming it), its Dockerfile
+//! is checked against the project's policy as the engine will see it, and the image is built
+//! with the worker's limits and no network unless the project may use one. Or, when deploybot
+//! itself recorded an image built from exactly these inputs for this project, that image is
+//! tagged instead.
+
+use std::collections::BTreeMap;
+
+use super::job::{Failure, JobContext, Runner};
+use super::policy;
+use crate::docker::{BuildSpec, Executor, JOB_LABEL};
+use crate::pipeline::dockerfile::Dockerfile;
+use crate::pipeline::{Service, Stage};
+use crate::report::StatusState;
+
+fn image_failure(reason: String) -> Failure {
+    Failure {
+        stage: "image",
+        exit_code: None,
+        reason,
+    }
+}
+
+impl<E: Executor> Runner<E> {
+    /// The image deploybot recorded for these inputs, if it is still here.
+    pub(super) async fn recorded_image(&self, cx: &JobContext<'_>, input: &str) -> Option<String> {
+        let (project, input) = (cx.job.project.clone(), input.to_owned());
+        let image = self
+            .blocking(move |jobs| jobs.built_image(&project, &input))
+            .await
+            .ok()
+            .flatten()?;
+        // The engine may have lost it (pruned): then it is built again.
+        self.executor.image_id(&image).await.ok().flatten()
+    }
+
+    /// Builds the service's image as `reference`; records it under `input` for reuse.
+    pub(super) async fn image_stage(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        reference: &str,
+        input: Option<&str>,
+    ) -> Result<(), Failure> {
+        let job = cx.job;
+        self.stage(job.id, &service.name, "image", "running", None, None)
+            .await;
+        let sink = cx.log.stage(&service.name, "image");
+        let context_tar = self
+            .checkouts
+            .scratch(job.id, &format!("{}.context.tar", service.name));
+        let made = {
+            let (tree, context, dockerfile, into) = (
+                cx.tree.clone(),
+                service.context.clone(),
+                service.dockerfile.clone(),
+                context_tar.clone(),
+            );
+            let limit = self.settings.worker.max_context_bytes;
+            tokio::task::spawn_blocking(move || {
+                tree.context_tar(&context, &dockerfile, &into, limit)
+            })
+            .await
+        };
+        let context = match made {
+            Ok(Ok(context)) => context,
+            Ok(Err(e)) => return Err(image_failure(format!("build context: {e}"))),
+            Err(e) => return Err(image_failure(e.to_string())),
+        };
+        let shown = match service.context.as_str() {
+            "." => service.dockerfile.clone(),
+            context => format!("{context}/{}", service.dockerfile),
+        };
+        policy::check_dockerfile(&Dockerfile::parse(&context.dockerfile), &shown, cx.project)
+            .map_err(image_failure)?;
+        sink.note(&format!(
+            "build context {} ({} bytes){}",
+            service.context,
+            context.size,
+            if cx.project.allow_network {
+                "; network on"
+            } else {
+                "; network off"
+            }
+        ));
+        let build = BuildSpec {
+            job: job.id,
+            context_tar: context_tar.clone(),
+            dockerfile: service.dockerfile.clone(),
+            tag: reference.to_owned(),
+            labels: self.labels(cx),
+            network: cx.project.allow_network,
+            limits: self.settings.worker.limits,
+            timeout: self.settings.worker.step_timeout,
+        };
+        let built = self.executor.build_image(&build, &sink, cx.cancel).await;
+        let _ = tokio::fs::remove_file(&context_tar).await;
+        let image_id = built.map_err(|e| image_failure(e.to_string()))?;
+        sink.note(&format!("built {reference} ({image_id})"));
+        let (id, name, reference_owned) = (job.id, service.name.clone(), reference.to_owned());
+        let (project, input) = (job.project.clone(), input.map(str::to_owned));
+        let image = image_id.clone();
+        let _ = self
+            .blocking(move |jobs| {
+                jobs.record_image(id, &name, &reference_owned, None)?;
+                match input {
+                    Some(input) => jobs.record_built(id, &project, &input, &image),
+                    None => Ok(()),
+                }
+            })
+            .await;
+        self.image_done(cx, service, reference, reference).await;
+        Ok(())
+    }
+
+    /// Same inputs as an image deploybot built before: tag that image instead of building.
+    pub(super) async fn reuse_image(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        image: &str,
+        reference: &str,
+    ) -> Result<(), Failure> {
+        let job = cx.job;
+        for stage in [Stage::Check, Stage::Compile] {
+            if service.steps.iter().any(|s| s.stage == stage) {
+                let detail = "unchanged inputs: the image built from them is reused";
+                self.stage(
+                    job.id,
+                    &service.name,
+                    stage.as_str(),
+                    "skipped",
+                    None,
+                    Some(detail),
+                )
+                .await;
+            }
+        }
+        self.executor
+            .tag(image, reference)
+            .await
+            .map_err(|e| image_failure(e.to_string()))?;
+        let note = format!("unchanged inputs: reusing {image} as {reference}");
+        cx.log.stage(&service.name, "image").note(&note);
+        let (id, name, reference_owned) = (job.id, service.name.clone(), reference.to_owned());
+        let _ = self
+            .blocking(move |jobs| jobs.record_image(id, &name, &reference_owned, None))
+            .await;
+        self.image_done(cx, service, reference, &note).await;
+        Ok(())
+    }
+
+    /// The image stage's success; the service's status says the push is next.
+    async fn image_done(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        reference: &str,
+        detail: &str,
+    ) {
+        let reports = if cx.pushes {
+            cx.status(
+                &service.name,
+                StatusState::Pending,
+                &format!("Built {reference}; pushing"),
+            )
+        } else {
+            Vec::new()
+        };
+        self.stage_with(
+            cx.job.id,
+            &service.name,
+            "image",
+            "success",
+            None,
+            Some(detail),
+            reports,
+        )
+        .await;
+    }
+
+    /// The OCI labels every image carries (the source is the project's own repository URL).
+    fn labels(&self, cx: &JobContext<'_>) -> BTreeMap<String, String> {
+        let job = cx.job;
+        BTreeMap::from([
+            (
+                "org.opencontainers.image.revision".to_owned(),
+                job.sha.clone(),
+            ),
+            (
+                "org.opencontainers.image.source".to_owned(),
+                cx.project.clone_url.clone(),
+            ),
+            // The push's time, not the build's: a retried build of the same push is the same image.
+            (
+                "org.opencontainers.image.created".to_owned(),
+                crate::store::timestamp(cx.event.received_at),
+            ),
+            (JOB_LABEL.to_owned(), job.id.to_string()),
+        ])
+    }
+}

@@ -1,0 +1,171 @@
+//! A service's check and compile stages: each step in its toolchain's image, as the
+//! toolchain's non-root user, with every capability dropped, the toolchain's limits, the
+//! network only where the step asks and its project may (the policy checked that), and the
+//! dependency caches of the ref's trust class. After each step no file in the workspace keeps
+//! a set-user-ID or set-group-ID bit, and a step's artifacts must be files inside the checkout.
+
+use std::collections::BTreeMap;
+
+use super::job::{cache_volume, Failure, JobContext, Runner};
+use crate::config::Toolchain;
+use crate::docker::{Executor, StepSpec};
+use crate::pipeline::{Service, Stage, Step};
+use crate::report::StatusState;
+
+impl<E: Executor> Runner<E> {
+    /// Runs the service's check, then compile steps; stops at the first that fails.
+    pub(super) async fn run_steps(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+    ) -> Result<(), Failure> {
+        for stage in [Stage::Check, Stage::Compile] {
+            let steps: Vec<_> = service.steps.iter().filter(|s| s.stage == stage).collect();
+            if steps.is_empty() {
+                continue;
+            }
+            let name = stage.as_str();
+            self.stage(cx.job.id, &service.name, name, "running", None, None)
+                .await;
+            for step in steps {
+                for image in &step.images {
+                    self.run_step(cx, service, step, image).await?;
+                }
+            }
+            let words = format!("{name} passed; building the image");
+            let reports = cx.status(&service.name, StatusState::Pending, &words);
+            self.stage_with(
+                cx.job.id,
+                &service.name,
+                name,
+                "success",
+                Some(0),
+                None,
+                reports,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// One step in one toolchain image (a matrix runs it once per image).
+    async fn run_step(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        step: &Step,
+        image: &str,
+    ) -> Result<(), Failure> {
+        let stage = step.stage.as_str();
+        let fail = |exit_code, reason: String| Failure {
+            stage,
+            exit_code,
+            reason,
+        };
+        let toolchain = self.settings.toolchain(image).ok_or_else(|| {
+            fail(
+                None,
+                format!("toolchain \"{image}\" is no longer configured"),
+            )
+        })?;
+        let sink = cx.log.stage(&service.name, stage);
+        sink.note(&format!(
+            "{stage} in {} as {} ({})",
+            toolchain.image,
+            toolchain.user,
+            if step.network {
+                "network on"
+            } else {
+                "network off"
+            }
+        ));
+        let spec = self.step_spec(cx, service, step, toolchain);
+        let run = self.executor.run_step(&spec, &sink, cx.cancel).await;
+        let stripped = {
+            let tree = cx.tree.clone();
+            tokio::task::spawn_blocking(move || tree.strip_set_id_bits()).await
+        };
+        match stripped {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => sink.note(&format!(
+                "cleared the set-user-ID/set-group-ID bits the step left on {n} file(s)"
+            )),
+            Ok(Err(e)) => return Err(fail(None, e.to_string())),
+            Err(e) => return Err(fail(None, e.to_string())),
+        }
+        let code = run.map_err(|e| fail(None, e.to_string()))?;
+        if code != 0 {
+            return Err(fail(
+                Some(code),
+                self.failed_command(cx, service, toolchain, code),
+            ));
+        }
+        for artifact in &step.artifacts {
+            let path = format!("{}/{artifact}", step.workdir);
+            match cx.tree.is_file(&path) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(fail(
+                        None,
+                        format!("the step did not produce {artifact} in {}", step.workdir),
+                    ))
+                }
+                Err(e) => return Err(fail(None, format!("artifact {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn step_spec(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        step: &Step,
+        toolchain: &Toolchain,
+    ) -> StepSpec {
+        let job = cx.job;
+        let volumes: BTreeMap<String, String> = toolchain
+            .caches
+            .iter()
+            .map(|path| (cache_volume(&job.project, cx.caches(), path), path.clone()))
+            .collect();
+        StepSpec {
+            job: job.id,
+            service: service.name.clone(),
+            image: toolchain.image.clone(),
+            commands: step.commands.clone(),
+            workspace: cx.workspace.to_path_buf(),
+            workdir: step.workdir.clone(),
+            network: step.network && cx.project.allow_network,
+            user: toolchain.user.clone(),
+            volumes,
+            env: vec![
+                ("CI".into(), "true".into()),
+                ("DEPLOYBOT_REF".into(), job.git_ref.clone()),
+                ("DEPLOYBOT_SHA".into(), job.sha.clone()),
+            ],
+            limits: toolchain.limits,
+            timeout: self.settings.worker.step_timeout,
+        }
+    }
+
+    /// The script echoes each command before running it: the last one echoed failed.
+    fn failed_command(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        toolchain: &Toolchain,
+        code: i64,
+    ) -> String {
+        let failed = cx
+            .log
+            .tail(&service.name)
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("$ ").map(str::to_owned));
+        match failed {
+            Some(command) => format!("`{command}` exited with {code} (in {})", toolchain.image),
+            None => format!("a command in {} exited with {code}", toolchain.image),
+        }
+    }
+}
