@@ -66,10 +66,12 @@ pub struct ImageChange<'a> {
 /// which permission, object or server is the problem.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
-    #[error("forbidden: cannot {verb} deployments in namespace \"{namespace}\" (give the deploybot Role the verb `{verb}` on deployments.apps there): {message}")]
+    /// The Role lacks the verb, or lists `resourceNames` without this Deployment.
+    #[error("forbidden: cannot {verb} deployment \"{name}\" in namespace \"{namespace}\" (give the deploybot Role there the verb `{verb}` on deployments.apps, and \"{name}\" in its resourceNames if it lists any): {message}")]
     Forbidden {
         verb: &'static str,
         namespace: String,
+        name: String,
         message: String,
     },
     #[error("{0} not found")]

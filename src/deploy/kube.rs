@@ -289,6 +289,7 @@ fn named(error: kube::Error, verb: &'static str, target: &DeploymentRef) -> Clus
             403 => ClusterError::Forbidden {
                 verb,
                 namespace: target.namespace.clone(),
+                name: target.name.clone(),
                 message: response.message,
             },
             404 => ClusterError::NotFound(target.clone()),

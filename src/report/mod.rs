@@ -6,11 +6,13 @@
 //! store), and gives up only after `report.max_attempts`, visibly. Per (sha, context) only the
 //! newest report is ever sent: an older one still waiting is superseded, so a late `pending`
 //! never overwrites a final state. Each destination is one [`Notifier`] implementation:
-//! `github.rs`, `gitlab.rs`, `chat.rs`; `text.rs` is the one place that words them.
+//! `github.rs`, `gitlab.rs`, `chat.rs`; `text.rs` is the one place that words them, and
+//! `mrkdwn.rs` escapes and bounds what chat text takes from outside.
 
 mod chat;
 mod github;
 mod gitlab;
+mod mrkdwn;
 pub mod sender;
 pub mod text;
 

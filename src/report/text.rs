@@ -1,7 +1,7 @@
 //! The words of every status and message, for every forge and chat: one place, so they read
 //! the same everywhere. Descriptions fit GitHub's 140-character limit.
 
-use super::{Report, StatusState};
+use super::{mrkdwn, Report, StatusState};
 
 /// GitHub refuses longer status descriptions.
 pub const DESCRIPTION_LIMIT: usize = 140;
@@ -58,8 +58,26 @@ pub struct ServiceLine {
     pub image: Option<String>,
 }
 
+/// Slack cuts a message's `text` at 40,000 characters and asks for no more than 4,000
+/// (older Mattermost servers refuse longer posts too); a chat message stays under this.
+pub const CHAT_TEXT_LIMIT: usize = 4000;
+/// The failure's log tail: its last lines, in a code block of at most this many characters,
+/// each line at most `TAIL_LINE_LIMIT`.
+const TAIL_LIMIT: usize = 2000;
+const TAIL_LINE_LIMIT: usize = 240;
+/// A project, pusher, service or result; a ref name (up to 200 characters, escaping grows it);
+/// an image reference with its digest; the link to the job.
+const NAME_LIMIT: usize = 100;
+const REF_LIMIT: usize = 250;
+const IMAGE_LIMIT: usize = 250;
+const LINK_LIMIT: usize = 300;
+/// Room kept for the line that says how many services did not fit.
+const MORE_RESERVE: usize = 40;
+
 /// The chat message for a finished job: project, ref, sha, who pushed, each service with its
-/// result and digest, how long it took, the failure's log tail, and a link.
+/// result and digest, how long it took, the failure's log tail, and a link. Every value is
+/// escaped and cut (`mrkdwn`), so none can mention, link, leave the code block or grow the
+/// message past `CHAT_TEXT_LIMIT`.
 #[allow(clippy::too_many_arguments)]
 pub fn chat_message(
     project: &str,
@@ -72,30 +90,86 @@ pub fn chat_message(
     failure_tail: Option<&str>,
     link: Option<&str>,
 ) -> Report {
+    let headline = headline(project, git_ref, sha, pusher, result, seconds);
+    let tail = failure_tail
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| format!("\n{}", mrkdwn::code_block(t, TAIL_LIMIT, TAIL_LINE_LIMIT)))
+        .unwrap_or_default();
+    let link = link
+        .map(|l| format!("\n{}", mrkdwn::inline(l, LINK_LIMIT)))
+        .unwrap_or_default();
+    let room = CHAT_TEXT_LIMIT.saturating_sub(chars(&headline) + chars(&tail) + chars(&link));
+    let services = service_lines(services, room);
+    let text = format!("{headline}{services}{tail}{link}");
+    Report::Chat {
+        message: serde_json::json!({
+            "text": text,
+            // The log tail's code block needs mrkdwn (Slack's default, said anyway).
+            "mrkdwn": true,
+            // A plain `@channel` or `@team` in a value stays text, never a mention.
+            "link_names": false,
+            // A URL in a ref name or log line gets no preview fetched and posted beside it.
+            "unfurl_links": false,
+            "unfurl_media": false,
+        }),
+    }
+}
+
+/// `✅ project ref (sha) by pusher: result in 12 s`.
+fn headline(
+    project: &str,
+    git_ref: &str,
+    sha: &str,
+    pusher: &str,
+    result: &str,
+    seconds: i64,
+) -> String {
     let icon = match result {
         "success" | "deployed" => "✅",
         "rolled_back" => "↩️",
         _ => "❌",
     };
-    let result = result.replace('_', " ");
     let short: String = sha.chars().take(7).collect();
-    let mut text =
-        format!("{icon} {project} {git_ref} ({short}) by {pusher}: {result} in {seconds} s");
-    for line in services {
-        text.push_str(&format!("\n• {}: {}", line.service, line.result));
-        if let Some(image) = &line.image {
-            text.push_str(&format!(" — {image}"));
+    format!(
+        "{icon} {} {} ({}) by {}: {} in {seconds} s",
+        mrkdwn::inline(project, NAME_LIMIT),
+        mrkdwn::inline(git_ref, REF_LIMIT),
+        mrkdwn::inline(&short, NAME_LIMIT),
+        mrkdwn::inline(pusher, NAME_LIMIT),
+        mrkdwn::inline(&result.replace('_', " "), NAME_LIMIT),
+    )
+}
+
+/// `• service: result — image` for each service that fits in `room` characters; the rest
+/// are counted on a last line (the job's page lists them all).
+fn service_lines(services: &[ServiceLine], room: usize) -> String {
+    let mut out = String::new();
+    for (shown, line) in services.iter().enumerate() {
+        let line = service_line(line);
+        if chars(&out) + chars(&line) + MORE_RESERVE > room {
+            let more = services.len() - shown;
+            out.push_str(&format!("\n• … {more} more"));
+            break;
         }
+        out.push_str(&line);
     }
-    if let Some(tail) = failure_tail {
-        text.push_str(&format!("\n```\n{tail}\n```"));
+    out
+}
+
+fn service_line(line: &ServiceLine) -> String {
+    let mut text = format!(
+        "\n• {}: {}",
+        mrkdwn::inline(&line.service, NAME_LIMIT),
+        mrkdwn::inline(&line.result, NAME_LIMIT)
+    );
+    if let Some(image) = &line.image {
+        text.push_str(&format!(" — {}", mrkdwn::inline(image, IMAGE_LIMIT)));
     }
-    if let Some(link) = link {
-        text.push_str(&format!("\n{link}"));
-    }
-    Report::Chat {
-        message: serde_json::json!({ "text": text }),
-    }
+    text
+}
+
+fn chars(text: &str) -> usize {
+    text.chars().count()
 }
 
 #[cfg(test)]
@@ -118,5 +192,116 @@ mod tests {
             Some("https://deploybot.example/jobs/7")
         );
         assert_eq!(target_url(None, 7), None);
+    }
+    fn hostile_message(tail: &str) -> String {
+        let services = [ServiceLine {
+            service: "web".into(),
+            result: "failed at check".into(),
+            image: Some("registry/<!here>:v1@sha256:abc".into()),
+        }];
+        let message = chat_message(
+            "myevents",
+            "<!channel>",
+            "0123456789abcdef",
+            "<https://evil.example|click> & friends",
+            "failed",
+            3,
+            &services,
+            Some(tail),
+            Some("https://deploybot.example/jobs/7"),
+        );
+        let Report::Chat { message } = message else {
+            panic!("not a chat message")
+        };
+        message["text"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_chat_message_escapes_a_mention_in_the_ref_name() {
+        let text = hostile_message("boom");
+        assert!(text.contains("&lt;!channel&gt;"), "{text}");
+        assert!(!text.contains("<!"), "{text}");
+    }
+
+    #[test]
+    fn a_chat_message_escapes_a_fake_link_in_the_pusher() {
+        let text = hostile_message("boom");
+        assert!(
+            text.contains("by &lt;https://evil.example|click&gt; &amp; friends:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_chat_message_escapes_an_image_reference() {
+        let text = hostile_message("boom");
+        assert!(
+            text.contains("registry/&lt;!here&gt;:v1@sha256:abc"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_log_tail_cannot_close_its_code_block() {
+        let text = hostile_message("step 1\n```\n<!channel> look\n```\nstep 2");
+        assert_eq!(text.matches("```").count(), 2, "{text}");
+        assert!(text.contains("&lt;!channel&gt; look"), "{text}");
+    }
+
+    #[test]
+    fn a_five_megabyte_log_line_is_cut_and_the_message_stays_under_slacks_limit() {
+        let text = hostile_message(&"x".repeat(5 << 20));
+        assert!(text.chars().count() <= CHAT_TEXT_LIMIT, "{}", text.len());
+        assert!(text.contains(&format!("{}…", "x".repeat(TAIL_LINE_LIMIT - 1))));
+        assert!(
+            text.ends_with("```\nhttps://deploybot.example/jobs/7"),
+            "the link survives"
+        );
+    }
+
+    #[test]
+    fn a_message_of_longest_values_and_many_services_stays_under_slacks_limit() {
+        let long = "&".repeat(10_000);
+        let services: Vec<ServiceLine> = (0..500)
+            .map(|_| ServiceLine {
+                service: long.clone(),
+                result: long.clone(),
+                image: Some(long.clone()),
+            })
+            .collect();
+        let tail = format!("{long}\n").repeat(500);
+        let message = chat_message(
+            &long,
+            &long,
+            &long,
+            &long,
+            &long,
+            i64::MAX,
+            &services,
+            Some(&tail),
+            Some(&long),
+        );
+        let Report::Chat { message } = message else {
+            panic!("not a chat message")
+        };
+        let text = message["text"].as_str().unwrap();
+        assert!(
+            text.chars().count() <= CHAT_TEXT_LIMIT,
+            "{}",
+            text.chars().count()
+        );
+        assert!(text.contains("more"), "the services left out are counted");
+    }
+
+    #[test]
+    fn a_chat_message_asks_for_no_mentions_by_name_and_no_previews() {
+        let message = chat_message("p", "main", "abc", "a", "success", 1, &[], None, None);
+        let Report::Chat { message } = message else {
+            panic!("not a chat message")
+        };
+        assert_eq!(message["mrkdwn"], true);
+        assert_eq!(message["link_names"], false);
+        assert_eq!(message["unfurl_links"], false);
+        assert_eq!(message["unfurl_media"], false);
     }
 }

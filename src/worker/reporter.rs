@@ -187,3 +187,113 @@ fn duration_seconds(detail: &JobDetail) -> i64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+    use crate::store::{JobRow, StageRow};
+
+    const CONFIG: &str = r#"
+[[projects]]
+name = "myevents"
+forge = "github"
+repository = "bradrydzewski/drone-test-go"
+webhook_secret = "s"
+
+[[chat]]
+name = "oncall"
+webhook_url = "https://chat.example/hooks/x"
+"#;
+
+    fn settings() -> Settings {
+        let sources = Sources {
+            file: None,
+            inline_toml: Some(CONFIG),
+            env: Default::default(),
+        };
+        Settings::from_sources(sources).unwrap()
+    }
+
+    /// A push as a forge might send it: every name chosen by whoever pushed.
+    fn hostile_push() -> PushEvent {
+        PushEvent {
+            forge: "github".into(),
+            project: "myevents".into(),
+            repository: "bradrydzewski/drone-test-go".into(),
+            git_ref: "refs/heads/<!channel>".into(),
+            kind: "branch".into(),
+            name: "<!channel>".into(),
+            sha: "d2b75aa7797ec26b088fa2dd527e9d2c052fcedd".into(),
+            before: "0000000000000000000000000000000000000000".into(),
+            pusher: "<https://evil.example|deploybot> ```".into(),
+            clone_url: "https://github.com/bradrydzewski/drone-test-go.git".into(),
+            head_commit_message: None,
+            delivery_id: "d".into(),
+            received_at: time::OffsetDateTime::now_utc(),
+        }
+    }
+
+    fn failed_at_check(tail: &str) -> JobDetail {
+        JobDetail {
+            job: JobRow {
+                id: 7,
+                project: "myevents".into(),
+                git_ref: "refs/heads/<!channel>".into(),
+                sha: "d2b75aa7797ec26b088fa2dd527e9d2c052fcedd".into(),
+                state: "failed".into(),
+                attempt: 1,
+                created_at: String::new(),
+                started_at: None,
+                finished_at: None,
+                error: None,
+            },
+            stages: vec![StageRow {
+                service: "web".into(),
+                stage: "check".into(),
+                state: "failed".into(),
+                exit_code: Some(1),
+                detail: Some(tail.into()),
+                started_at: None,
+                finished_at: None,
+            }],
+            images: Vec::new(),
+            deploys: Vec::new(),
+        }
+    }
+
+    fn chat_text(reports: &[NewReport]) -> String {
+        let chat = reports.iter().find(|r| r.channel == "chat:oncall");
+        match chat.map(|r| &r.report) {
+            Some(crate::report::Report::Chat { message }) => {
+                message["text"].as_str().unwrap_or_default().to_owned()
+            }
+            other => panic!("no chat message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hostile_ref_pusher_and_log_tail_reach_the_chat_message_escaped() {
+        // Arrange
+        let reporter = Reporter::new(&settings(), &hostile_push(), 7);
+        let detail = failed_at_check("```\n<!here> <https://evil.example|logs>\n```");
+
+        // Act
+        let reports = reporter.finished("failed", Some("check failed"), Some(&detail));
+
+        // Assert
+        let text = chat_text(&reports);
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(text.contains("&lt;!channel&gt;"), "{text}");
+        assert!(
+            text.contains("&lt;https://evil.example|deploybot&gt;"),
+            "{text}"
+        );
+        assert!(text.contains("&lt;!here&gt;"), "{text}");
+        assert_eq!(
+            text.matches("```").count(),
+            2,
+            "only the tail's own block: {text}"
+        );
+    }
+}

@@ -181,8 +181,25 @@ pub async fn finished(jobs: &deploybot::store::Jobs, job: i64) -> deploybot::sto
 /// The published GitHub tag push (drone/go-scm's capture), rewritten to this ref, commit and
 /// git server, and signed.
 pub fn signed_push(git_url: &str, git_ref: &str, sha: &str) -> Delivery {
+    signed_push_with(git_url, git_ref, sha, |_| ())
+}
+
+/// The same, pushed by `pusher` (the name GitHub reports, which whoever pushes chooses).
+pub fn signed_push_by(git_url: &str, git_ref: &str, sha: &str, pusher: &str) -> Delivery {
+    signed_push_with(git_url, git_ref, sha, |payload| {
+        payload["pusher"]["name"] = pusher.into();
+    })
+}
+
+fn signed_push_with(
+    git_url: &str,
+    git_ref: &str,
+    sha: &str,
+    edit: impl FnOnce(&mut Value),
+) -> Delivery {
     let fixture = Delivery::fixture("github/push.tag").with_unique_id();
     let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
+    edit(&mut payload);
     payload["ref"] = git_ref.into();
     payload["after"] = sha.into();
     payload["head_commit"]["id"] = sha.into();

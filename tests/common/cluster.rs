@@ -214,11 +214,16 @@ impl TestCluster {
             .collect()
     }
 
-    /// Lets the narrow test user do only `verbs` on Deployments in this namespace.
-    pub async fn grant_narrow_user(&self, verbs: &[&str]) {
+    /// Lets the narrow test user do only `verbs` on Deployments in this namespace: on the
+    /// Deployments `names` lists (as the Role's `resourceNames`), or on all when it is empty.
+    pub async fn grant_narrow_user(&self, verbs: &[&str], names: &[&str]) {
+        let mut rule = json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs});
+        if !names.is_empty() {
+            rule["resourceNames"] = json!(names);
+        }
         let role: Role = serde_json::from_value(json!({
             "metadata": {"name": "narrow"},
-            "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs}]
+            "rules": [rule]
         }))
         .unwrap();
         let binding: RoleBinding = serde_json::from_value(json!({

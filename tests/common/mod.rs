@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod build;
+pub mod chat_double;
 pub mod cluster;
 pub mod fixtures;
 pub mod forge_double;

@@ -52,9 +52,14 @@ impl Deploy {
     /// Deploying to `web` as the narrow test user, whom a Role grants only `verbs` on
     /// Deployments in the test's namespace.
     async fn as_narrow_user(verbs: &[&str]) -> Option<Deploy> {
+        Deploy::as_narrow_user_on(verbs, &[]).await
+    }
+
+    /// The same, the Role's rule naming only the Deployments `names` (`resourceNames`).
+    async fn as_narrow_user_on(verbs: &[&str], names: &[&str]) -> Option<Deploy> {
         let narrow = crate::common::cluster::run_dir().join("narrow-token");
         let deploy = Deploy::start_with("hello", &["web"], 30, Some(&narrow), "").await?;
-        deploy.cluster.grant_narrow_user(verbs).await;
+        deploy.cluster.grant_narrow_user(verbs, names).await;
         Some(deploy)
     }
 
@@ -410,6 +415,49 @@ async fn get_watch_and_patch_on_deployments_are_all_a_deploy_needs() {
     let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
 
     assert_eq!(detail.job.state, "deployed", "{}", deploy.explain(&detail));
+    deploy.finish().await;
+}
+
+/// k8s/rbac.yaml's Role narrowed by `resourceNames`: the watch names its Deployment in a field
+/// selector, which is what lets the API server authorize it by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_naming_only_the_deployed_deployment_is_enough_to_deploy() {
+    let Some(deploy) = Deploy::as_narrow_user_on(&["get", "watch", "patch"], &["web"]).await else {
+        return;
+    };
+
+    let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+
+    assert_eq!(detail.job.state, "deployed", "{}", deploy.explain(&detail));
+    deploy.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_missing_from_the_roles_resource_names_is_refused_naming_verb_resource_and_namespace(
+) {
+    let Some(deploy) = Deploy::as_narrow_user_on(&["get", "watch", "patch"], &["api"]).await else {
+        return;
+    };
+
+    let detail = deploy.push_tag("v1.0.0", &deploy.build.sha).await;
+
+    assert_eq!(detail.job.state, "failed", "{}", deploy.explain(&detail));
+    let reason = detail.deploys[0].reason.clone().unwrap_or_default();
+    for word in [
+        "forbidden",
+        "get",
+        "deployments",
+        "\"web\"",
+        &deploy.cluster.namespace,
+        "resourceNames",
+    ] {
+        assert!(reason.contains(word), "{word:?} in {reason}");
+    }
+    assert_eq!(
+        deploy.cluster.image("web").await,
+        INITIAL_IMAGE,
+        "nothing changed"
+    );
     deploy.finish().await;
 }
 

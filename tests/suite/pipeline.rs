@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::build::{config, finished, real_parts, signed_push, stage, Build, SERVICES};
+use crate::common::build::{
+    config, finished, real_parts, signed_push, signed_push_by, stage, Build, SERVICES,
+};
+use crate::common::chat_double::ChatDouble;
 use crate::common::{json, Delivery, TestApp};
 
 fn image_label(reference: &str, label: &str) -> String {
@@ -513,16 +516,11 @@ async fn an_unchanged_tag_reuses_every_image_instead_of_rebuilding() {
 async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_message_with_digests() {
     use crate::common::forge_double::{states, ForgeDouble, STATUS_TOKEN};
     let github = ForgeDouble::github(vec![(201, None)]).await;
-    let chat = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .and(wiremock::matchers::path("/hooks/oncall-secret-path"))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string("ok"))
-        .mount(&chat)
-        .await;
-    let chat_url = format!("{}/hooks/oncall-secret-path", chat.uri());
+    let chat = ChatDouble::start().await;
     let extra = format!(
-        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nbase_url = \"https://deploybot.example\"\nretry_base_ms = 20\n\n[[chat]]\nname = \"oncall\"\nwebhook_url = \"{chat_url}\"\n",
-        github.server.uri()
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nbase_url = \"https://deploybot.example\"\nretry_base_ms = 20\n{}",
+        github.server.uri(),
+        chat.config()
     );
     let Some(build) = Build::start_with(None, &extra).await else {
         return;
@@ -568,17 +566,9 @@ async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_messag
         );
         assert!(description.chars().count() <= 140);
     }
-    let mut messages = Vec::new();
-    for _ in 0..100 {
-        messages = chat.received_requests().await.unwrap_or_default();
-        if !messages.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let messages = chat.messages().await;
     assert_eq!(messages.len(), 1, "one message per deploy");
-    let text: serde_json::Value = serde_json::from_slice(&messages[0].body).unwrap();
-    let text = text["text"].as_str().unwrap();
+    let text = messages[0]["text"].as_str().unwrap();
     for image in &detail.images {
         assert!(text.contains(image.digest.as_deref().unwrap()), "{text}");
     }
@@ -596,6 +586,41 @@ async fn a_tag_push_reports_pending_then_success_per_service_and_one_chat_messag
         "the chat webhook URL is a secret"
     );
     assert!(!captured.contains(STATUS_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_branch_name_and_pusher_arrive_escaped_in_the_chat_message() {
+    // Arrange: the git server has no such branch, so the job fails at checkout and the
+    // failure's tail (git's error, naming the ref) goes into the message as well.
+    let chat = ChatDouble::start().await;
+    let Some(build) = Build::start_with(None, &chat.config()).await else {
+        return;
+    };
+    let push = signed_push_by(
+        &build.git.url,
+        "refs/heads/<!channel>",
+        &build.sha,
+        "<https://evil.example|deploybot>",
+    );
+
+    // Act
+    let response = build.app.post("myevents", &push).await;
+    assert_eq!(response.status(), 202);
+    let job = json(response).await["job"].as_i64().unwrap();
+    let detail = build.finished(job).await;
+
+    // Assert
+    let messages = chat.messages().await;
+    assert_eq!(detail.job.state, "failed", "{detail:#?}");
+    assert_eq!(messages.len(), 1, "{detail:#?}");
+    let text = messages[0]["text"].as_str().unwrap();
+    assert_eq!(text.matches("```").count(), 2, "{text}");
+    assert!(!text.contains('<') && !text.contains('>'), "{text}");
+    assert!(
+        text.contains("&lt;!channel&gt;")
+            && text.contains("&lt;https://evil.example|deploybot&gt;"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
