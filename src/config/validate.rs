@@ -555,7 +555,10 @@ mod tests {
     #[test]
     fn without_a_clone_url_a_project_fetches_from_its_forge() {
         let settings = load(PROJECT).unwrap();
-        assert_eq!(settings.projects[0].clone_url, "https://github.com/team/app.git");
+        assert_eq!(
+            settings.projects[0].clone_url,
+            "https://github.com/team/app.git"
+        );
         let enterprise = format!("{PROJECT}api_url = \"https://ghe.example/api/v3\"\n");
         assert_eq!(
             load(&enterprise).unwrap().projects[0].clone_url,

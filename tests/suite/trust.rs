@@ -204,7 +204,7 @@ async fn a_tag_build_never_reuses_an_image_a_branch_built() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_projects_image_is_never_reused() {
-    let other = "\n[[projects]]\nname = \"other\"\nforge = \"github\"\nrepository = \"bradrydzewski/drone-test-go\"\nwebhook_secret = \"deploybot-test-secret\"\nallowed_images = [\"myevents/*\"]\n";
+    let other = "\n[[projects]]\nname = \"other\"\nforge = \"github\"\nrepository = \"bradrydzewski/drone-test-go\"\nwebhook_secret = \"deploybot-test-secret\"\nallowed_images = [\"myevents/*\"]\nallowed_deployments = [\"web\"]\n";
     let Some(build) = Build::hello(|c| {
         let url = c
             .lines()
@@ -227,13 +227,24 @@ async fn another_projects_image_is_never_reused() {
         .await;
     assert_eq!(response.status(), 202);
     let theirs = crate::common::json(response).await["job"].as_i64().unwrap();
-    assert_eq!(build.finished(theirs).await.job.state, "success");
+    let their_job = build.finished(theirs).await;
+    assert_eq!(
+        their_job.job.state,
+        "success",
+        "{their_job:#?}\n{}",
+        build.log(theirs)
+    );
 
     build.git.tag("v2.0.0", &build.sha);
     let ours = build.send("refs/tags/v2.0.0", &build.sha).await;
     let detail_ = build.finished(ours).await;
 
-    assert_eq!(detail_.job.state, "success");
+    assert_eq!(
+        detail_.job.state,
+        "success",
+        "{detail_:#?}\n{}",
+        build.log(ours)
+    );
     assert!(
         !detail(&detail_, "web", "image").contains("reusing"),
         "{detail_:#?}"
@@ -440,14 +451,18 @@ async fn a_step_writing_one_endless_line_is_cut_and_its_failure_detail_stays_sma
     );
 }
 
-/// How many containers of `job` the engine has.
-fn containers_of(job: i64) -> usize {
+/// How many containers of `job` the engine has (of this test's deploybot: every test's store
+/// numbers its jobs from 1).
+fn containers_of(build: &Build, job: i64) -> usize {
+    let instance = deploybot::docker::instance_id(build.app.data_dir.path());
     let out = Command::new("docker")
         .args([
             "ps",
             "-aq",
             "--filter",
             &format!("label=deploybot.job={job}"),
+            "--filter",
+            &format!("label=deploybot.instance={instance}"),
         ])
         .output()
         .unwrap();
@@ -484,7 +499,7 @@ async fn a_timed_out_step_is_stopped_at_once_not_when_its_job_ends() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let containers = containers_of(job);
+    let containers = containers_of(&build, job);
 
     assert_eq!(stage(&running_later, "web", "check").state, "failed");
     assert!(
