@@ -567,6 +567,15 @@ mod tests {
     }
 
     #[test]
+    fn a_repository_url_derived_from_an_http_api_root_is_still_https() {
+        let toml = format!("{PROJECT}api_url = \"http://127.0.0.1:9\"\n");
+        assert_eq!(
+            load(&toml).unwrap().projects[0].clone_url,
+            "https://127.0.0.1:9/team/app.git"
+        );
+    }
+
+    #[test]
     fn a_clone_url_over_a_scheme_the_worker_does_not_allow_is_refused() {
         let toml = format!("{PROJECT}clone_url = \"git://git.example/app.git\"\n");
         let problems = load(&toml).err().unwrap();

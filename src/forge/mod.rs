@@ -45,13 +45,16 @@ impl ForgeKind {
     }
 
     /// The https URL a repository is cloned from on this forge, given the forge's API root
-    /// (GitHub Enterprise, self-managed GitLab) or its public default.
+    /// (GitHub Enterprise, self-managed GitLab) or its public default. Always https: a forge
+    /// serves git over https wherever it serves its API, and an API root given over http (a
+    /// test double, say) must not make the git token travel in the clear.
     pub fn repository_url(self, api_url: Option<&str>, repository: &RepoSlug) -> String {
         let web = match self {
             ForgeKind::Github => github::web_root(api_url),
             ForgeKind::Gitlab => gitlab::web_root(api_url),
         };
-        format!("{web}/{}.git", repository.as_ref())
+        let host_and_path = web.split_once("://").map_or(web.as_str(), |(_, rest)| rest);
+        format!("https://{host_and_path}/{}.git", repository.as_ref())
     }
 }
 
