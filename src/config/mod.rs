@@ -7,6 +7,7 @@
 //! `deploybot check-config` can print them all at once. Nothing here panics on bad input.
 
 mod environment;
+mod project;
 mod raw;
 mod secret;
 mod validate;
