@@ -16,7 +16,7 @@ use deploybot::config::{Settings, Sources};
 use deploybot::startup::Application;
 use tempfile::TempDir;
 
-pub use fixtures::{fixture_body, Delivery};
+pub use fixtures::{fixture_body, signed_now, Delivery};
 
 /// The secret every fixture signature was computed with (fixtures/README.md).
 pub const TEST_SECRET: &str = "deploybot-test-secret";

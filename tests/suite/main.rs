@@ -15,6 +15,7 @@ mod durability;
 mod github_intake;
 mod gitlab_intake;
 mod idempotency;
+mod intake_limits;
 mod operations;
 mod pipeline;
 mod report;
