@@ -20,6 +20,8 @@ pub struct Metrics {
     pub intake_seconds: HistogramVec,
     /// Rejections that could not be queued for recording because the writer was busy.
     pub rejections_not_recorded: IntCounter,
+    /// Request bodies being read now: slow or idle clients show here until they are dropped.
+    pub bodies_reading: Gauge,
     pub writer: WriterStats,
     /// Reports (commit statuses, chat messages) by kind and outcome (sent, retried,
     /// superseded, failed).
@@ -37,6 +39,27 @@ pub struct Metrics {
     pub deploys: IntCounterVec,
     /// Rollbacks by hand (`deploybot rollback`, the rollback action), by environment.
     pub rollbacks_by_hand: IntCounterVec,
+}
+
+/// A gauge of things in progress, counted by guards: whatever way one ends (answer, error,
+/// dropped future), its guard's drop counts it out.
+#[derive(Clone)]
+pub struct Gauge(prometheus::IntGauge);
+
+/// One thing in progress; counted out when dropped.
+pub struct InProgress(prometheus::IntGauge);
+
+impl Gauge {
+    pub fn guard(&self) -> InProgress {
+        self.0.inc();
+        InProgress(self.0.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -87,6 +110,11 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(intake_seconds.clone()))?;
         registry.register(Box::new(rejections_not_recorded.clone()))?;
+        let bodies_reading = Gauge(prometheus::IntGauge::new(
+            "intake_bodies_reading",
+            "Webhook request bodies being read now",
+        )?);
+        registry.register(Box::new(bodies_reading.0.clone()))?;
         let reports = IntCounterVec::new(
             Opts::new(
                 "reports_total",
@@ -138,6 +166,7 @@ impl Metrics {
             rejections,
             intake_seconds,
             rejections_not_recorded,
+            bodies_reading,
             writer: WriterStats {
                 batch_size,
                 commit_seconds,

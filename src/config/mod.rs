@@ -134,6 +134,10 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub max_inflight_body_bytes: usize,
+    /// The longest pause between two pieces of a body.
+    pub body_idle_timeout: Duration,
+    /// The longest a whole body may take to arrive.
+    pub body_deadline: Duration,
     pub max_commit_batch: usize,
     pub shutdown_timeout: Duration,
     pub signature_tolerance: Duration,

@@ -124,6 +124,8 @@ pub struct RawServer {
     pub data_dir: PathBuf,
     pub max_body_bytes: u64,
     pub max_inflight_body_bytes: u64,
+    pub body_idle_timeout_secs: u64,
+    pub body_deadline_secs: u64,
     pub max_commit_batch: u64,
     pub shutdown_timeout_secs: u64,
     pub signature_tolerance_secs: u64,

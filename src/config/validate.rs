@@ -244,6 +244,14 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
     let max_body_bytes = positive("max_body_bytes", s.max_body_bytes);
     let max_inflight_body_bytes = positive("max_inflight_body_bytes", s.max_inflight_body_bytes);
     let max_commit_batch = positive("max_commit_batch", s.max_commit_batch);
+    let body_idle_timeout = positive("body_idle_timeout_secs", s.body_idle_timeout_secs);
+    let body_deadline = positive("body_deadline_secs", s.body_deadline_secs);
+    if body_idle_timeout > body_deadline {
+        problems.push(Problem {
+            field: "server.body_idle_timeout_secs".into(),
+            message: format!("must be at most server.body_deadline_secs ({body_deadline})"),
+        });
+    }
     if max_inflight_body_bytes < max_body_bytes {
         problems.push(Problem {
             field: "server.max_inflight_body_bytes".into(),
@@ -264,6 +272,8 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
         data_dir: s.data_dir.clone(),
         max_body_bytes,
         max_inflight_body_bytes,
+        body_idle_timeout: Duration::from_secs(s.body_idle_timeout_secs),
+        body_deadline: Duration::from_secs(s.body_deadline_secs),
         max_commit_batch,
         shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
         signature_tolerance: Duration::from_secs(s.signature_tolerance_secs),
@@ -525,4 +535,44 @@ fn token_spec_field(spec: &SecretSpec<'_>) -> String {
         _ => "",
     };
     format!("{}{}", spec.field, suffix)
+}
+
+#[cfg(test)]
+mod tests {
+    fn problems(toml: &str) -> Vec<String> {
+        let sources = super::super::Sources {
+            file: None,
+            inline_toml: Some(toml),
+            env: Default::default(),
+        };
+        match super::super::Settings::from_sources(sources) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    #[test]
+    fn body_timeouts_of_zero_are_named_by_their_field() {
+        let found = problems("[server]\nbody_idle_timeout_secs = 0\nbody_deadline_secs = 0\n");
+
+        for expected in [
+            "server.body_idle_timeout_secs: must be greater than 0",
+            "server.body_deadline_secs: must be greater than 0",
+        ] {
+            assert!(
+                found.iter().any(|p| p == expected),
+                "{expected:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_idle_timeout_longer_than_the_deadline_is_named_by_its_field() {
+        let found = problems("[server]\nbody_idle_timeout_secs = 40\nbody_deadline_secs = 30\n");
+
+        assert_eq!(
+            found,
+            ["server.body_idle_timeout_secs: must be at most server.body_deadline_secs (30)"]
+        );
+    }
 }

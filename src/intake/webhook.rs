@@ -17,7 +17,7 @@ use tracing::{field, Instrument};
 
 use super::budget::Reservation;
 use super::{BodyBudget, IntakeError};
-use crate::config::{Project, Settings};
+use crate::config::{Project, ServerSettings, Settings};
 use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
 use crate::metrics::Metrics;
@@ -216,13 +216,10 @@ async fn accept(
     let delivery = seen.delivery.insert(delivery);
 
     let encoding = forge.encoding(&content_type(&headers)?)?;
-    let (body, _room) = read_body(
-        request,
-        payload,
-        state.settings.server.max_body_bytes,
-        &state.bodies,
-    )
-    .await?;
+    let (body, _room) = {
+        let _reading = state.metrics.bodies_reading.guard();
+        read_body(request, payload, &state.settings.server, &state.bodies).await?
+    };
     forge.verify(
         &headers,
         &body,
@@ -321,15 +318,18 @@ fn content_type(headers: &Headers<'_>) -> Result<String, IntakeError> {
     Ok(essence.to_ascii_lowercase().chars().take(100).collect())
 }
 
-/// Reads the whole body, refusing it as soon as it passes `limit` (or at once, when
-/// Content-Length already says so), within the memory budget shared by all requests. The
-/// reservation is held until the delivery is answered.
+/// Reads the whole body, refusing it as soon as it passes `max_body_bytes` (or at once, when
+/// Content-Length already says so), within the memory budget shared by all requests, which is
+/// taken as bytes arrive. A body whose bytes stop coming for `body_idle_timeout`, or that is
+/// not whole by `body_deadline`, is dropped (and its room given back). The reservation is held
+/// until the delivery is answered.
 async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    server: &ServerSettings,
     budget: &BodyBudget,
 ) -> Result<(Bytes, Reservation), IntakeError> {
+    let limit = server.max_body_bytes;
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -338,21 +338,39 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(IntakeError::TooLarge { limit });
     }
-    let mut room = budget.reserve(declared.unwrap_or(0)).await?;
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| IntakeError::BodyRead(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + server.body_deadline;
+    let mut room = Reservation::default();
+    // Capacity follows what arrived, not what was declared: a declared length costs nothing.
+    let mut body = BytesMut::new();
+    while let Some(chunk) = next_chunk(&mut payload, server, deadline).await? {
         if body.len() + chunk.len() > limit {
             return Err(IntakeError::TooLarge { limit });
         }
-        let needed = body.len() + chunk.len();
-        let held = BodyBudget::reserved(&room);
-        if needed > held {
-            budget.grow(&mut room, needed - held)?;
-        }
+        budget.hold(&mut room, body.len() + chunk.len()).await?;
         body.extend_from_slice(&chunk);
     }
     Ok((body.freeze(), room))
+}
+
+/// The next piece of the body, or None at its end; an error when it does not come in time.
+async fn next_chunk(
+    payload: &mut web::Payload,
+    server: &ServerSettings,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Bytes>, IntakeError> {
+    let next = tokio::time::timeout(server.body_idle_timeout, payload.next());
+    match tokio::time::timeout_at(deadline, next).await {
+        Err(_) => Err(IntakeError::BodyTooSlow {
+            secs: server.body_deadline.as_secs(),
+        }),
+        Ok(Err(_)) => Err(IntakeError::BodyStalled {
+            secs: server.body_idle_timeout.as_secs(),
+        }),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(chunk))) => chunk
+            .map(Some)
+            .map_err(|e| IntakeError::BodyRead(e.to_string())),
+    }
 }
 
 /// The store record for a verified delivery, with the neutral event for a push.

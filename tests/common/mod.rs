@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod forge_double;
 pub mod infra;
+pub mod slow_client;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,6 +258,36 @@ impl TestApp {
             .send()
             .await
             .expect("request is sent")
+    }
+
+    /// The value of an unlabelled metric (or one series, `name{label="value"}`), if exported.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics are text");
+        text.lines()
+            .filter_map(|line| line.split_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, value)| value.trim().parse().ok())
+    }
+
+    /// Waits until `series` reads `value`, polling; fails the test after a generous deadline.
+    pub async fn wait_for_metric(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let now = self.metric(series).await;
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} is {now:?}, never {value}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Takes the action at `path` (POST) with the bearer `token`.
