@@ -22,6 +22,8 @@ pub struct Metrics {
     pub rejections_not_recorded: IntCounter,
     /// Request bodies being read now: slow or idle clients show here until they are dropped.
     pub bodies_reading: Gauge,
+    /// Live-log (Server-Sent Events) streams being fed now.
+    pub log_followers: Gauge,
     pub writer: WriterStats,
     /// Reports (commit statuses, chat messages) by kind and outcome (sent, retried,
     /// superseded, failed).
@@ -115,6 +117,11 @@ impl Metrics {
             "Webhook request bodies being read now",
         )?);
         registry.register(Box::new(bodies_reading.0.clone()))?;
+        let log_followers = Gauge(prometheus::IntGauge::new(
+            "log_followers",
+            "Live job-log streams being fed now",
+        )?);
+        registry.register(Box::new(log_followers.0.clone()))?;
         let reports = IntCounterVec::new(
             Opts::new(
                 "reports_total",
@@ -167,6 +174,7 @@ impl Metrics {
             intake_seconds,
             rejections_not_recorded,
             bodies_reading,
+            log_followers,
             writer: WriterStats {
                 batch_size,
                 commit_seconds,

@@ -100,6 +100,7 @@ impl Application {
                     .reader()
                     .context("opening the store for reading")?,
             ),
+            followers: state.metrics.log_followers.clone(),
         }));
         let action_token = web::Data::new(ops::ActionToken(state.settings.action_token.clone()));
         let worker_wake = web::Data::new(state.wake.clone());
@@ -119,6 +120,10 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .shutdown_timeout(shutdown_timeout)
+        // A client that closes its side is gone: drop its request and its response at once.
+        // Allowed half-closure would keep a live-log stream (and its follower task) running for
+        // a reader that left, until the next write fails. Forges do not half-close.
+        .h1_allow_half_closed(false)
         .listen(listener)?
         .run();
         Ok(Application {
