@@ -20,6 +20,8 @@ pub struct Metrics {
     pub intake_seconds: HistogramVec,
     /// Rejections that could not be queued for recording because the writer was busy.
     pub rejections_not_recorded: IntCounter,
+    /// Rejections counted on their source's last recorded one instead of recorded one by one.
+    pub rejections_summarized: IntCounter,
     /// Request bodies being read now: slow or idle clients show here until they are dropped.
     pub bodies_reading: Gauge,
     /// Live-log (Server-Sent Events) streams being fed now.
@@ -112,6 +114,11 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(intake_seconds.clone()))?;
         registry.register(Box::new(rejections_not_recorded.clone()))?;
+        let rejections_summarized = IntCounter::new(
+            "rejections_summarized_total",
+            "Rejections counted on their source's last recorded one, not recorded one by one",
+        )?;
+        registry.register(Box::new(rejections_summarized.clone()))?;
         let bodies_reading = Gauge(prometheus::IntGauge::new(
             "intake_bodies_reading",
             "Webhook request bodies being read now",
@@ -173,6 +180,7 @@ impl Metrics {
             rejections,
             intake_seconds,
             rejections_not_recorded,
+            rejections_summarized,
             bodies_reading,
             log_followers,
             writer: WriterStats {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::docker::DockerEngine;
-use crate::intake::{self, BodyBudget, IntakeState};
+use crate::intake::{self, BodyBudget, IntakeState, RejectionBudget};
 use crate::metrics::Metrics;
 use crate::report::sender::Sender;
 use crate::store::Store;
@@ -49,6 +49,10 @@ impl Application {
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
         let max_body = settings.server.max_body_bytes;
         let bodies = BodyBudget::new(settings.server.max_inflight_body_bytes);
+        let rejections = RejectionBudget::new(
+            settings.server.rejections_per_source,
+            settings.server.rejections_window,
+        );
         let settings = Arc::new(settings);
         let wake = Arc::new(Notify::new());
         let reports = Arc::new(Notify::new());
@@ -83,6 +87,7 @@ impl Application {
         };
         let state = web::Data::new(IntakeState {
             bodies,
+            rejections,
             settings,
             wake,
             reports,

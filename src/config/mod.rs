@@ -138,6 +138,9 @@ pub struct ServerSettings {
     pub body_idle_timeout: Duration,
     /// The longest a whole body may take to arrive.
     pub body_deadline: Duration,
+    /// Rejections recorded one by one per source per window; the rest are counted.
+    pub rejections_per_source: u32,
+    pub rejections_window: Duration,
     pub max_commit_batch: usize,
     pub shutdown_timeout: Duration,
     pub signature_tolerance: Duration,

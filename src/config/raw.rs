@@ -126,6 +126,8 @@ pub struct RawServer {
     pub max_inflight_body_bytes: u64,
     pub body_idle_timeout_secs: u64,
     pub body_deadline_secs: u64,
+    pub rejections_per_source: u64,
+    pub rejections_window_secs: u64,
     pub max_commit_batch: u64,
     pub shutdown_timeout_secs: u64,
     pub signature_tolerance_secs: u64,

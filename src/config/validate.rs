@@ -246,6 +246,8 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
     let max_commit_batch = positive("max_commit_batch", s.max_commit_batch);
     let body_idle_timeout = positive("body_idle_timeout_secs", s.body_idle_timeout_secs);
     let body_deadline = positive("body_deadline_secs", s.body_deadline_secs);
+    let rejections_per_source = positive("rejections_per_source", s.rejections_per_source);
+    positive("rejections_window_secs", s.rejections_window_secs);
     if body_idle_timeout > body_deadline {
         problems.push(Problem {
             field: "server.body_idle_timeout_secs".into(),
@@ -274,6 +276,8 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
         max_inflight_body_bytes,
         body_idle_timeout: Duration::from_secs(s.body_idle_timeout_secs),
         body_deadline: Duration::from_secs(s.body_deadline_secs),
+        rejections_per_source: u32::try_from(rejections_per_source).unwrap_or(u32::MAX),
+        rejections_window: Duration::from_secs(s.rejections_window_secs),
         max_commit_batch,
         shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
         signature_tolerance: Duration::from_secs(s.signature_tolerance_secs),
@@ -558,6 +562,21 @@ mod tests {
         for expected in [
             "server.body_idle_timeout_secs: must be greater than 0",
             "server.body_deadline_secs: must be greater than 0",
+        ] {
+            assert!(
+                found.iter().any(|p| p == expected),
+                "{expected:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejection_budget_of_zero_is_named_by_its_field() {
+        let found = problems("[server]\nrejections_per_source = 0\nrejections_window_secs = 0\n");
+
+        for expected in [
+            "server.rejections_per_source: must be greater than 0",
+            "server.rejections_window_secs: must be greater than 0",
         ] {
             assert!(
                 found.iter().any(|p| p == expected),

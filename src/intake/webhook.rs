@@ -16,7 +16,8 @@ use time::OffsetDateTime;
 use tracing::{field, Instrument};
 
 use super::budget::Reservation;
-use super::{BodyBudget, IntakeError};
+use super::rejections::Verdict;
+use super::{BodyBudget, IntakeError, RejectionBudget};
 use crate::config::{Project, ServerSettings, Settings};
 use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
@@ -31,6 +32,8 @@ pub struct IntakeState {
     /// Wakes the report sender when a status was queued with a job.
     pub reports: Arc<tokio::sync::Notify>,
     pub bodies: BodyBudget,
+    /// Which rejections are recorded one by one and which only counted, per source.
+    pub rejections: RejectionBudget,
     pub store: Store,
     pub metrics: Arc<Metrics>,
 }
@@ -109,7 +112,8 @@ pub async fn receive(
             Ok(answer.into_response())
         }
         Err(error) => {
-            reject(&state, &project, &seen, &error, received_at);
+            let peer = request.peer_addr().map(|a| a.ip());
+            reject(&state, &project, &seen, &error, peer, received_at);
             Err(error)
         }
     }
@@ -126,11 +130,14 @@ fn event_label(event: &str) -> &'static str {
     }
 }
 
+/// Counts a rejection and records it (best effort, off the answer path), unless its source
+/// has used its budget: then it is counted on the source's last recorded rejection instead.
 fn reject(
     state: &IntakeState,
     project: &str,
     seen: &Seen,
     error: &IntakeError,
+    peer: Option<std::net::IpAddr>,
     received_at: OffsetDateTime,
 ) {
     state
@@ -142,12 +149,24 @@ fn reject(
         tracing::error!(error = %cause, "Delivery not recorded: store failed");
         return;
     }
+    let source = match state.rejections.judge(peer, Instant::now()) {
+        Verdict::Record(source) => source,
+        Verdict::Count(source) => {
+            tracing::debug!(reason = %error, "Delivery rejected (source over its budget)");
+            state.metrics.rejections_summarized.inc();
+            if !state.store.count_rejection(source) {
+                state.metrics.rejections_not_recorded.inc();
+            }
+            return;
+        }
+    };
     tracing::warn!(reason = %error, "Delivery rejected");
     // Deliveries for unknown projects are not kept: anyone can send those.
     if matches!(error, IntakeError::UnknownProject(_)) {
         return;
     }
     let rejection = Rejection {
+        source: Some(source),
         project: project.to_owned(),
         forge: seen.forge.map(|f| f.kind().as_str()),
         delivery_id: seen.delivery.as_ref().map(|d| d.id.to_string()),

@@ -116,6 +116,8 @@ pub enum Recorded {
 /// a push did nothing. Recording it is best effort and never delays the 4xx.
 #[derive(Debug)]
 pub struct Rejection {
+    /// Where it came from (a client address, or an IPv6 /64), as intake's budget names it.
+    pub source: Option<String>,
     pub project: String,
     pub forge: Option<&'static str>,
     pub delivery_id: Option<String>,
@@ -164,6 +166,14 @@ impl Store {
     pub fn record_rejection(&self, rejection: Rejection) -> bool {
         self.commands
             .try_send(writer::Command::Reject(rejection))
+            .is_ok()
+    }
+
+    /// Counts one more rejection from `source` on its last recorded one, best effort like
+    /// [`Store::record_rejection`] (the caller counts what could not be queued).
+    pub fn count_rejection(&self, source: String) -> bool {
+        self.commands
+            .try_send(writer::Command::Repeat(source))
             .is_ok()
     }
 

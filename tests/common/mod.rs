@@ -290,6 +290,35 @@ impl TestApp {
         }
     }
 
+    /// The rejected deliveries as `/api/v1/deliveries` lists them (newest first), once they
+    /// account for `count` rejections (each row itself plus its `repeats`). Rejections are
+    /// recorded off the answer path, so this polls; it fails the test after a generous deadline.
+    pub async fn wait_for_rejections(&self, count: i64) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let listing = json(self.get("/api/v1/deliveries?limit=500").await).await;
+            let rows: Vec<serde_json::Value> = listing["deliveries"]
+                .as_array()
+                .expect("deliveries are a list")
+                .iter()
+                .filter(|row| row["outcome"] == "rejected")
+                .cloned()
+                .collect();
+            let seen: i64 = rows
+                .iter()
+                .map(|row| 1 + row["repeats"].as_i64().unwrap_or(0))
+                .sum();
+            if seen >= count {
+                return rows;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{seen} rejections recorded, never {count}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Takes the action at `path` (POST) with the bearer `token`.
     pub async fn act(&self, path: &str, token: &str) -> reqwest::Response {
         self.client

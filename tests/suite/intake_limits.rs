@@ -114,3 +114,24 @@ async fn a_dropped_slow_body_gives_its_memory_back() {
     // Assert
     assert_eq!(response.status(), 202);
 }
+
+#[tokio::test]
+async fn rejections_past_a_sources_budget_are_counted_on_its_last_recorded_one() {
+    // Arrange: the default budget is 20 recorded rejections per source per minute.
+    let app = TestApp::spawn().await;
+    let forged = || genuine_push().with_header("X-Hub-Signature-256", "sha256=00");
+
+    // Act
+    for _ in 0..300 {
+        assert_eq!(app.post("baxter", &forged()).await.status(), 401);
+    }
+
+    // Assert: every rejection is accounted for, in at most 20 rows.
+    let rows = app.wait_for_rejections(300).await;
+    assert_eq!(rows.len(), 20);
+    assert_eq!(rows[0]["repeats"], 280, "the newest row carries the count");
+    assert_eq!(
+        app.metric("deploybot_rejections_summarized_total").await,
+        Some(280.0)
+    );
+}
