@@ -22,6 +22,8 @@ pub struct Metrics {
     pub rejections_not_recorded: IntCounter,
     /// Rejections counted on their source's last recorded one instead of recorded one by one.
     pub rejections_summarized: IntCounter,
+    /// What retention removed, by kind (rejections, log_chunks, bodies, segments).
+    pub retention_removed: IntCounterVec,
     /// Request bodies being read now: slow or idle clients show here until they are dropped.
     pub bodies_reading: Gauge,
     /// Live-log (Server-Sent Events) streams being fed now.
@@ -119,6 +121,14 @@ impl Metrics {
             "Rejections counted on their source's last recorded one, not recorded one by one",
         )?;
         registry.register(Box::new(rejections_summarized.clone()))?;
+        let retention_removed = IntCounterVec::new(
+            Opts::new(
+                "retention_removed_total",
+                "Rows, bodies and segment files retention removed, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(retention_removed.clone()))?;
         let bodies_reading = Gauge(prometheus::IntGauge::new(
             "intake_bodies_reading",
             "Webhook request bodies being read now",
@@ -181,6 +191,7 @@ impl Metrics {
             intake_seconds,
             rejections_not_recorded,
             rejections_summarized,
+            retention_removed,
             bodies_reading,
             log_followers,
             writer: WriterStats {

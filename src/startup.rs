@@ -17,6 +17,7 @@ use crate::docker::DockerEngine;
 use crate::intake::{self, BodyBudget, IntakeState, RejectionBudget};
 use crate::metrics::Metrics;
 use crate::report::sender::Sender;
+use crate::retention::Retention;
 use crate::store::Store;
 use crate::store::{Jobs, Outbox};
 use crate::web as ops;
@@ -28,6 +29,7 @@ pub struct Application {
     store_writer: JoinHandle<()>,
     worker: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
     sender: (tokio::task::JoinHandle<()>, CancellationToken),
+    retention: Retention,
 }
 
 impl Application {
@@ -85,6 +87,12 @@ impl Application {
         } else {
             None
         };
+        let retention = (
+            settings.retention.clone(),
+            settings.server.data_dir.clone(),
+            store.clone(),
+            metrics.clone(),
+        );
         let state = web::Data::new(IntakeState {
             bodies,
             rejections,
@@ -131,12 +139,17 @@ impl Application {
         .h1_allow_half_closed(false)
         .listen(listener)?
         .run();
+        // Started last: nothing after it can fail and leave it holding the store open.
+        let (retention, data_dir, store, metrics) = retention;
+        let retention = Retention::start(retention, &data_dir, store, metrics)
+            .context("opening the store for retention")?;
         Ok(Application {
             port,
             server,
             store_writer,
             worker,
             sender: (sender, sender_stop),
+            retention,
         })
     }
 
@@ -153,6 +166,8 @@ impl Application {
     /// requests finish, then waits for the store writer to commit its last batch.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;
+        // Before the writer is joined: the task holds a store handle.
+        self.retention.stop().await;
         if let Some((worker, stop)) = self.worker {
             // Running jobs stop at their next safe point and are resumed by the next start.
             stop.cancel();

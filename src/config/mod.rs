@@ -40,11 +40,19 @@ pub struct Settings {
     pub registry: Option<RegistrySettings>,
     pub toolchains: Vec<Toolchain>,
     pub report: ReportSettings,
+    pub retention: RetentionSettings,
     pub chat: Vec<ChatChannel>,
     /// The bearer token for actions on the web surface; None: actions are off.
     pub action_token: Option<SecretString>,
     /// Where tag images roll out; none: nothing is deployed.
     pub environments: Vec<Environment>,
+}
+
+/// What the store forgets, and how often it looks.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    pub interval: Duration,
+    pub limits: crate::store::RetentionLimits,
 }
 
 #[derive(Debug, Clone)]

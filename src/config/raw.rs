@@ -20,6 +20,7 @@ pub struct RawSettings {
     #[serde(default)]
     pub toolchains: Vec<RawToolchain>,
     pub report: RawReport,
+    pub retention: RawRetention,
     pub web: RawWeb,
     #[serde(default)]
     pub chat: Vec<RawChat>,
@@ -131,6 +132,16 @@ pub struct RawServer {
     pub max_commit_batch: u64,
     pub shutdown_timeout_secs: u64,
     pub signature_tolerance_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub interval_secs: u64,
+    pub rejections_max_age_days: u64,
+    pub rejections_max_count: u64,
+    pub logs_max_age_days: u64,
+    pub bodies_max_age_days: u64,
 }
 
 #[derive(Debug, Deserialize)]

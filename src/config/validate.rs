@@ -8,13 +8,14 @@ use super::raw::{RawProject, RawSettings};
 use super::secret::SecretSpec;
 use super::{
     ChatChannel, ConfigError, LogSettings, Problem, Project, RegistrySettings, ReportSettings,
-    ServerSettings, Settings, StatusAuth, StatusReporting, Toolchain, WebhookSecrets,
-    WorkerSettings,
+    RetentionSettings, ServerSettings, Settings, StatusAuth, StatusReporting, Toolchain,
+    WebhookSecrets, WorkerSettings,
 };
 use crate::checkout::GitCredentials;
 use crate::domain::{ProjectName, RepoSlug};
 use crate::forge::{ForgeKind, SigningKey};
 use crate::pipeline::Pattern;
+use crate::store::RetentionLimits;
 
 pub fn settings(
     raw: RawSettings,
@@ -45,6 +46,7 @@ pub fn settings(
         retry_base: Duration::from_millis(raw.report.retry_base_ms.max(1)),
         timeout: Duration::from_secs(raw.report.timeout_secs.max(1)),
     };
+    let retention = retention(&raw, &mut problems);
     let chat = chat_channels(&raw, lookup_env, &mut problems);
     let environments = super::environment::environments(&raw, &mut problems);
     // An empty inline token means "no token" (the embedded default); a token given some other
@@ -75,6 +77,7 @@ pub fn settings(
             registry,
             toolchains,
             report,
+            retention,
             chat,
             action_token,
             environments,
@@ -103,6 +106,32 @@ fn worker(raw: &RawSettings, problems: &mut Vec<Problem>) -> WorkerSettings {
         ),
         lease: Duration::from_secs(at_least_one("lease_secs", w.lease_secs) as u64),
         log_limit_bytes: at_least_one("log_limit_bytes", w.log_limit_bytes),
+    }
+}
+
+fn retention(raw: &RawSettings, problems: &mut Vec<Problem>) -> RetentionSettings {
+    let r = &raw.retention;
+    let mut positive = |field: &str, value: u64| {
+        if value == 0 {
+            problems.push(Problem {
+                field: format!("retention.{field}"),
+                message: "must be greater than 0".into(),
+            });
+        }
+        value
+    };
+    let days = |n: u64| Duration::from_secs(n.saturating_mul(86_400));
+    RetentionSettings {
+        interval: Duration::from_secs(positive("interval_secs", r.interval_secs)),
+        limits: RetentionLimits {
+            rejections_max_age: days(positive(
+                "rejections_max_age_days",
+                r.rejections_max_age_days,
+            )),
+            rejections_max_count: positive("rejections_max_count", r.rejections_max_count),
+            logs_max_age: days(positive("logs_max_age_days", r.logs_max_age_days)),
+            bodies_max_age: days(positive("bodies_max_age_days", r.bodies_max_age_days)),
+        },
     }
 }
 
@@ -582,6 +611,24 @@ mod tests {
                 found.iter().any(|p| p == expected),
                 "{expected:?} in {found:#?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_retention_limit_of_zero_is_named_by_its_field() {
+        let found = problems(
+            "[retention]\ninterval_secs = 0\nrejections_max_age_days = 0\nrejections_max_count = 0\nlogs_max_age_days = 0\nbodies_max_age_days = 0\n",
+        );
+
+        for field in [
+            "interval_secs",
+            "rejections_max_age_days",
+            "rejections_max_count",
+            "logs_max_age_days",
+            "bodies_max_age_days",
+        ] {
+            let expected = format!("retention.{field}: must be greater than 0");
+            assert!(found.contains(&expected), "{expected:?} in {found:#?}");
         }
     }
 

@@ -12,6 +12,7 @@ mod deploys;
 mod jobs;
 mod outbox;
 mod reader;
+mod retention;
 pub(crate) mod schema;
 mod segments;
 mod turns;
@@ -26,6 +27,7 @@ pub use deploys::{DeployRow, DeployUpdate, NewDeploy};
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
 pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
+pub use retention::{RetentionLimits, Sweeper, Swept};
 pub use turns::TurnClaim;
 pub use writer::WriterStats;
 
@@ -175,6 +177,11 @@ impl Store {
         self.commands
             .try_send(writer::Command::Repeat(source))
             .is_ok()
+    }
+
+    /// Asks the writer to start a new body segment (best effort: retention asks again).
+    pub fn rotate_segment(&self) -> bool {
+        self.commands.try_send(writer::Command::Rotate).is_ok()
     }
 
     /// Proves the writer is alive and the database accepts a write transaction.

@@ -40,6 +40,8 @@ pub enum Command {
     Reject(Rejection),
     /// One more rejection from this source, counted on its last recorded one.
     Repeat(String),
+    /// Start a new body segment (retention asks, so that the current one can age out).
+    Rotate,
     Probe(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -216,15 +218,22 @@ impl Writer {
         let mut records = Vec::new();
         let mut rejections = Rejections::default();
         let mut probes = Vec::new();
+        let mut rotate = false;
         for command in batch {
             match command {
                 Command::Record(delivery, reply) => records.push((delivery, reply)),
                 Command::Reject(rejection) => rejections.recorded.push(rejection),
                 Command::Repeat(source) => *rejections.repeats.entry(source).or_default() += 1,
                 Command::Probe(reply) => probes.push(reply),
+                Command::Rotate => rotate = true,
             }
         }
         let outcome = self.write(&records, &rejections);
+        if rotate {
+            if let Err(e) = self.segments.rotate() {
+                tracing::error!(error = %e, "Could not start a new body segment");
+            }
+        }
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "Store batch failed; every delivery in it is refused");
         }

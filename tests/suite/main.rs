@@ -19,4 +19,5 @@ mod intake_limits;
 mod operations;
 mod pipeline;
 mod report;
+mod retention;
 mod web;
