@@ -365,11 +365,7 @@ fn deliveries_table(rows: &[crate::store::DeliveryRow]) -> String {
     let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
-            let outcome = match (&r.outcome[..], r.job, &r.reason) {
-                ("queued", Some(job), _) => format!("queued (job {job})"),
-                (outcome, _, Some(reason)) if !reason.is_empty() => format!("{outcome}: {reason}"),
-                (outcome, _, _) => outcome.to_owned(),
-            };
+            let outcome = r.outcome_text();
             let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
             [
                 dash(&r.delivery_id),

@@ -13,6 +13,7 @@ pub mod keyed_lock;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
+pub mod retention;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

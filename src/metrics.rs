@@ -20,6 +20,14 @@ pub struct Metrics {
     pub intake_seconds: HistogramVec,
     /// Rejections that could not be queued for recording because the writer was busy.
     pub rejections_not_recorded: IntCounter,
+    /// Rejections counted on their source's last recorded one instead of recorded one by one.
+    pub rejections_summarized: IntCounter,
+    /// What retention removed, by kind (rejections, log_chunks, bodies, segments).
+    pub retention_removed: IntCounterVec,
+    /// Request bodies being read now: slow or idle clients show here until they are dropped.
+    pub bodies_reading: Gauge,
+    /// Live-log (Server-Sent Events) streams being fed now.
+    pub log_followers: Gauge,
     pub writer: WriterStats,
     /// Reports (commit statuses, chat messages) by kind and outcome (sent, retried,
     /// superseded, failed).
@@ -37,6 +45,27 @@ pub struct Metrics {
     pub deploys: IntCounterVec,
     /// Rollbacks by hand (`deploybot rollback`, the rollback action), by environment.
     pub rollbacks_by_hand: IntCounterVec,
+}
+
+/// A gauge of things in progress, counted by guards: whatever way one ends (answer, error,
+/// dropped future), its guard's drop counts it out.
+#[derive(Clone)]
+pub struct Gauge(prometheus::IntGauge);
+
+/// One thing in progress; counted out when dropped.
+pub struct InProgress(prometheus::IntGauge);
+
+impl Gauge {
+    pub fn guard(&self) -> InProgress {
+        self.0.inc();
+        InProgress(self.0.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -87,6 +116,29 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(intake_seconds.clone()))?;
         registry.register(Box::new(rejections_not_recorded.clone()))?;
+        let rejections_summarized = IntCounter::new(
+            "rejections_summarized_total",
+            "Rejections counted on their source's last recorded one, not recorded one by one",
+        )?;
+        registry.register(Box::new(rejections_summarized.clone()))?;
+        let retention_removed = IntCounterVec::new(
+            Opts::new(
+                "retention_removed_total",
+                "Rows, bodies and segment files retention removed, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(retention_removed.clone()))?;
+        let bodies_reading = Gauge(prometheus::IntGauge::new(
+            "intake_bodies_reading",
+            "Webhook request bodies being read now",
+        )?);
+        registry.register(Box::new(bodies_reading.0.clone()))?;
+        let log_followers = Gauge(prometheus::IntGauge::new(
+            "log_followers",
+            "Live job-log streams being fed now",
+        )?);
+        registry.register(Box::new(log_followers.0.clone()))?;
         let reports = IntCounterVec::new(
             Opts::new(
                 "reports_total",
@@ -138,6 +190,10 @@ impl Metrics {
             rejections,
             intake_seconds,
             rejections_not_recorded,
+            rejections_summarized,
+            retention_removed,
+            bodies_reading,
+            log_followers,
             writer: WriterStats {
                 batch_size,
                 commit_seconds,

@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::docker::DockerEngine;
-use crate::intake::{self, BodyBudget, IntakeState};
+use crate::intake::{self, BodyBudget, IntakeState, RejectionBudget};
 use crate::metrics::Metrics;
 use crate::report::sender::Sender;
+use crate::retention::Retention;
 use crate::store::Store;
 use crate::store::{Jobs, Outbox};
 use crate::web as ops;
@@ -28,6 +29,7 @@ pub struct Application {
     store_writer: JoinHandle<()>,
     worker: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
     sender: (tokio::task::JoinHandle<()>, CancellationToken),
+    retention: Retention,
 }
 
 impl Application {
@@ -49,6 +51,10 @@ impl Application {
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
         let max_body = settings.server.max_body_bytes;
         let bodies = BodyBudget::new(settings.server.max_inflight_body_bytes);
+        let rejections = RejectionBudget::new(
+            settings.server.rejections_per_source,
+            settings.server.rejections_window,
+        );
         let settings = Arc::new(settings);
         let wake = Arc::new(Notify::new());
         let reports = Arc::new(Notify::new());
@@ -81,8 +87,15 @@ impl Application {
         } else {
             None
         };
+        let retention = (
+            settings.retention.clone(),
+            settings.server.data_dir.clone(),
+            store.clone(),
+            metrics.clone(),
+        );
         let state = web::Data::new(IntakeState {
             bodies,
+            rejections,
             settings,
             wake,
             reports,
@@ -100,6 +113,7 @@ impl Application {
                     .reader()
                     .context("opening the store for reading")?,
             ),
+            followers: state.metrics.log_followers.clone(),
         }));
         let action_token = web::Data::new(ops::ActionToken(state.settings.action_token.clone()));
         let worker_wake = web::Data::new(state.wake.clone());
@@ -119,14 +133,23 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .shutdown_timeout(shutdown_timeout)
+        // A client that closes its side is gone: drop its request and its response at once.
+        // Allowed half-closure would keep a live-log stream (and its follower task) running for
+        // a reader that left, until the next write fails. Forges do not half-close.
+        .h1_allow_half_closed(false)
         .listen(listener)?
         .run();
+        // Started last: nothing after it can fail and leave it holding the store open.
+        let (retention, data_dir, store, metrics) = retention;
+        let retention = Retention::start(retention, &data_dir, store, metrics)
+            .context("opening the store for retention")?;
         Ok(Application {
             port,
             server,
             store_writer,
             worker,
             sender: (sender, sender_stop),
+            retention,
         })
     }
 
@@ -143,6 +166,8 @@ impl Application {
     /// requests finish, then waits for the store writer to commit its last batch.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;
+        // Before the writer is joined: the task holds a store handle.
+        self.retention.stop().await;
         if let Some((worker, stop)) = self.worker {
             // Running jobs stop at their next safe point and are resumed by the next start.
             stop.cancel();

@@ -42,11 +42,19 @@ pub struct Settings {
     pub registry: Option<RegistrySettings>,
     pub toolchains: Vec<Toolchain>,
     pub report: ReportSettings,
+    pub retention: RetentionSettings,
     pub chat: Vec<ChatChannel>,
     /// The bearer token for actions on the web surface; None: actions are off.
     pub action_token: Option<SecretString>,
     /// Where tag images roll out; none: nothing is deployed.
     pub environments: Vec<Environment>,
+}
+
+/// What the store forgets, and how often it looks.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    pub interval: Duration,
+    pub limits: crate::store::RetentionLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +154,13 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub max_inflight_body_bytes: usize,
+    /// The longest pause between two pieces of a body.
+    pub body_idle_timeout: Duration,
+    /// The longest a whole body may take to arrive.
+    pub body_deadline: Duration,
+    /// Rejections recorded one by one per source per window; the rest are counted.
+    pub rejections_per_source: u32,
+    pub rejections_window: Duration,
     pub max_commit_batch: usize,
     pub shutdown_timeout: Duration,
     pub signature_tolerance: Duration,

@@ -20,6 +20,7 @@ pub struct RawSettings {
     #[serde(default)]
     pub toolchains: Vec<RawToolchain>,
     pub report: RawReport,
+    pub retention: RawRetention,
     pub web: RawWeb,
     #[serde(default)]
     pub chat: Vec<RawChat>,
@@ -134,9 +135,23 @@ pub struct RawServer {
     pub data_dir: PathBuf,
     pub max_body_bytes: u64,
     pub max_inflight_body_bytes: u64,
+    pub body_idle_timeout_secs: u64,
+    pub body_deadline_secs: u64,
+    pub rejections_per_source: u64,
+    pub rejections_window_secs: u64,
     pub max_commit_batch: u64,
     pub shutdown_timeout_secs: u64,
     pub signature_tolerance_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub interval_secs: u64,
+    pub rejections_max_age_days: u64,
+    pub rejections_max_count: u64,
+    pub logs_max_age_days: u64,
+    pub bodies_max_age_days: u64,
 }
 
 #[derive(Debug, Deserialize)]

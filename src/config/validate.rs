@@ -8,8 +8,9 @@ use super::raw::RawSettings;
 use super::secret::SecretSpec;
 use super::{
     ChatChannel, ConfigError, LogSettings, Problem, RegistrySettings, ReportSettings,
-    ServerSettings, Settings,
+    RetentionSettings, ServerSettings, Settings,
 };
+use crate::store::RetentionLimits;
 
 pub fn settings(
     raw: RawSettings,
@@ -43,6 +44,7 @@ pub fn settings(
         retry_base: Duration::from_millis(raw.report.retry_base_ms.max(1)),
         timeout: Duration::from_secs(raw.report.timeout_secs.max(1)),
     };
+    let retention = retention(&raw, &mut problems);
     let chat = chat_channels(&raw, lookup_env, &mut problems);
     let environments = super::environment::environments(&raw, &mut problems);
     // An empty inline token means "no token" (the embedded default); a token given some other
@@ -73,11 +75,38 @@ pub fn settings(
             registry,
             toolchains,
             report,
+            retention,
             chat,
             action_token,
             environments,
         }),
         _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+fn retention(raw: &RawSettings, problems: &mut Vec<Problem>) -> RetentionSettings {
+    let r = &raw.retention;
+    let mut positive = |field: &str, value: u64| {
+        if value == 0 {
+            problems.push(Problem {
+                field: format!("retention.{field}"),
+                message: "must be greater than 0".into(),
+            });
+        }
+        value
+    };
+    let days = |n: u64| Duration::from_secs(n.saturating_mul(86_400));
+    RetentionSettings {
+        interval: Duration::from_secs(positive("interval_secs", r.interval_secs)),
+        limits: RetentionLimits {
+            rejections_max_age: days(positive(
+                "rejections_max_age_days",
+                r.rejections_max_age_days,
+            )),
+            rejections_max_count: positive("rejections_max_count", r.rejections_max_count),
+            logs_max_age: days(positive("logs_max_age_days", r.logs_max_age_days)),
+            bodies_max_age: days(positive("bodies_max_age_days", r.bodies_max_age_days)),
+        },
     }
 }
 
@@ -196,6 +225,16 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
     let max_body_bytes = positive("max_body_bytes", s.max_body_bytes);
     let max_inflight_body_bytes = positive("max_inflight_body_bytes", s.max_inflight_body_bytes);
     let max_commit_batch = positive("max_commit_batch", s.max_commit_batch);
+    let body_idle_timeout = positive("body_idle_timeout_secs", s.body_idle_timeout_secs);
+    let body_deadline = positive("body_deadline_secs", s.body_deadline_secs);
+    let rejections_per_source = positive("rejections_per_source", s.rejections_per_source);
+    positive("rejections_window_secs", s.rejections_window_secs);
+    if body_idle_timeout > body_deadline {
+        problems.push(Problem {
+            field: "server.body_idle_timeout_secs".into(),
+            message: format!("must be at most server.body_deadline_secs ({body_deadline})"),
+        });
+    }
     if max_inflight_body_bytes < max_body_bytes {
         problems.push(Problem {
             field: "server.max_inflight_body_bytes".into(),
@@ -216,6 +255,10 @@ fn server(raw: &RawSettings, problems: &mut Vec<Problem>) -> Option<ServerSettin
         data_dir: s.data_dir.clone(),
         max_body_bytes,
         max_inflight_body_bytes,
+        body_idle_timeout: Duration::from_secs(s.body_idle_timeout_secs),
+        body_deadline: Duration::from_secs(s.body_deadline_secs),
+        rejections_per_source: u32::try_from(rejections_per_source).unwrap_or(u32::MAX),
+        rejections_window: Duration::from_secs(s.rejections_window_secs),
         max_commit_batch,
         shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
         signature_tolerance: Duration::from_secs(s.signature_tolerance_secs),
@@ -281,6 +324,76 @@ mod tests {
         assert_eq!(
             problems,
             ["projects[0].clone_url: \"http://git.example/app.git\" is not https: the git token is only sent over https"]
+        );
+    }
+
+    fn problems(toml: &str) -> Vec<String> {
+        let sources = super::super::Sources {
+            file: None,
+            inline_toml: Some(toml),
+            env: Default::default(),
+        };
+        match super::super::Settings::from_sources(sources) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    #[test]
+    fn body_timeouts_of_zero_are_named_by_their_field() {
+        let found = problems("[server]\nbody_idle_timeout_secs = 0\nbody_deadline_secs = 0\n");
+
+        for expected in [
+            "server.body_idle_timeout_secs: must be greater than 0",
+            "server.body_deadline_secs: must be greater than 0",
+        ] {
+            assert!(
+                found.iter().any(|p| p == expected),
+                "{expected:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejection_budget_of_zero_is_named_by_its_field() {
+        let found = problems("[server]\nrejections_per_source = 0\nrejections_window_secs = 0\n");
+
+        for expected in [
+            "server.rejections_per_source: must be greater than 0",
+            "server.rejections_window_secs: must be greater than 0",
+        ] {
+            assert!(
+                found.iter().any(|p| p == expected),
+                "{expected:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_retention_limit_of_zero_is_named_by_its_field() {
+        let found = problems(
+            "[retention]\ninterval_secs = 0\nrejections_max_age_days = 0\nrejections_max_count = 0\nlogs_max_age_days = 0\nbodies_max_age_days = 0\n",
+        );
+
+        for field in [
+            "interval_secs",
+            "rejections_max_age_days",
+            "rejections_max_count",
+            "logs_max_age_days",
+            "bodies_max_age_days",
+        ] {
+            let expected = format!("retention.{field}: must be greater than 0");
+            assert!(found.contains(&expected), "{expected:?} in {found:#?}");
+        }
+    }
+
+    #[test]
+    fn an_idle_timeout_longer_than_the_deadline_is_named_by_its_field() {
+        let found = problems("[server]\nbody_idle_timeout_secs = 40\nbody_deadline_secs = 30\n");
+
+        assert_eq!(
+            found,
+            ["server.body_idle_timeout_secs: must be at most server.body_deadline_secs (30)"]
         );
     }
 }

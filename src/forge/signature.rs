@@ -112,9 +112,15 @@ pub struct StandardHeaders<'a> {
 
 pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
 pub const SIGNATURE_HEADER: &str = "webhook-signature";
+/// Senders put one entry per signing key in `webhook-signature`: a handful while keys rotate.
+pub const MAX_SIGNATURE_ENTRIES: usize = 10;
+/// Ten entries of the longest kind (`v1a,` + an Ed25519 signature, 92 bytes) fit in this.
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 1024;
 
 /// Verifies a Standard Webhooks signature: the timestamp must lie within `tolerance` of
-/// `now`, and one of the space-separated `v1,<base64>` entries must match.
+/// `now`, and one of the space-separated `v1,<base64>` entries must match. The header is
+/// bounded (entries and bytes) and the MAC over the body is computed once, whatever the number
+/// of entries: otherwise each entry would cost a pass over the whole body.
 pub fn verify_standard(
     key: &SigningKey,
     headers: &StandardHeaders<'_>,
@@ -133,21 +139,50 @@ pub fn verify_standard(
     if now.abs_diff(sent) > tolerance.as_secs() {
         return Err(HookError::StaleTimestamp(TIMESTAMP_HEADER));
     }
-    let matches = headers
-        .signature
-        .split(' ')
-        .filter_map(|entry| entry.strip_prefix("v1,"))
-        .filter_map(|b64| BASE64.decode(b64).ok())
-        .any(|claimed| {
-            key.mac(headers.id, headers.timestamp, body)
-                .verify_slice(&claimed)
-                .is_ok()
-        });
-    if matches {
+    let claimed = v1_entries(headers.signature)?;
+    let expected = key
+        .mac(headers.id, headers.timestamp, body)
+        .finalize()
+        .into_bytes();
+    // Every entry is compared, in constant time, so the timing says nothing about which one
+    // (or whether any) matched.
+    let matched = claimed.iter().fold(subtle::Choice::from(0), |any, entry| {
+        any | entry.as_slice().ct_eq(expected.as_slice())
+    });
+    if bool::from(matched) {
         Ok(())
     } else {
         Err(HookError::BadSignature(SIGNATURE_HEADER))
     }
+}
+
+/// The decoded `v1,` entries of `webhook-signature`, once the header is known to be within its
+/// bounds. Entries of other schemes (`v1a,`) and undecodable ones are skipped.
+fn v1_entries(header: &str) -> Result<Vec<Vec<u8>>, HookError> {
+    if header.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(HookError::BadHeader {
+            header: SIGNATURE_HEADER,
+            reason: format!(
+                "{} bytes; at most {MAX_SIGNATURE_HEADER_BYTES} are accepted",
+                header.len()
+            ),
+        });
+    }
+    let entries: Vec<&str> = header.split(' ').filter(|e| !e.is_empty()).collect();
+    if entries.len() > MAX_SIGNATURE_ENTRIES {
+        return Err(HookError::BadHeader {
+            header: SIGNATURE_HEADER,
+            reason: format!(
+                "{} entries; at most {MAX_SIGNATURE_ENTRIES} are accepted (one per signing key)",
+                entries.len()
+            ),
+        });
+    }
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|b64| BASE64.decode(b64).ok())
+        .collect())
 }
 
 /// What a Standard Webhooks sender puts in `webhook-signature` (for tests and benchmarks).
@@ -271,6 +306,65 @@ mod tests {
             Duration::from_secs(5)
         )
         .is_ok());
+    }
+
+    fn vector_headers(signature: &str) -> StandardHeaders<'_> {
+        StandardHeaders {
+            id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            timestamp: "1614265330",
+            signature,
+        }
+    }
+
+    fn verify_vector(signature: &str) -> Result<(), HookError> {
+        let at = UNIX_EPOCH + Duration::from_secs(1614265330);
+        verify_standard(
+            &standard_vector_key(),
+            &vector_headers(signature),
+            br#"{"test": 2432232314}"#,
+            at,
+            Duration::from_secs(5),
+        )
+    }
+
+    const VECTOR_SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    #[test]
+    fn a_signature_header_with_more_entries_than_key_rotation_needs_is_refused_naming_it() {
+        let mut entries = vec!["v1,AAAA"; MAX_SIGNATURE_ENTRIES];
+        entries.push(VECTOR_SIGNATURE);
+
+        let err = verify_vector(&entries.join(" ")).unwrap_err();
+
+        let HookError::BadHeader { header, reason } = err else {
+            panic!("expected a bad header, got {err:?}");
+        };
+        assert_eq!(header, SIGNATURE_HEADER);
+        assert!(reason.contains("entries"), "{reason}");
+    }
+
+    #[test]
+    fn a_signature_header_longer_than_its_bound_is_refused_naming_it() {
+        let long = format!(
+            "{VECTOR_SIGNATURE} v1,{}",
+            "A".repeat(MAX_SIGNATURE_HEADER_BYTES)
+        );
+
+        let err = verify_vector(&long).unwrap_err();
+
+        let HookError::BadHeader { header, reason } = err else {
+            panic!("expected a bad header, got {err:?}");
+        };
+        assert_eq!(header, SIGNATURE_HEADER);
+        assert!(reason.contains("bytes"), "{reason}");
+    }
+
+    #[test]
+    fn the_last_entry_within_the_bound_still_counts() {
+        let mut entries = vec!["v1,AAAA"; MAX_SIGNATURE_ENTRIES - 1];
+        entries.push(VECTOR_SIGNATURE);
+
+        assert!(verify_vector(&entries.join(" ")).is_ok());
     }
 
     #[test]

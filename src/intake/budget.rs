@@ -1,6 +1,10 @@
 //! A memory budget for request bodies held at once, across all requests. Without it, N
 //! concurrent maximum-size bodies cost N × `max_body_bytes` before any signature is checked,
 //! and anyone who can reach the webhook could exhaust memory.
+//!
+//! Room is taken as bytes arrive, never for what Content-Length declares: a client that
+//! declares a large body and sends nothing holds nothing (and is dropped by the read timeouts
+//! in `webhook.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +15,9 @@ use super::IntakeError;
 
 /// The budget is counted in KiB so that it fits a semaphore's permit count.
 const UNIT: usize = 1024;
-/// How long a request with a declared length waits for room before it is told to retry.
+/// How long a body waits for room before it is told to retry. A body waits while holding what
+/// it already has; the wait is bounded, so two bodies waiting on each other end with 503 rather
+/// than forever.
 const WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
@@ -19,9 +25,10 @@ pub struct BodyBudget {
     permits: Arc<Semaphore>,
 }
 
-/// Room reserved for one body; given back when dropped.
+/// Room held for one body; given back when dropped.
+#[derive(Default)]
 pub struct Reservation {
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl BodyBudget {
@@ -31,30 +38,33 @@ impl BodyBudget {
         }
     }
 
-    /// Reserves room for a body of `bytes`, waiting (a while) for others to finish.
-    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, IntakeError> {
-        let acquire = self.permits.clone().acquire_many_owned(units(bytes));
-        match tokio::time::timeout(WAIT, acquire).await {
-            Ok(Ok(permit)) => Ok(Reservation { permit }),
-            _ => Err(IntakeError::Busy),
+    /// Grows `reservation` to cover `bytes` in all, waiting (a while) for others to finish.
+    pub async fn hold(
+        &self,
+        reservation: &mut Reservation,
+        bytes: usize,
+    ) -> Result<(), IntakeError> {
+        let held = reservation.permit.as_ref().map_or(0, |p| p.num_permits());
+        let wanted = units(bytes) as usize;
+        if wanted <= held {
+            return Ok(());
         }
-    }
-
-    /// Grows a reservation by `bytes` without waiting (for bodies of unknown length: waiting
-    /// here while holding room could deadlock with other such bodies).
-    pub fn grow(&self, reservation: &mut Reservation, bytes: usize) -> Result<(), IntakeError> {
-        let more = self
-            .permits
-            .clone()
-            .try_acquire_many_owned(units(bytes))
-            .map_err(|_| IntakeError::Busy)?;
-        reservation.permit.merge(more);
+        let more = u32::try_from(wanted - held).unwrap_or(u32::MAX);
+        let acquire = self.permits.clone().acquire_many_owned(more);
+        let permit = match tokio::time::timeout(WAIT, acquire).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(IntakeError::Busy),
+        };
+        match &mut reservation.permit {
+            Some(held) => held.merge(permit),
+            None => reservation.permit = Some(permit),
+        }
         Ok(())
     }
 
     /// Room held now, in bytes (rounded to the unit).
     pub fn reserved(reservation: &Reservation) -> usize {
-        reservation.permit.num_permits() * UNIT
+        reservation.permit.as_ref().map_or(0, |p| p.num_permits()) * UNIT
     }
 }
 
@@ -66,14 +76,28 @@ fn units(bytes: usize) -> u32 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_body_that_does_not_fit_beside_the_others_is_refused_as_busy() {
         let budget = BodyBudget::new(10 * UNIT);
-        let held = budget.reserve(8 * UNIT).await.unwrap();
-        let mut small = budget.reserve(UNIT).await.unwrap();
-        assert!(budget.grow(&mut small, 2 * UNIT).is_err());
+        let mut held = Reservation::default();
+        budget.hold(&mut held, 8 * UNIT).await.unwrap();
+        let mut small = Reservation::default();
+        budget.hold(&mut small, UNIT).await.unwrap();
+
+        assert!(budget.hold(&mut small, 3 * UNIT).await.is_err());
         drop(held);
-        assert!(budget.grow(&mut small, 2 * UNIT).is_ok());
+        assert!(budget.hold(&mut small, 3 * UNIT).await.is_ok());
         assert_eq!(BodyBudget::reserved(&small), 3 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn room_is_taken_only_for_bytes_that_arrived() {
+        let budget = BodyBudget::new(4 * UNIT);
+        let mut growing = Reservation::default();
+
+        budget.hold(&mut growing, UNIT + 1).await.unwrap();
+        budget.hold(&mut growing, UNIT).await.unwrap();
+
+        assert_eq!(BodyBudget::reserved(&growing), 2 * UNIT);
     }
 }

@@ -27,6 +27,12 @@ pub enum IntakeError {
     Busy,
     #[error("reading the body failed: {0}")]
     BodyRead(String),
+    /// No body bytes came for `server.body_idle_timeout_secs`.
+    #[error("body stalled: no bytes for {secs} s")]
+    BodyStalled { secs: u64 },
+    /// The body had not arrived whole after `server.body_deadline_secs`.
+    #[error("body not received within {secs} s")]
+    BodyTooSlow { secs: u64 },
     #[error(transparent)]
     Hook(#[from] HookError),
     #[error("repository \"{got}\" is not this project's repository")]
@@ -47,6 +53,7 @@ impl IntakeError {
             IntakeError::MissingContentType => "unsupported_content_type",
             IntakeError::TooLarge { .. } => "too_large",
             IntakeError::BodyRead(_) => "body_read",
+            IntakeError::BodyStalled { .. } | IntakeError::BodyTooSlow { .. } => "body_timeout",
             IntakeError::Busy => "busy",
             IntakeError::Hook(e) => e.label(),
             IntakeError::WrongRepository { .. } => "wrong_repository",
@@ -64,6 +71,9 @@ impl ResponseError for IntakeError {
             | IntakeError::BodyRead(_) => StatusCode::BAD_REQUEST,
             IntakeError::MissingContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IntakeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IntakeError::BodyStalled { .. } | IntakeError::BodyTooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             IntakeError::WrongRepository { .. } => StatusCode::FORBIDDEN,
             IntakeError::Store(_) | IntakeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             IntakeError::Hook(e) => match e {
@@ -84,6 +94,13 @@ impl ResponseError for IntakeError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, IntakeError::Store(_) | IntakeError::Busy) {
             response.insert_header(("Retry-After", "5"));
+        }
+        if matches!(
+            self,
+            IntakeError::BodyStalled { .. } | IntakeError::BodyTooSlow { .. }
+        ) {
+            // The rest of the body may still come; the connection cannot be reused.
+            response.force_close();
         }
         response.json(serde_json::json!({ "error": one_line(&self.to_string()) }))
     }

@@ -7,9 +7,11 @@
 mod budget;
 mod error;
 mod event;
+mod rejections;
 mod webhook;
 
 pub use budget::BodyBudget;
 pub use error::IntakeError;
 pub use event::PushEvent;
+pub use rejections::RejectionBudget;
 pub use webhook::{receive, IntakeState};

@@ -16,8 +16,9 @@ use time::OffsetDateTime;
 use tracing::{field, Instrument};
 
 use super::budget::Reservation;
-use super::{BodyBudget, IntakeError};
-use crate::config::{Project, Settings};
+use super::rejections::Verdict;
+use super::{BodyBudget, IntakeError, RejectionBudget};
+use crate::config::{Project, ServerSettings, Settings};
 use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
 use crate::metrics::Metrics;
@@ -31,6 +32,8 @@ pub struct IntakeState {
     /// Wakes the report sender when a status was queued with a job.
     pub reports: Arc<tokio::sync::Notify>,
     pub bodies: BodyBudget,
+    /// Which rejections are recorded one by one and which only counted, per source.
+    pub rejections: RejectionBudget,
     pub store: Store,
     pub metrics: Arc<Metrics>,
 }
@@ -109,7 +112,8 @@ pub async fn receive(
             Ok(answer.into_response())
         }
         Err(error) => {
-            reject(&state, &project, &seen, &error, received_at);
+            let peer = request.peer_addr().map(|a| a.ip());
+            reject(&state, &project, &seen, &error, peer, received_at);
             Err(error)
         }
     }
@@ -126,11 +130,14 @@ fn event_label(event: &str) -> &'static str {
     }
 }
 
+/// Counts a rejection and records it (best effort, off the answer path), unless its source
+/// has used its budget: then it is counted on the source's last recorded rejection instead.
 fn reject(
     state: &IntakeState,
     project: &str,
     seen: &Seen,
     error: &IntakeError,
+    peer: Option<std::net::IpAddr>,
     received_at: OffsetDateTime,
 ) {
     state
@@ -142,12 +149,24 @@ fn reject(
         tracing::error!(error = %cause, "Delivery not recorded: store failed");
         return;
     }
+    let source = match state.rejections.judge(peer, Instant::now()) {
+        Verdict::Record(source) => source,
+        Verdict::Count(source) => {
+            tracing::debug!(reason = %error, "Delivery rejected (source over its budget)");
+            state.metrics.rejections_summarized.inc();
+            if !state.store.count_rejection(source) {
+                state.metrics.rejections_not_recorded.inc();
+            }
+            return;
+        }
+    };
     tracing::warn!(reason = %error, "Delivery rejected");
     // Deliveries for unknown projects are not kept: anyone can send those.
     if matches!(error, IntakeError::UnknownProject(_)) {
         return;
     }
     let rejection = Rejection {
+        source: Some(source),
         project: project.to_owned(),
         forge: seen.forge.map(|f| f.kind().as_str()),
         delivery_id: seen.delivery.as_ref().map(|d| d.id.to_string()),
@@ -216,13 +235,10 @@ async fn accept(
     let delivery = seen.delivery.insert(delivery);
 
     let encoding = forge.encoding(&content_type(&headers)?)?;
-    let (body, _room) = read_body(
-        request,
-        payload,
-        state.settings.server.max_body_bytes,
-        &state.bodies,
-    )
-    .await?;
+    let (body, _room) = {
+        let _reading = state.metrics.bodies_reading.guard();
+        read_body(request, payload, &state.settings.server, &state.bodies).await?
+    };
     forge.verify(
         &headers,
         &body,
@@ -321,15 +337,18 @@ fn content_type(headers: &Headers<'_>) -> Result<String, IntakeError> {
     Ok(essence.to_ascii_lowercase().chars().take(100).collect())
 }
 
-/// Reads the whole body, refusing it as soon as it passes `limit` (or at once, when
-/// Content-Length already says so), within the memory budget shared by all requests. The
-/// reservation is held until the delivery is answered.
+/// Reads the whole body, refusing it as soon as it passes `max_body_bytes` (or at once, when
+/// Content-Length already says so), within the memory budget shared by all requests, which is
+/// taken as bytes arrive. A body whose bytes stop coming for `body_idle_timeout`, or that is
+/// not whole by `body_deadline`, is dropped (and its room given back). The reservation is held
+/// until the delivery is answered.
 async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    server: &ServerSettings,
     budget: &BodyBudget,
 ) -> Result<(Bytes, Reservation), IntakeError> {
+    let limit = server.max_body_bytes;
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -338,21 +357,39 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(IntakeError::TooLarge { limit });
     }
-    let mut room = budget.reserve(declared.unwrap_or(0)).await?;
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| IntakeError::BodyRead(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + server.body_deadline;
+    let mut room = Reservation::default();
+    // Capacity follows what arrived, not what was declared: a declared length costs nothing.
+    let mut body = BytesMut::new();
+    while let Some(chunk) = next_chunk(&mut payload, server, deadline).await? {
         if body.len() + chunk.len() > limit {
             return Err(IntakeError::TooLarge { limit });
         }
-        let needed = body.len() + chunk.len();
-        let held = BodyBudget::reserved(&room);
-        if needed > held {
-            budget.grow(&mut room, needed - held)?;
-        }
+        budget.hold(&mut room, body.len() + chunk.len()).await?;
         body.extend_from_slice(&chunk);
     }
     Ok((body.freeze(), room))
+}
+
+/// The next piece of the body, or None at its end; an error when it does not come in time.
+async fn next_chunk(
+    payload: &mut web::Payload,
+    server: &ServerSettings,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Bytes>, IntakeError> {
+    let next = tokio::time::timeout(server.body_idle_timeout, payload.next());
+    match tokio::time::timeout_at(deadline, next).await {
+        Err(_) => Err(IntakeError::BodyTooSlow {
+            secs: server.body_deadline.as_secs(),
+        }),
+        Ok(Err(_)) => Err(IntakeError::BodyStalled {
+            secs: server.body_idle_timeout.as_secs(),
+        }),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(chunk))) => chunk
+            .map(Some)
+            .map_err(|e| IntakeError::BodyRead(e.to_string())),
+    }
 }
 
 /// The store record for a verified delivery, with the neutral event for a push.

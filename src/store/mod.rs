@@ -12,6 +12,7 @@ mod deploys;
 mod jobs;
 mod outbox;
 mod reader;
+mod retention;
 pub(crate) mod schema;
 mod segments;
 mod turns;
@@ -26,6 +27,7 @@ pub use deploys::{DeployRow, DeployUpdate, NewDeploy};
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
 pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
+pub use retention::{RetentionLimits, Sweeper, Swept};
 pub use turns::TurnClaim;
 pub use writer::WriterStats;
 
@@ -118,6 +120,8 @@ pub enum Recorded {
 /// a push did nothing. Recording it is best effort and never delays the 4xx.
 #[derive(Debug)]
 pub struct Rejection {
+    /// Where it came from (a client address, or an IPv6 /64), as intake's budget names it.
+    pub source: Option<String>,
     pub project: String,
     pub forge: Option<&'static str>,
     pub delivery_id: Option<String>,
@@ -167,6 +171,19 @@ impl Store {
         self.commands
             .try_send(writer::Command::Reject(rejection))
             .is_ok()
+    }
+
+    /// Counts one more rejection from `source` on its last recorded one, best effort like
+    /// [`Store::record_rejection`] (the caller counts what could not be queued).
+    pub fn count_rejection(&self, source: String) -> bool {
+        self.commands
+            .try_send(writer::Command::Repeat(source))
+            .is_ok()
+    }
+
+    /// Asks the writer to start a new body segment (best effort: retention asks again).
+    pub fn rotate_segment(&self) -> bool {
+        self.commands.try_send(writer::Command::Rotate).is_ok()
     }
 
     /// Proves the writer is alive and the database accepts a write transaction.

@@ -24,6 +24,27 @@ pub struct DeliveryRow {
     pub job: Option<i64>,
     pub headers: String,
     pub event_json: Option<String>,
+    /// A rejection's source: a client address, or an IPv6 /64.
+    pub source: Option<String>,
+    /// Further rejections from the same source counted on this one, not recorded one by one.
+    pub repeats: i64,
+}
+
+impl DeliveryRow {
+    /// What became of it, in a few words: `queued (job 7)`, `ignored: why`, `rejected: why
+    /// (+12 more from 203.0.113.7)`.
+    pub fn outcome_text(&self) -> String {
+        let mut text = match (self.outcome.as_str(), self.job, self.reason.as_deref()) {
+            ("queued", Some(job), _) => format!("queued (job {job})"),
+            (outcome, _, Some(reason)) if !reason.is_empty() => format!("{outcome}: {reason}"),
+            (outcome, _, _) => outcome.to_owned(),
+        };
+        if self.repeats > 0 {
+            let source = self.source.as_deref().unwrap_or("this source");
+            text.push_str(&format!(" (+{} more from {source})", self.repeats));
+        }
+        text
+    }
 }
 
 pub struct Reader {
@@ -55,7 +76,8 @@ impl Reader {
     pub fn deliveries(&self, limit: u32) -> Result<Vec<DeliveryRow>, StoreError> {
         let mut statement = self.conn.prepare_cached(
             "SELECT d.id, d.delivery_id, d.project, d.forge, d.event, d.repository, d.git_ref,
-                    d.sha, d.outcome, d.reason, d.received_at, j.id, d.headers, d.event_json
+                    d.sha, d.outcome, d.reason, d.received_at, j.id, d.headers, d.event_json,
+                    d.source, d.repeats
              FROM deliveries d LEFT JOIN jobs j ON j.delivery = d.id
              ORDER BY d.id DESC LIMIT ?1",
         )?;
@@ -75,6 +97,8 @@ impl Reader {
                 job: row.get(11)?,
                 headers: row.get(12)?,
                 event_json: row.get(13)?,
+                source: row.get(14)?,
+                repeats: row.get(15)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

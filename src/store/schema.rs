@@ -160,7 +160,24 @@ const MIGRATIONS: &[&str] = &[
         FROM images i JOIN jobs j ON j.id = i.job
         WHERE i.digest IS NOT NULL ORDER BY i.pushed_at;
     ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;",
+    // 7: bounded rejections and retention; see BOUNDED_REJECTIONS.
+    BOUNDED_REJECTIONS,
 ];
+
+/// A rejection keeps the source it came from (the client address, or its IPv6 /64), and
+/// `repeats` counts the further rejections from that source that were counted on it instead
+/// of recorded one by one. The indexes serve the count's update and the retention sweeps.
+/// Touches only `deliveries` and `log_chunks`; independent of any other migration.
+const BOUNDED_REJECTIONS: &str = "
+    ALTER TABLE deliveries ADD COLUMN source TEXT;
+    ALTER TABLE deliveries ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX deliveries_rejected_by_source ON deliveries (source, id)
+        WHERE outcome = 'rejected';
+    CREATE INDEX deliveries_rejected_by_time ON deliveries (received_at)
+        WHERE outcome = 'rejected';
+    CREATE INDEX deliveries_by_body_segment ON deliveries (body_segment)
+        WHERE body_segment IS NOT NULL;
+    CREATE INDEX log_chunks_by_time ON log_chunks (at);";
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;

@@ -41,15 +41,7 @@ impl Segments {
         referenced_end: impl Fn(u32) -> Result<u64, StoreError>,
     ) -> Result<Segments, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| segment_error(dir, e))?;
-        let newest = std::fs::read_dir(dir)
-            .map_err(|e| segment_error(dir, e))?
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                name.strip_suffix(".seg")?.parse::<u32>().ok()
-            })
-            .max()
-            .unwrap_or(1);
+        let newest = numbers(dir)?.into_iter().max().unwrap_or(1);
         let path = segment_path(dir, newest);
         let file = open_for_append(&path)?;
         let keep = referenced_end(newest)?;
@@ -116,7 +108,9 @@ impl Segments {
         Ok((file, path))
     }
 
-    fn rotate(&mut self) -> Result<(), StoreError> {
+    /// Starts the next segment; the one before is never appended to again (so retention may
+    /// delete it once its bodies are old).
+    pub fn rotate(&mut self) -> Result<(), StoreError> {
         let next = self.current + 1;
         let path = segment_path(&self.dir, next);
         self.file = open_for_append(&path)?;
@@ -125,6 +119,25 @@ impl Segments {
         self.len = 0;
         Ok(())
     }
+}
+
+/// The numbers of the segment files in `dir`, in no particular order.
+pub fn numbers(dir: &Path) -> Result<Vec<u32>, StoreError> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| segment_error(dir, e))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse::<u32>().ok()
+        })
+        .collect())
+}
+
+/// Deletes a segment file no row points into any more, durably.
+pub fn remove(dir: &Path, segment: u32) -> Result<(), StoreError> {
+    let path = segment_path(dir, segment);
+    std::fs::remove_file(&path).map_err(|e| segment_error(&path, e))?;
+    sync_dir(dir)
 }
 
 /// Reads one body back.

@@ -38,6 +38,10 @@ pub enum Command {
         oneshot::Sender<Result<Recorded, StoreError>>,
     ),
     Reject(Rejection),
+    /// One more rejection from this source, counted on its last recorded one.
+    Repeat(String),
+    /// Start a new body segment (retention asks, so that the current one can age out).
+    Rotate,
     Probe(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -212,16 +216,24 @@ impl Writer {
 
     fn commit(&mut self, batch: Vec<Command>) {
         let mut records = Vec::new();
-        let mut rejections = Vec::new();
+        let mut rejections = Rejections::default();
         let mut probes = Vec::new();
+        let mut rotate = false;
         for command in batch {
             match command {
                 Command::Record(delivery, reply) => records.push((delivery, reply)),
-                Command::Reject(rejection) => rejections.push(rejection),
+                Command::Reject(rejection) => rejections.recorded.push(rejection),
+                Command::Repeat(source) => *rejections.repeats.entry(source).or_default() += 1,
                 Command::Probe(reply) => probes.push(reply),
+                Command::Rotate => rotate = true,
             }
         }
         let outcome = self.write(&records, &rejections);
+        if rotate {
+            if let Err(e) = self.segments.rotate() {
+                tracing::error!(error = %e, "Could not start a new body segment");
+            }
+        }
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "Store batch failed; every delivery in it is refused");
         }
@@ -249,7 +261,7 @@ impl Writer {
     fn write(
         &mut self,
         records: &Records,
-        rejections: &[Rejection],
+        rejections: &Rejections,
     ) -> Result<Vec<Recorded>, StoreError> {
         let bodies: Vec<&[u8]> = records.iter().map(|(d, _)| d.body.as_ref()).collect();
         let (locations, syncing) = if bodies.is_empty() {
@@ -289,6 +301,13 @@ impl Writer {
     }
 }
 
+/// The rejections of one batch: the ones recorded, and per source how many more to count.
+#[derive(Default)]
+struct Rejections {
+    recorded: Vec<Rejection>,
+    repeats: std::collections::HashMap<String, i64>,
+}
+
 type Records = [(
     Box<NewDelivery>,
     oneshot::Sender<Result<Recorded, StoreError>>,
@@ -300,7 +319,7 @@ fn write_rows(
     conn: &mut Connection,
     records: &Records,
     bodies: &[BodyLocation],
-    rejections: &[Rejection],
+    rejections: &Rejections,
 ) -> Result<(Vec<Recorded>, Vec<i64>), StoreError> {
     if bodies.len() != records.len() {
         return Err(StoreError::Corrupt(
@@ -316,8 +335,11 @@ fn write_rows(
         answers.push(answer);
         inserted.extend(row);
     }
-    for rejection in rejections {
+    for rejection in &rejections.recorded {
         insert_rejection(&tx, rejection)?;
+    }
+    for (source, count) in &rejections.repeats {
+        count_repeats(&tx, source, *count)?;
     }
     tx.commit()?;
     Ok((answers, inserted))
@@ -413,8 +435,9 @@ fn duplicate_of(
 
 fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &Rejection) -> Result<(), StoreError> {
     let mut statement = tx.prepare_cached(
-        "INSERT INTO deliveries (delivery_id, project, forge, event, outcome, reason, received_at)
-         VALUES (?1, ?2, ?3, ?4, 'rejected', ?5, ?6)",
+        "INSERT INTO deliveries (delivery_id, project, forge, event, outcome, reason, received_at,
+            source)
+         VALUES (?1, ?2, ?3, ?4, 'rejected', ?5, ?6, ?7)",
     )?;
     statement.execute(params![
         r.delivery_id,
@@ -423,7 +446,23 @@ fn insert_rejection(tx: &rusqlite::Transaction<'_>, r: &Rejection) -> Result<(),
         r.event,
         r.reason,
         timestamp(r.received_at),
+        r.source,
     ])?;
+    Ok(())
+}
+
+/// Adds `count` to the repeats of `source`'s newest recorded rejection. With none recorded
+/// (retention removed it, or it is still in the queue), the count lives only in the metric.
+fn count_repeats(
+    tx: &rusqlite::Transaction<'_>,
+    source: &str,
+    count: i64,
+) -> Result<(), StoreError> {
+    let mut statement = tx.prepare_cached(
+        "UPDATE deliveries SET repeats = repeats + ?2
+         WHERE id = (SELECT MAX(id) FROM deliveries WHERE outcome = 'rejected' AND source = ?1)",
+    )?;
+    statement.execute(params![source, count])?;
     Ok(())
 }
 

@@ -11,6 +11,8 @@ use crate::store::{Jobs, Reader, StoreError};
 pub struct Views {
     pub jobs: Arc<Jobs>,
     pub reader: Mutex<Reader>,
+    /// Counts live-log streams (`deploybot_log_followers`).
+    pub followers: crate::metrics::Gauge,
 }
 
 impl Views {
@@ -181,7 +183,7 @@ pub async fn log_stream(
     request: actix_web::HttpRequest,
 ) -> HttpResponse {
     let id = id.into_inner();
-    let mut after: i64 = request
+    let after: i64 = request
         .headers()
         .get("Last-Event-ID")
         .and_then(|v| v.to_str().ok())
@@ -191,44 +193,62 @@ pub async fn log_stream(
     if let Ok(None) = views.read(move |v| v.jobs.state(id)).await {
         return error(404, &format!("job {id}: no such job"));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, actix_web::Error>>(16);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
     // On this worker's own thread: the follower lives as long as the response it feeds.
-    actix_web::rt::spawn(async move {
-        loop {
-            let read = views
-                .read(move |v| Ok((v.jobs.state(id)?, v.jobs.logs(id, None, after)?)))
-                .await;
-            let Ok((state, chunks)) = read else { return };
-            for chunk in chunks {
-                after = chunk.id;
-                let mut event = format!("id: {}\nevent: log\n", chunk.id);
-                for line in chunk.text.lines() {
-                    event.push_str(&format!(
-                        "data: {} {}| {line}\n",
-                        chunk.service, chunk.stage
-                    ));
-                }
-                event.push('\n');
-                if tx.send(Ok(web::Bytes::from(event))).await.is_err() {
-                    return; // the client went away
-                }
-            }
-            let state = state.unwrap_or_default();
-            if !matches!(state.as_str(), "queued" | "running") {
-                let _ = tx
-                    .send(Ok(web::Bytes::from(format!(
-                        "event: end\ndata: {state}\n\n"
-                    ))))
-                    .await;
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        }
-    });
+    actix_web::rt::spawn(follow(views, id, after, tx));
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(tokio_stream_from(rx))
+}
+
+/// How often a follower looks for new chunks.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+
+type Events = tokio::sync::mpsc::Sender<Result<web::Bytes, actix_web::Error>>;
+
+/// Feeds a job's new log chunks to `events` until the job ends or the client goes away. A
+/// client that disconnects ends it at once, not at the next chunk (a queued job may write
+/// none for hours): every wait is raced against the response being dropped.
+async fn follow(views: Arc<Views>, id: i64, mut after: i64, events: Events) {
+    let _following = views.followers.guard();
+    loop {
+        let poll = views.read(move |v| Ok((v.jobs.state(id)?, v.jobs.logs(id, None, after)?)));
+        let read = tokio::select! {
+            _ = events.closed() => return,
+            read = poll => read,
+        };
+        let Ok((state, chunks)) = read else { return };
+        for chunk in chunks {
+            after = chunk.id;
+            if events.send(Ok(log_event(&chunk))).await.is_err() {
+                return; // the client went away
+            }
+        }
+        let state = state.unwrap_or_default();
+        if !matches!(state.as_str(), "queued" | "running") {
+            let end = format!("event: end\ndata: {state}\n\n");
+            let _ = events.send(Ok(web::Bytes::from(end))).await;
+            return;
+        }
+        tokio::select! {
+            _ = events.closed() => return,
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+    }
+}
+
+/// One chunk as a Server-Sent Event, its id the chunk's.
+fn log_event(chunk: &crate::store::LogChunk) -> web::Bytes {
+    let mut event = format!("id: {}\nevent: log\n", chunk.id);
+    for line in chunk.text.lines() {
+        event.push_str(&format!(
+            "data: {} {}| {line}\n",
+            chunk.service, chunk.stage
+        ));
+    }
+    event.push('\n');
+    web::Bytes::from(event)
 }
 
 fn tokio_stream_from<T>(

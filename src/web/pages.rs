@@ -246,12 +246,9 @@ pub async fn deliveries(views: web::Data<Arc<Views>>) -> HttpResponse {
     };
     let mut body = String::from("<h1>Deliveries</h1><table><tr><th>received</th><th>project</th><th>forge</th><th>event</th><th>ref</th><th>sha</th><th>outcome</th><th>delivery</th></tr>");
     for row in &rows {
-        let outcome = match (row.outcome.as_str(), row.job, row.reason.as_deref()) {
-            ("queued", Some(job), _) => format!("<a href=\"/jobs/{job}\">queued (job {job})</a>"),
-            (outcome, _, Some(reason)) if !reason.is_empty() => {
-                format!("{}: {}", escape(outcome), escape(reason))
-            }
-            (outcome, _, _) => escape(outcome),
+        let outcome = match (row.outcome.as_str(), row.job) {
+            ("queued", Some(job)) => format!("<a href=\"/jobs/{job}\">queued (job {job})</a>"),
+            _ => escape(&row.outcome_text()),
         };
         let dash = |v: &Option<String>| escape(v.as_deref().unwrap_or("-"));
         let _ = write!(

@@ -87,3 +87,31 @@ impl Delivery {
         delivery
     }
 }
+
+/// A GitLab delivery signed now with the test signing token, as GitLab's signed webhooks do.
+pub fn signed_now(fixture: &str, id: &str) -> Delivery {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_secs();
+    signed_at(fixture, id, now)
+}
+
+/// A GitLab delivery signed with the test signing token at `timestamp` (Unix seconds).
+pub fn signed_at(fixture: &str, id: &str, timestamp: u64) -> Delivery {
+    let token = secrecy::SecretString::from(super::TEST_SIGNING_TOKEN);
+    let key = deploybot::forge::SigningKey::parse(token).expect("the test token parses");
+    let delivery = Delivery::fixture(fixture)
+        .without_header("X-Gitlab-Token")
+        .with_delivery_id(id);
+    let signature = deploybot::forge::standard_webhooks_signature(
+        &key,
+        id,
+        &timestamp.to_string(),
+        &delivery.body,
+    );
+    delivery
+        .with_header("webhook-id", id)
+        .with_header("webhook-timestamp", &timestamp.to_string())
+        .with_header("webhook-signature", &signature)
+}

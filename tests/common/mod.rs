@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod forge_double;
 pub mod infra;
+pub mod slow_client;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ use deploybot::config::{Settings, Sources};
 use deploybot::startup::Application;
 use tempfile::TempDir;
 
-pub use fixtures::{fixture_body, Delivery};
+pub use fixtures::{fixture_body, signed_now, Delivery};
 
 /// The secret every fixture signature was computed with (fixtures/README.md).
 pub const TEST_SECRET: &str = "deploybot-test-secret";
@@ -258,6 +259,65 @@ impl TestApp {
             .send()
             .await
             .expect("request is sent")
+    }
+
+    /// The value of an unlabelled metric (or one series, `name{label="value"}`), if exported.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics are text");
+        text.lines()
+            .filter_map(|line| line.split_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, value)| value.trim().parse().ok())
+    }
+
+    /// Waits until `series` reads `value`, polling; fails the test after a generous deadline.
+    pub async fn wait_for_metric(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let now = self.metric(series).await;
+            if now == Some(value) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} is {now:?}, never {value}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The rejected deliveries as `/api/v1/deliveries` lists them (newest first), once they
+    /// account for `count` rejections (each row itself plus its `repeats`). Rejections are
+    /// recorded off the answer path, so this polls; it fails the test after a generous deadline.
+    pub async fn wait_for_rejections(&self, count: i64) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let listing = json(self.get("/api/v1/deliveries?limit=500").await).await;
+            let rows: Vec<serde_json::Value> = listing["deliveries"]
+                .as_array()
+                .expect("deliveries are a list")
+                .iter()
+                .filter(|row| row["outcome"] == "rejected")
+                .cloned()
+                .collect();
+            let seen: i64 = rows
+                .iter()
+                .map(|row| 1 + row["repeats"].as_i64().unwrap_or(0))
+                .sum();
+            if seen >= count {
+                return rows;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{seen} rejections recorded, never {count}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Takes the action at `path` (POST) with the bearer `token`.

@@ -1,11 +1,8 @@
 //! GitLab deliveries: classic X-Gitlab-Token hooks and Standard Webhooks signed ones.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::common::{json, project_for, Delivery, TestApp, TEST_SIGNING_TOKEN};
+use crate::common::{json, project_for, signed_now, Delivery, TestApp};
 
 #[tokio::test]
 async fn every_gitlab_push_fixture_is_queued_with_the_payloads_own_values() {
@@ -120,35 +117,6 @@ async fn a_wrong_gitlab_token_is_rejected_with_401() {
         "signature in X-Gitlab-Token does not match the body"
     );
     assert_eq!(app.jobs(), 0);
-}
-
-/// A GitLab delivery signed now with the signing token, as GitLab's signed webhooks do.
-fn signed_now(fixture: &str, id: &str) -> Delivery {
-    signed_at(
-        fixture,
-        id,
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-}
-
-fn signed_at(fixture: &str, id: &str, timestamp: u64) -> Delivery {
-    let key = deploybot::forge::SigningKey::parse(SecretString::from(TEST_SIGNING_TOKEN)).unwrap();
-    let delivery = Delivery::fixture(fixture)
-        .without_header("X-Gitlab-Token")
-        .with_delivery_id(id);
-    let signature = deploybot::forge::standard_webhooks_signature(
-        &key,
-        id,
-        &timestamp.to_string(),
-        &delivery.body,
-    );
-    delivery
-        .with_header("webhook-id", id)
-        .with_header("webhook-timestamp", &timestamp.to_string())
-        .with_header("webhook-signature", &signature)
 }
 
 #[tokio::test]

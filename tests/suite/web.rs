@@ -167,6 +167,25 @@ async fn the_log_stream_follows_a_running_job_until_it_ends() {
     assert!(received.contains("event: end\ndata: success"), "{received}");
 }
 
+#[tokio::test]
+async fn log_followers_end_as_soon_as_their_clients_disconnect() {
+    // Arrange: followers of a queued job, which writes no log for them to send.
+    let (app, _jobs) = seeded().await;
+    let mut followers = Vec::new();
+    for _ in 0..5 {
+        let response = app.get("/api/v1/jobs/2/logs/stream").await;
+        assert_eq!(response.status(), 200);
+        followers.push(response);
+    }
+    app.wait_for_metric("deploybot_log_followers", 5.0).await;
+
+    // Act
+    drop(followers);
+
+    // Assert
+    app.wait_for_metric("deploybot_log_followers", 0.0).await;
+}
+
 /// The next chunk of an event stream, within 5 s.
 async fn next_event(
     stream: &mut (impl futures_util::Stream<Item = reqwest::Result<actix_web::web::Bytes>> + Unpin),
