@@ -22,7 +22,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::domain::{ProjectName, RepoSlug};
-use crate::forge::{ForgeKind, SigningKey};
+use crate::forge::ForgeKind;
 
 pub use environment::{is_dns_label, ClusterAccess, DeployOrder, Environment};
 
@@ -177,7 +177,7 @@ pub struct Project {
     pub name: ProjectName,
     pub forge: ForgeKind,
     pub repository: RepoSlug,
-    pub secrets: WebhookSecrets,
+    pub secrets: crate::forge::WebhookSecrets,
     /// Where to fetch from: the configured `clone_url`, else the repository's URL on its forge
     /// (never a URL a payload names).
     pub clone_url: String,
@@ -196,16 +196,6 @@ pub struct Project {
     pub statuses: Option<StatusReporting>,
 }
 
-/// What proves a delivery genuine. Which of these a forge needs is the forge's business
-/// (GitHub: the HMAC secret; GitLab: the token and/or the signing key).
-#[derive(Debug)]
-pub struct WebhookSecrets {
-    /// GitHub's HMAC key, or GitLab's `X-Gitlab-Token` value.
-    pub secret: Option<SecretString>,
-    /// GitLab's Standard Webhooks signing token (`whsec_...`), decoded.
-    pub signing_key: Option<SigningKey>,
-}
-
 impl Settings {
     /// Every secret value this configuration holds, for redaction and for tests that scan
     /// captured output. Exposing them is the point of this function.
@@ -213,12 +203,7 @@ impl Settings {
         use secrecy::ExposeSecret;
         let mut values = Vec::new();
         for project in &self.projects {
-            if let Some(secret) = &project.secrets.secret {
-                values.push(secret.expose_secret().to_owned());
-            }
-            if let Some(key) = &project.secrets.signing_key {
-                values.push(key.token_text().to_owned());
-            }
+            values.extend(project.secrets.values());
             if let Some(credentials) = &project.git_credentials {
                 values.push(credentials.token.expose_secret().to_owned());
             }

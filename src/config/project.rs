@@ -7,10 +7,10 @@ use secrecy::SecretString;
 
 use super::raw::RawProject;
 use super::secret::SecretSpec;
-use super::{Problem, Project, StatusAuth, StatusReporting, WebhookSecrets};
+use super::{Problem, Project, StatusAuth, StatusReporting};
 use crate::checkout::GitCredentials;
 use crate::domain::{ProjectName, RepoSlug};
-use crate::forge::{ForgeKind, SigningKey};
+use crate::forge::{ForgeKind, GivenSecrets, SigningKey, WebhookSecrets};
 use crate::pipeline::Pattern;
 
 /// What the checks of one project share: its raw form, where its secrets come from, and where
@@ -73,7 +73,7 @@ pub fn project(
         name: name?,
         forge: forge?,
         repository: repository?,
-        secrets,
+        secrets: secrets?,
         clone_url: clone_url?,
         git_credentials,
         default_pipeline,
@@ -131,17 +131,18 @@ impl Checker<'_> {
         (spec.is_given(), value)
     }
 
-    /// What proves a delivery genuine: GitHub needs its HMAC secret; GitLab its token, its
-    /// signing token (Standard Webhooks), or both.
-    fn webhook_secrets(&mut self, forge: Option<ForgeKind>) -> WebhookSecrets {
+    /// What proves a delivery genuine: the secrets given, as the project's forge needs them
+    /// (the forge's own rule, `ForgeKind::webhook_secrets`). None when any is wrong.
+    fn webhook_secrets(&mut self, forge: Option<ForgeKind>) -> Option<WebhookSecrets> {
         let raw = self.raw;
-        let (secret_given, secret) = self.secret(
+        let before = self.problems.len();
+        let (_, secret) = self.secret(
             "webhook_secret",
             raw.webhook_secret.as_ref(),
             raw.webhook_secret_env.as_ref(),
             raw.webhook_secret_file.as_ref(),
         );
-        let (token_given, token) = self.secret(
+        let (_, token) = self.secret(
             "signing_token",
             raw.signing_token.as_ref(),
             raw.signing_token_env.as_ref(),
@@ -152,25 +153,16 @@ impl Checker<'_> {
                 .map_err(|message| self.report(signing_token_key(raw), message))
                 .ok()
         });
-        match forge {
-            Some(ForgeKind::Github) if !secret_given => self.report(
-                "webhook_secret",
-                "missing: GitHub deliveries are verified with it; set webhook_secret, webhook_secret_env or webhook_secret_file".into(),
-            ),
-            Some(ForgeKind::Github) if token_given => self.report(
-                "signing_token",
-                "only GitLab projects use a signing token".into(),
-            ),
-            Some(ForgeKind::Gitlab) if !secret_given && !token_given => self.report(
-                "webhook_secret",
-                "missing: a GitLab project needs a webhook_secret (X-Gitlab-Token), a signing_token, or both".into(),
-            ),
-            _ => {}
+        if self.problems.len() != before {
+            return None;
         }
-        WebhookSecrets {
-            secret,
-            signing_key,
-        }
+        forge?
+            .webhook_secrets(GivenSecrets {
+                secret,
+                signing_key,
+            })
+            .map_err(|p| self.report(p.key, p.message.to_owned()))
+            .ok()
     }
 
     /// Credentials for a private repository: a token, and the user it goes with.

@@ -8,7 +8,7 @@ use super::{
     json_bytes, recorded_headers, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource,
     Hook, HookError, Push, VerifyContext,
 };
-use crate::config::WebhookSecrets;
+use super::{GivenSecrets, SecretsProblem, WebhookSecrets};
 use crate::domain::{CommitSha, DeliveryId, GitRef, RepoSlug};
 
 pub struct GitHub;
@@ -69,13 +69,20 @@ impl Forge for GitHub {
         let signature = headers
             .header(SIGNATURE)?
             .ok_or(HookError::MissingSignature(SIGNATURE))?;
-        // Config validation guarantees a GitHub project has a secret; without one, nothing
-        // verifies.
-        let secret = secrets
-            .secret
-            .as_ref()
-            .ok_or(HookError::BadSignature(SIGNATURE))?;
+        // Intake only verifies a delivery with its own project's forge; another forge's
+        // secrets verify nothing here.
+        let WebhookSecrets::GitHub { secret } = secrets else {
+            return Err(HookError::BadSignature(SIGNATURE));
+        };
         verify_github(SIGNATURE, signature, secret, body)
+    }
+
+    fn event_label(&self, event: &str) -> &'static str {
+        match event {
+            "push" => "push",
+            "ping" => "ping",
+            _ => "other",
+        }
     }
 
     fn parse(&self, event: &str, encoding: BodyEncoding, body: &[u8]) -> Result<Hook, HookError> {
@@ -187,6 +194,27 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
         clone_url: payload.repository.clone_url,
         head_commit_message: payload.head_commit.and_then(|c| c.message),
     }))
+}
+
+/// GitHub verifies every delivery with the HMAC secret, and has no signing tokens.
+pub(super) fn webhook_secrets(given: GivenSecrets) -> Result<WebhookSecrets, SecretsProblem> {
+    match given {
+        GivenSecrets {
+            signing_key: Some(_),
+            ..
+        } => Err(SecretsProblem {
+            key: "signing_token",
+            message: "only GitLab projects use a signing token",
+        }),
+        GivenSecrets {
+            secret: Some(secret),
+            signing_key: None,
+        } => Ok(WebhookSecrets::GitHub { secret }),
+        GivenSecrets { secret: None, .. } => Err(SecretsProblem {
+            key: "webhook_secret",
+            message: "missing: GitHub deliveries are verified with it; set webhook_secret, webhook_secret_env or webhook_secret_file",
+        }),
+    }
 }
 
 /// GitHub's web root for an API root: `https://api.github.com` → `https://github.com`;

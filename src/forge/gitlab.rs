@@ -11,7 +11,7 @@ use super::{
     json_bytes, recorded_headers, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource,
     Hook, HookError, Push, VerifyContext,
 };
-use crate::config::WebhookSecrets;
+use super::{GivenSecrets, SecretsProblem, WebhookSecrets};
 use crate::domain::{CommitSha, DeliveryId, GitRef, RepoSlug};
 
 pub struct GitLab;
@@ -77,7 +77,10 @@ impl Forge for GitLab {
         secrets: &WebhookSecrets,
         context: VerifyContext,
     ) -> Result<(), HookError> {
-        if let Some(expected) = &secrets.secret {
+        let WebhookSecrets::GitLab { token, signing_key } = secrets else {
+            return Err(HookError::BadSignature(TOKEN));
+        };
+        if let Some(expected) = token {
             let token = headers
                 .header(TOKEN)?
                 .ok_or(HookError::MissingSignature(TOKEN))?;
@@ -85,7 +88,7 @@ impl Forge for GitLab {
                 return Err(HookError::BadSignature(TOKEN));
             }
         }
-        if let Some(key) = &secrets.signing_key {
+        if let Some(key) = signing_key {
             let need = |name: &'static str| -> Result<&str, HookError> {
                 headers
                     .header(name)?
@@ -98,11 +101,19 @@ impl Forge for GitLab {
             };
             verify_standard(key, &signed, body, context.now, context.tolerance)?;
         }
-        if secrets.secret.is_none() && secrets.signing_key.is_none() {
-            // Config validation refuses this; refuse here too rather than accept unverified.
+        if token.is_none() && signing_key.is_none() {
+            // `webhook_secrets` never makes this; refuse rather than accept unverified.
             return Err(HookError::MissingSignature(TOKEN));
         }
         Ok(())
+    }
+
+    fn event_label(&self, event: &str) -> &'static str {
+        match event {
+            "Push Hook" => "Push Hook",
+            "Tag Push Hook" => "Tag Push Hook",
+            _ => "other",
+        }
     }
 
     fn parse(&self, event: &str, encoding: BodyEncoding, body: &[u8]) -> Result<Hook, HookError> {
@@ -215,6 +226,21 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
         clone_url: payload.project.git_http_url,
         head_commit_message,
     }))
+}
+
+/// GitLab verifies with `X-Gitlab-Token`, Standard Webhooks signatures, or both; a project
+/// with neither would accept anything, so it is refused.
+pub(super) fn webhook_secrets(given: GivenSecrets) -> Result<WebhookSecrets, SecretsProblem> {
+    if given.secret.is_none() && given.signing_key.is_none() {
+        return Err(SecretsProblem {
+            key: "webhook_secret",
+            message: "missing: a GitLab project needs a webhook_secret (X-Gitlab-Token), a signing_token, or both",
+        });
+    }
+    Ok(WebhookSecrets::GitLab {
+        token: given.secret,
+        signing_key: given.signing_key,
+    })
 }
 
 /// GitLab's web root for an API root: `https://gitlab.example.com/api/v4` →

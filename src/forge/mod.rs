@@ -7,6 +7,7 @@
 mod error;
 mod github;
 mod gitlab;
+mod secrets;
 mod signature;
 
 use std::fmt;
@@ -15,9 +16,9 @@ use std::time::{Duration, SystemTime};
 pub use error::HookError;
 pub use github::GitHub;
 pub use gitlab::GitLab;
+pub use secrets::{GivenSecrets, SecretsProblem, WebhookSecrets};
 pub use signature::{github_signature, standard_webhooks_signature, token_matches, SigningKey};
 
-use crate::config::WebhookSecrets;
 use crate::domain::{CommitSha, DeliveryId, GitRef, ParseError, RepoSlug};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,6 +171,10 @@ pub trait Forge: Send + Sync {
 
     /// Parses a verified body into a [`Hook`].
     fn parse(&self, event: &str, encoding: BodyEncoding, body: &[u8]) -> Result<Hook, HookError>;
+
+    /// The event's name as a metric label: one of this forge's known events, or `other`, so
+    /// a caller cannot grow the series count.
+    fn event_label(&self, event: &str) -> &'static str;
 }
 
 /// The values of `names` that are present, to keep with the delivery record.

@@ -84,10 +84,10 @@ pub async fn receive(
         .await;
     let _entered = span.enter();
     let forge_label = seen.forge.map_or("unknown", |f| f.kind().as_str());
-    let event_label = seen
-        .delivery
-        .as_ref()
-        .map_or("unknown", |d| event_label(&d.event));
+    let event_label = match (seen.forge, &seen.delivery) {
+        (Some(forge), Some(delivery)) => forge.event_label(&delivery.event),
+        _ => "unknown",
+    };
     let outcome = match &result {
         Ok(answer) => answer.status,
         Err(_) => "rejected",
@@ -116,17 +116,6 @@ pub async fn receive(
             reject(&state, &project, &seen, &error, peer, received_at);
             Err(error)
         }
-    }
-}
-
-/// The known event names, so a metric label cannot be chosen by the caller.
-fn event_label(event: &str) -> &'static str {
-    match event {
-        "push" => "push",
-        "ping" => "ping",
-        "Push Hook" => "Push Hook",
-        "Tag Push Hook" => "Tag Push Hook",
-        _ => "other",
     }
 }
 
