@@ -8,6 +8,7 @@
 //! them commits, so a committed row always points at bytes on disk; bytes a crash left
 //! unreferenced are cut off at the next start. Reads use their own connections ([`Reader`]).
 
+pub(crate) mod connection;
 mod deploys;
 mod jobs;
 mod outbox;

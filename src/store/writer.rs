@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use super::connection::open_connection;
 use super::segments::{self, BodyLocation, Segments};
 use super::{
     bodies_dir, db_path, schema, timestamp, Action, NewDelivery, Recorded, Rejection, StoreError,
@@ -117,19 +118,6 @@ pub fn spawn(
         })
         .map_err(io_error)?;
     Ok((commands, thread))
-}
-
-pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a commit is on disk when it returns, which is the promise behind every 2xx.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
 }
 
 /// After a crash, the rows of the batch that was in flight may point at bodies that never

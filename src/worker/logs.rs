@@ -213,7 +213,7 @@ mod tests {
     fn job_log(limit: usize) -> (tempfile::TempDir, Arc<Jobs>, JobLog) {
         let dir = tempfile::tempdir().unwrap();
         let mut conn =
-            crate::store::writer::open_connection(&dir.path().join("deploybot.db")).unwrap();
+            crate::store::connection::open_connection(&dir.path().join("deploybot.db")).unwrap();
         crate::store::schema::migrate(&mut conn).unwrap();
         conn.execute_batch(
             "INSERT INTO deliveries (project, outcome, received_at) VALUES ('p', 'queued', 't');
