@@ -396,4 +396,49 @@ mod tests {
             ["server.body_idle_timeout_secs: must be at most server.body_deadline_secs (30)"]
         );
     }
+
+    /// A project that loads, for cases about one of its keys.
+    const OK_PROJECT: &str = "[[projects]]\nname = \"p\"\nforge = \"github\"\nrepository = \"team/app\"\nwebhook_secret = \"s3cret-value\"\n";
+
+    #[test]
+    fn every_invalid_value_is_named_by_its_field() {
+        // (what is wrong, the TOML, the one problem it gives)
+        let cases: &[(&str, String, &str)] = &[
+            ("listen address", "[server]\nlisten = \"nowhere\"\n".into(), "server.listen: \"nowhere\" is not an address:port"),
+            ("in-flight below one body", "[server]\nmax_body_bytes = 100\nmax_inflight_body_bytes = 10\n".into(), "server.max_inflight_body_bytes: must be at least server.max_body_bytes (100)"),
+            ("zero jobs", "[worker]\nconcurrency = 0\n".into(), "worker.concurrency: must be greater than 0"),
+            ("negative CPUs", "[worker]\nstep_cpus = -1.0\n".into(), "worker.step_cpus: -1 is not a positive number of CPUs"),
+            ("unknown scheme", "[worker]\nclone_schemes = [\"ftp\"]\n".into(), "worker.clone_schemes: unknown scheme \"ftp\" (https, http, git, ssh or file)"),
+            ("root toolchain", "[[toolchains]]\nname = \"t\"\nuser = \"0:0\"\n".into(), "toolchains[0].user: \"0:0\" is root: steps run as a non-root user"),
+            ("relative cache", "[[toolchains]]\nname = \"t\"\nuser = \"1000\"\ncaches = [\"go\"]\n".into(), "toolchains[0].caches: \"go\" must be an absolute path in the container"),
+            ("registry URL", "[registry]\naddress = \"https://r.example\"\n".into(), "registry.address: \"https://r.example\" should be host[:port], without scheme or path"),
+            ("password without user", "[registry]\naddress = \"r.example\"\npassword = \"pw-value\"\n".into(), "registry.username: missing: a password is set"),
+            ("no name", "[[projects]]\nforge = \"github\"\nrepository = \"a/b\"\nwebhook_secret = \"s3cret\"\n".into(), "projects[0].name: missing"),
+            ("unknown forge", "[[projects]]\nname = \"p\"\nforge = \"gitea\"\nrepository = \"a/b\"\nwebhook_secret = \"s3cret\"\n".into(), "projects[0].forge: unknown forge \"gitea\" (expected github or gitlab)"),
+            ("GitHub without secret", "[[projects]]\nname = \"p\"\nforge = \"github\"\nrepository = \"a/b\"\n".into(), "projects[0].webhook_secret: missing: GitHub deliveries are verified with it; set webhook_secret, webhook_secret_env or webhook_secret_file"),
+            ("GitLab without either", "[[projects]]\nname = \"p\"\nforge = \"gitlab\"\nrepository = \"a/b\"\n".into(), "projects[0].webhook_secret: missing: a GitLab project needs a webhook_secret (X-Gitlab-Token), a signing_token, or both"),
+            ("credentials in the URL", format!("[worker]\nclone_schemes = [\"https\"]\n{OK_PROJECT}clone_url = \"https://u:p@git.example/a.git\"\n"), "projects[0].clone_url: must not carry credentials; use git_token_env or git_token_file"),
+            ("GitLab status without API", "[[projects]]\nname = \"p\"\nforge = \"gitlab\"\nrepository = \"a/b\"\nwebhook_secret = \"s3cret\"\nstatus_token = \"t0ken-value\"\n".into(), "projects[0].api_url: missing: a GitLab project with a status_token needs its API root, e.g. https://gitlab.example.com/api/v4"),
+            ("half a GitHub App", format!("{OK_PROJECT}github_app_id = 1\n"), "projects[0].status_token: give either status_token, or all of github_app_id, github_installation_id and github_app_key"),
+            ("chat without URL", "[[chat]]\nname = \"c\"\n".into(), "chat[0].webhook_url: missing: set webhook_url, webhook_url_env or webhook_url_file"),
+            ("chat on what", "[[chat]]\nname = \"c\"\nwebhook_url = \"https://chat.example/x\"\non = [\"sometimes\"]\n".into(), "chat[0].on: unknown result \"sometimes\" (expected success or failed)"),
+        ];
+        for (what, toml, expected) in cases {
+            assert_eq!(problems(toml), [*expected], "{what}");
+        }
+    }
+
+    #[test]
+    fn valid_values_load() {
+        let cases: &[(&str, String)] = &[
+            ("the embedded defaults", String::new()),
+            ("a GitHub project", OK_PROJECT.into()),
+            ("a GitLab project with a token", "[[projects]]\nname = \"p\"\nforge = \"gitlab\"\nrepository = \"group/sub/app\"\nwebhook_secret = \"s3cret\"\n".into()),
+            ("a tightened toolchain", "[[toolchains]]\nname = \"t\"\nuser = \"1000:1000\"\nmemory_mb = 512\ncpus = 0.5\npids = 64\n".into()),
+            ("a test git server", format!("[worker]\nclone_schemes = [\"https\", \"git\"]\n{OK_PROJECT}clone_url = \"git://127.0.0.1:9418/app.git\"\n")),
+        ];
+        for (what, toml) in cases {
+            assert_eq!(problems(toml), Vec::<String>::new(), "{what}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{db_path, timestamp, connection::open_connection, StoreError};
+use super::{connection::open_connection, db_path, timestamp, StoreError};
 
 /// A job this worker holds the lease on.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use super::{db_path, timestamp, connection::open_connection, StoreError};
+use super::{connection::open_connection, db_path, timestamp, StoreError};
 use crate::report::Report;
 
 /// A report to write with a state change.

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 
 use super::segments;
-use super::{bodies_dir, db_path, timestamp, connection::open_connection, StoreError};
+use super::{bodies_dir, connection::open_connection, db_path, timestamp, StoreError};
 
 /// Rows deleted (or bodies dropped) per transaction: the write lock is held only briefly.
 const BATCH: i64 = 500;
