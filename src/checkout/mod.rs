@@ -21,7 +21,7 @@ use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
-    #[error("clone URL \"{0}\" is not an http(s) or git URL")]
+    #[error("clone URL \"{0}\" is not an https, http, git, ssh or file URL")]
     BadUrl(String),
     #[error("git {step} failed: {reason}")]
     Git { step: &'static str, reason: String },
@@ -81,8 +81,10 @@ impl Checkouts {
         job: i64,
         credentials: Option<&GitCredentials>,
     ) -> Result<PathBuf, CheckoutError> {
-        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("git://"))
-        {
+        // The configuration chose the URL and its scheme (`worker.clone_schemes`); this only
+        // refuses what git would read as something other than a repository URL.
+        let known = ["https://", "http://", "git://", "ssh://", "file://"];
+        if !known.iter().any(|scheme| url.starts_with(scheme)) {
             return Err(CheckoutError::BadUrl(url.to_owned()));
         }
         let _one_at_a_time = self.mirror_locks.lock(project.to_owned()).await;

@@ -92,116 +92,49 @@ fn environment(
     problems: &mut Vec<Problem>,
 ) -> Option<Environment> {
     let before = problems.len();
-    let field = |name: &str| format!("environments[{index}].{name}");
-    let mut problem = |name: &str, message: String| {
+    let mut problem = |(name, message): (&str, String)| {
         problems.push(Problem {
-            field: field(name),
+            field: format!("environments[{index}].{name}"),
             message,
         })
     };
     let name = raw.name.clone().unwrap_or_default();
     if name.is_empty() {
-        problem("name", "missing (e.g. production)".into());
+        problem(("name", "missing (e.g. production)".into()));
     }
     let namespace = raw.namespace.clone().unwrap_or_else(|| "default".into());
     if !is_dns_label(&namespace) {
-        problem(
+        problem((
             "namespace",
             format!("\"{namespace}\" is not a Kubernetes namespace name"),
-        );
+        ));
     }
-    let order = match raw.order.as_deref() {
-        None | Some("semver") => DeployOrder::Semver,
-        Some("push-time") => DeployOrder::PushTime,
-        Some(other) => {
-            problem(
-                "order",
-                format!("unknown order \"{other}\" (expected semver or push-time)"),
-            );
-            DeployOrder::Semver
-        }
-    };
+    let order = order(raw)
+        .map_err(&mut problem)
+        .unwrap_or(DeployOrder::Semver);
     let rollout_timeout = match raw.rollout_timeout_secs {
         Some(0) => {
-            problem("rollout_timeout_secs", "must be greater than 0".into());
+            problem(("rollout_timeout_secs", "must be greater than 0".into()));
             DEFAULT_ROLLOUT_TIMEOUT
         }
         Some(secs) => Duration::from_secs(secs),
         None => DEFAULT_ROLLOUT_TIMEOUT,
     };
-    let cluster = match (
-        &raw.kubeconfig,
-        raw.in_cluster.unwrap_or(false),
-        &raw.api_server,
-    ) {
-        (Some(path), false, None) => Some(ClusterAccess::Kubeconfig {
-            path: path.clone(),
-            context: raw.context.clone(),
-        }),
-        (None, true, None) => Some(ClusterAccess::InCluster),
-        (None, false, Some(api_server)) => match &raw.token_file {
-            Some(token_file) if api_server.starts_with("https://") => {
-                Some(ClusterAccess::Explicit {
-                    api_server: api_server.clone(),
-                    ca_file: raw.ca_file.clone(),
-                    token_file: token_file.clone(),
-                })
-            }
-            Some(_) => {
-                problem(
-                    "api_server",
-                    format!("\"{api_server}\" must be an https:// URL"),
-                );
-                None
-            }
-            None => {
-                problem(
-                    "token_file",
-                    "missing: an api_server needs a bearer token file".into(),
-                );
-                None
-            }
-        },
-        _ => {
-            problem(
-                "kubeconfig",
-                "give exactly one of kubeconfig (with optional context), in_cluster = true, or api_server with token_file (and ca_file)".into(),
-            );
-            None
-        }
-    };
+    let cluster = cluster_access(raw).map_err(&mut problem).ok();
     let tokens = match &cluster {
-        Some(ClusterAccess::Explicit { token_file, .. }) => {
-            match std::fs::read_to_string(token_file) {
-                Ok(text) if !text.trim().is_empty() => {
-                    vec![SecretString::from(text.trim().to_owned())]
-                }
-                Ok(_) => {
-                    problem("token_file", format!("{} is empty", token_file.display()));
-                    Vec::new()
-                }
-                Err(e) => {
-                    problem(
-                        "token_file",
-                        format!("cannot read {}: {}", token_file.display(), e.kind()),
-                    );
-                    Vec::new()
-                }
-            }
-        }
-        Some(ClusterAccess::Kubeconfig { path, .. }) => kubeconfig_tokens(path),
-        _ => Vec::new(),
+        Some(cluster) => cluster_tokens(cluster)
+            .map_err(&mut problem)
+            .unwrap_or_default(),
+        None => Vec::new(),
     };
     for (key, path) in [("ca_file", &raw.ca_file), ("kubeconfig", &raw.kubeconfig)] {
-        if let Some(path) = path {
-            if !path.exists() {
-                problem(key, format!("{} does not exist", path.display()));
-            }
+        if let Some(path) = path.as_ref().filter(|p| !p.exists()) {
+            problem((key, format!("{} does not exist", path.display())));
         }
     }
-    let mut patterns = |key: &str, list: &[String]| -> Vec<Pattern> {
+    let mut patterns = |key: &'static str, list: &[String]| -> Vec<Pattern> {
         list.iter()
-            .filter_map(|p| Pattern::parse(p).map_err(|m| problem(key, m)).ok())
+            .filter_map(|p| Pattern::parse(p).map_err(|m| problem((key, m))).ok())
             .collect()
     };
     let default_tags = if raw.branches.is_empty() {
@@ -225,6 +158,70 @@ fn environment(
         cluster: cluster?,
         tokens,
     })
+}
+
+/// A problem with one key of an environment, and why.
+type KeyProblem = (&'static str, String);
+
+fn order(raw: &RawEnvironment) -> Result<DeployOrder, KeyProblem> {
+    match raw.order.as_deref() {
+        None | Some("semver") => Ok(DeployOrder::Semver),
+        Some("push-time") => Ok(DeployOrder::PushTime),
+        Some(other) => Err((
+            "order",
+            format!("unknown order \"{other}\" (expected semver or push-time)"),
+        )),
+    }
+}
+
+/// Exactly one way to reach the cluster: a kubeconfig, the pod's service account, or an API
+/// server with a bearer token file.
+fn cluster_access(raw: &RawEnvironment) -> Result<ClusterAccess, KeyProblem> {
+    let in_cluster = raw.in_cluster.unwrap_or(false);
+    match (&raw.kubeconfig, in_cluster, &raw.api_server, &raw.token_file) {
+        (Some(path), false, None, _) => Ok(ClusterAccess::Kubeconfig {
+            path: path.clone(),
+            context: raw.context.clone(),
+        }),
+        (None, true, None, _) => Ok(ClusterAccess::InCluster),
+        (None, false, Some(api_server), Some(token_file)) if api_server.starts_with("https://") => {
+            Ok(ClusterAccess::Explicit {
+                api_server: api_server.clone(),
+                ca_file: raw.ca_file.clone(),
+                token_file: token_file.clone(),
+            })
+        }
+        (None, false, Some(api_server), Some(_)) => Err((
+            "api_server",
+            format!("\"{api_server}\" must be an https:// URL"),
+        )),
+        (None, false, Some(_), None) => Err((
+            "token_file",
+            "missing: an api_server needs a bearer token file".into(),
+        )),
+        _ => Err((
+            "kubeconfig",
+            "give exactly one of kubeconfig (with optional context), in_cluster = true, or api_server with token_file (and ca_file)".into(),
+        )),
+    }
+}
+
+/// The cluster tokens this access uses, read only so that they can be masked.
+fn cluster_tokens(cluster: &ClusterAccess) -> Result<Vec<SecretString>, KeyProblem> {
+    match cluster {
+        ClusterAccess::Explicit { token_file, .. } => match std::fs::read_to_string(token_file) {
+            Ok(text) if !text.trim().is_empty() => {
+                Ok(vec![SecretString::from(text.trim().to_owned())])
+            }
+            Ok(_) => Err(("token_file", format!("{} is empty", token_file.display()))),
+            Err(e) => Err((
+                "token_file",
+                format!("cannot read {}: {}", token_file.display(), e.kind()),
+            )),
+        },
+        ClusterAccess::Kubeconfig { path, .. } => Ok(kubeconfig_tokens(path)),
+        ClusterAccess::InCluster => Ok(Vec::new()),
+    }
 }
 
 /// The tokens a kubeconfig's users carry, inline or in files (unreadable ones are kube's to

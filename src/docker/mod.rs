@@ -7,6 +7,8 @@
 //! leftovers (and a crashed process's orphans) can be found and removed.
 
 mod engine;
+#[cfg(test)]
+pub(crate) mod memory;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -151,22 +151,12 @@ enum OneOrMany {
 
 /// Parses and checks a definition; every error names its line and field.
 pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
-    let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
     let raw: RawDefinition = toml::from_str(text).map_err(|e| DefinitionError {
-        line: e.span().and_then(|s| line_of(s.start)),
+        line: e.span().and_then(|s| line_of(text, s.start)),
         field: String::new(),
         message: e.message().trim_end().replace('\n', " "),
     })?;
-    let push = match raw.push {
-        None => PushPolicy {
-            tags: vec![Pattern::any()],
-            branches: Vec::new(),
-        },
-        Some(push) => PushPolicy {
-            tags: patterns(push.tags.unwrap_or_else(|| vec!["*".into()]), "push.tags")?,
-            branches: patterns(push.branches, "push.branches")?,
-        },
-    };
+    let push = push_policy(raw.push)?;
     if raw.services.is_empty() {
         return Err(DefinitionError {
             line: None,
@@ -175,113 +165,147 @@ pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
         });
     }
     let mut names = HashSet::new();
-    let mut services = Vec::new();
-    for (index, spanned) in raw.services.into_iter().enumerate() {
-        let line = line_of(spanned.span().start);
-        let raw = spanned.into_inner();
-        let field = |name: &str| format!("services[{index}].{name}");
-        let fail = |name: &str, message: String| DefinitionError {
-            line,
-            field: field(name),
-            message,
-        };
-        if !is_dns_label(&raw.name) {
-            return Err(fail(
-                "name",
-                format!(
-                    "\"{}\" is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
-                    raw.name
-                ),
-            ));
-        }
-        if !names.insert(raw.name.clone()) {
-            return Err(fail(
-                "name",
-                format!("service \"{}\" is defined twice", raw.name),
-            ));
-        }
-        let context = relative_path(raw.context.as_deref().unwrap_or(&raw.name))
-            .map_err(|m| fail("context", m))?;
-        let dockerfile = relative_path(raw.dockerfile.as_deref().unwrap_or("Dockerfile"))
-            .map_err(|m| fail("dockerfile", m))?;
-        let image = raw.image.unwrap_or_else(|| raw.name.clone());
-        if !is_image_repository(&image) {
-            return Err(fail(
-                "image",
-                format!("\"{image}\" is not an image repository like team/service"),
-            ));
-        }
-        for (key, value) in [
-            ("deployment", &raw.deployment),
-            ("container", &raw.container),
-        ] {
-            if let Some(value) = value {
-                if !is_dns_label(value) {
-                    return Err(fail(key, format!("\"{value}\" is not a DNS-1123 label")));
-                }
-            }
-        }
-        let mut steps = Vec::new();
-        for (step_index, spanned) in raw.steps.into_iter().enumerate() {
-            let step_line = line_of(spanned.span().start);
-            let step = spanned.into_inner();
-            let step_fail = |name: &str, message: String| DefinitionError {
-                line: step_line,
-                field: format!("services[{index}].steps[{step_index}].{name}"),
-                message,
-            };
-            let stage = match step.stage.as_str() {
-                "check" => Stage::Check,
-                "compile" => Stage::Compile,
-                other => {
-                    return Err(step_fail(
-                        "stage",
-                        format!("unknown stage \"{other}\" (expected check or compile)"),
-                    ))
-                }
-            };
-            let images = match step.image {
-                OneOrMany::One(image) => vec![image],
-                OneOrMany::Many(images) => images,
-            };
-            if images.is_empty() || images.iter().any(|i| i.trim().is_empty()) {
-                return Err(step_fail(
-                    "image",
-                    "give an image, or a non-empty list".into(),
-                ));
-            }
-            if step.commands.is_empty() {
-                return Err(step_fail(
-                    "commands",
-                    "at least one command is needed".into(),
-                ));
-            }
-            let workdir = relative_path(step.workdir.as_deref().unwrap_or(&context))
-                .map_err(|m| step_fail("workdir", m))?;
-            let mut artifacts = Vec::new();
-            for artifact in &step.artifacts {
-                artifacts.push(relative_path(artifact).map_err(|m| step_fail("artifacts", m))?);
-            }
-            steps.push(Step {
-                stage,
-                images,
-                commands: step.commands,
-                workdir,
-                network: step.network,
-                artifacts,
-            });
-        }
-        services.push(Service {
-            name: raw.name,
-            context,
-            dockerfile,
-            image,
-            deployment: raw.deployment,
-            container: raw.container,
-            steps,
-        });
-    }
+    let services = raw
+        .services
+        .into_iter()
+        .enumerate()
+        .map(|(index, spanned)| service(text, index, spanned, &mut names))
+        .collect::<Result<_, _>>()?;
     Ok(Definition { push, services })
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> Option<usize> {
+    Some(text[..offset.min(text.len())].matches('\n').count() + 1)
+}
+
+/// Without a `[push]` table every tag pushes and no branch does.
+fn push_policy(raw: Option<RawPush>) -> Result<PushPolicy, DefinitionError> {
+    Ok(match raw {
+        None => PushPolicy {
+            tags: vec![Pattern::any()],
+            branches: Vec::new(),
+        },
+        Some(push) => PushPolicy {
+            tags: patterns(push.tags.unwrap_or_else(|| vec!["*".into()]), "push.tags")?,
+            branches: patterns(push.branches, "push.branches")?,
+        },
+    })
+}
+
+fn service(
+    text: &str,
+    index: usize,
+    spanned: Spanned<RawService>,
+    names: &mut HashSet<String>,
+) -> Result<Service, DefinitionError> {
+    let line = line_of(text, spanned.span().start);
+    let raw = spanned.into_inner();
+    let fail = |name: &str, message: String| DefinitionError {
+        line,
+        field: format!("services[{index}].{name}"),
+        message,
+    };
+    if !is_dns_label(&raw.name) {
+        return Err(fail(
+            "name",
+            format!(
+                "\"{}\" is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+                raw.name
+            ),
+        ));
+    }
+    if !names.insert(raw.name.clone()) {
+        return Err(fail(
+            "name",
+            format!("service \"{}\" is defined twice", raw.name),
+        ));
+    }
+    let context = relative_path(raw.context.as_deref().unwrap_or(&raw.name))
+        .map_err(|m| fail("context", m))?;
+    let dockerfile = relative_path(raw.dockerfile.as_deref().unwrap_or("Dockerfile"))
+        .map_err(|m| fail("dockerfile", m))?;
+    let image = raw.image.unwrap_or_else(|| raw.name.clone());
+    if !is_image_repository(&image) {
+        return Err(fail(
+            "image",
+            format!("\"{image}\" is not an image repository like team/service"),
+        ));
+    }
+    for (key, value) in [
+        ("deployment", &raw.deployment),
+        ("container", &raw.container),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !is_dns_label(v)) {
+            return Err(fail(key, format!("\"{value}\" is not a DNS-1123 label")));
+        }
+    }
+    let steps = raw
+        .steps
+        .into_iter()
+        .enumerate()
+        .map(|(step_index, spanned)| step(text, (index, step_index), spanned, &context))
+        .collect::<Result<_, _>>()?;
+    Ok(Service {
+        name: raw.name,
+        context,
+        dockerfile,
+        image,
+        deployment: raw.deployment,
+        container: raw.container,
+        steps,
+    })
+}
+
+/// Step `at.1` of service `at.0`; its working directory defaults to the service's context.
+fn step(
+    text: &str,
+    at: (usize, usize),
+    spanned: Spanned<RawStep>,
+    context: &str,
+) -> Result<Step, DefinitionError> {
+    let line = line_of(text, spanned.span().start);
+    let step = spanned.into_inner();
+    let fail = |name: &str, message: String| DefinitionError {
+        line,
+        field: format!("services[{}].steps[{}].{name}", at.0, at.1),
+        message,
+    };
+    let stage = match step.stage.as_str() {
+        "check" => Stage::Check,
+        "compile" => Stage::Compile,
+        other => {
+            return Err(fail(
+                "stage",
+                format!("unknown stage \"{other}\" (expected check or compile)"),
+            ))
+        }
+    };
+    let images = match step.image {
+        OneOrMany::One(image) => vec![image],
+        OneOrMany::Many(images) => images,
+    };
+    if images.is_empty() || images.iter().any(|i| i.trim().is_empty()) {
+        return Err(fail("image", "give an image, or a non-empty list".into()));
+    }
+    if step.commands.is_empty() {
+        return Err(fail("commands", "at least one command is needed".into()));
+    }
+    let workdir = relative_path(step.workdir.as_deref().unwrap_or(context))
+        .map_err(|m| fail("workdir", m))?;
+    let artifacts = step
+        .artifacts
+        .iter()
+        .map(|a| relative_path(a).map_err(|m| fail("artifacts", m)))
+        .collect::<Result<_, _>>()?;
+    Ok(Step {
+        stage,
+        images,
+        commands: step.commands,
+        workdir,
+        network: step.network,
+        artifacts,
+    })
 }
 
 fn patterns(raw: Vec<String>, field: &str) -> Result<Vec<Pattern>, DefinitionError> {
