@@ -8,6 +8,7 @@
 
 mod engine;
 #[cfg(test)]
+#[allow(dead_code)] // The worker tests use it (next).
 pub(crate) mod memory;
 
 use std::collections::BTreeMap;

@@ -261,6 +261,16 @@ async fn accept(
     if let Some(sha) = &record.sha {
         span.record("sha", sha.as_str());
     }
+    commit(state, record, &delivery.id).await
+}
+
+/// Records the delivery (one fsynced commit) and only then answers; a queued job wakes the
+/// worker and the report sender.
+async fn commit(
+    state: &IntakeState,
+    record: NewDelivery,
+    id: &DeliveryId,
+) -> Result<Answer, IntakeError> {
     let note = match &record.action {
         Action::Record {
             outcome: "ignored",
@@ -277,7 +287,7 @@ async fn accept(
         state.wake.notify_one();
         state.reports.notify_one();
     }
-    let mut answer = answer(&delivery.id, recorded);
+    let mut answer = answer(id, recorded);
     if answer.status == "ignored" {
         answer.reason = note;
     }
@@ -381,6 +391,44 @@ async fn next_chunk(
     }
 }
 
+/// The first status of a push, committed with its job, when the project reports statuses:
+/// the push is accepted and queued. Its link names the job the store is about to number.
+fn queued_status(
+    base_url: Option<&str>,
+    project: &Project,
+    push: &crate::forge::Push,
+) -> Option<NewReport> {
+    project.statuses.as_ref()?;
+    let status = crate::report::text::StatusFor {
+        repository: push.repository.as_ref(),
+        sha: push.sha.as_ref(),
+        git_ref: push.git_ref.as_ref(),
+        base_url,
+        job: 0,
+    };
+    let mut report = status.status(
+        crate::report::text::CONTEXT.to_owned(),
+        crate::report::StatusState::Pending,
+        &format!(
+            "Queued: {} accepted, waiting for a worker",
+            push.git_ref.name()
+        ),
+    );
+    if let crate::report::Report::Status {
+        target_url: Some(url),
+        ..
+    } = &mut report
+    {
+        *url = url.replace("/jobs/0", "/jobs/{job}");
+    }
+    Some(NewReport {
+        project: project.name.to_string(),
+        channel: "forge".into(),
+        job: None,
+        report,
+    })
+}
+
 /// The store record for a verified delivery, with the neutral event for a push.
 fn to_record(
     base_url: Option<&str>,
@@ -431,37 +479,7 @@ fn to_record(
             record.event_json = serde_json::to_string(&event).ok();
             record.git_ref = Some(push.git_ref.to_string());
             record.sha = Some(push.sha.to_string());
-            if project.statuses.is_some() {
-                // The first status, committed with the job: the push is accepted and queued.
-                let status = crate::report::text::StatusFor {
-                    repository: push.repository.as_ref(),
-                    sha: push.sha.as_ref(),
-                    git_ref: push.git_ref.as_ref(),
-                    base_url,
-                    job: 0,
-                };
-                let mut report = status.status(
-                    crate::report::text::CONTEXT.to_owned(),
-                    crate::report::StatusState::Pending,
-                    &format!(
-                        "Queued: {} accepted, waiting for a worker",
-                        push.git_ref.name()
-                    ),
-                );
-                if let crate::report::Report::Status {
-                    target_url: Some(url),
-                    ..
-                } = &mut report
-                {
-                    *url = url.replace("/jobs/0", "/jobs/{job}");
-                }
-                record.reports.push(NewReport {
-                    project: project.name.to_string(),
-                    channel: "forge".into(),
-                    job: None,
-                    report,
-                });
-            }
+            record.reports.extend(queued_status(base_url, project, &push));
             record.action = Action::Queue(NewJob {
                 git_ref: push.git_ref.to_string(),
                 ref_kind: push.git_ref.kind(),
