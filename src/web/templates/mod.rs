@@ -178,3 +178,6 @@ pub fn log(id: i64, service: Option<&str>, text: &str, after: i64) -> Markup {
 pub fn no_such_job(id: i64) -> Markup {
     html! { p { "job " (id) ": no such job" } }
 }
+
+#[cfg(test)]
+mod tests;
