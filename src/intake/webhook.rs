@@ -479,7 +479,9 @@ fn to_record(
             record.event_json = serde_json::to_string(&event).ok();
             record.git_ref = Some(push.git_ref.to_string());
             record.sha = Some(push.sha.to_string());
-            record.reports.extend(queued_status(base_url, project, &push));
+            record
+                .reports
+                .extend(queued_status(base_url, project, &push));
             record.action = Action::Queue(NewJob {
                 git_ref: push.git_ref.to_string(),
                 ref_kind: push.git_ref.kind(),

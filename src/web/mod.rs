@@ -5,6 +5,7 @@ mod actions;
 pub mod api;
 mod health;
 mod pages;
+mod templates;
 
 pub use actions::{ActionToken, Rollbacks};
 pub use api::Views;
