@@ -6,6 +6,7 @@
 //! reach git as an `http.extraHeader` through `GIT_CONFIG_*` environment variables, which only
 //! the same user can read.
 
+mod dockerignore;
 mod tree;
 
 pub use tree::{Tree, TreeError};

@@ -15,10 +15,13 @@ use std::path::{Component, Path, PathBuf};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt, PermissionsExt};
 
-use crate::pipeline::Pattern;
+use super::dockerignore::{DockerIgnore, IgnoreError, Matched, Verdict};
 
 /// The largest Dockerfile read.
 const MAX_DOCKERFILE_BYTES: u64 = 1024 * 1024;
+
+/// The largest `.dockerignore` read.
+const MAX_DOCKERIGNORE_BYTES: u64 = 1024 * 1024;
 
 /// A build context written as a tar.
 #[derive(Debug)]
@@ -42,6 +45,12 @@ pub enum TreeError {
     NotAFile { path: String },
     #[error("{path}: {reason}")]
     Io { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Ignore {
+        path: String,
+        #[source]
+        source: IgnoreError,
+    },
 }
 
 /// A job's checkout, opened once; every path is relative to its root.
@@ -93,7 +102,8 @@ impl Tree {
     }
 
     /// Writes the build context `context` (a directory of the checkout) as a tar into `into`,
-    /// leaving out what its `.dockerignore` names. The Dockerfile (relative to the context)
+    /// leaving out what its `.dockerignore` excludes by the docker CLI's rules (`dockerignore.rs`;
+    /// the Dockerfile and `.dockerignore` always go). The Dockerfile (relative to the context)
     /// must be a regular file in it; it is read once, and those bytes are both what goes into
     /// the tar and what is returned, so a check of the returned text holds for what the engine
     /// builds. Symlinks inside the context travel as links (the engine resolves them within the
@@ -112,10 +122,8 @@ impl Tree {
         let joined = |name: &str| join(context, name);
         let dockerfile_text = read_bounded(&root, dockerfile, MAX_DOCKERFILE_BYTES)
             .map_err(|e| self.error(&joined(dockerfile), &e))?;
-        let ignore = match Tree::read_in(&root, ".dockerignore") {
-            Ok(text) => ignore_patterns(&text),
-            Err(e) => return Err(self.error(&joined(".dockerignore"), &e)),
-        };
+        let dockerfile = normalized(dockerfile);
+        let ignore = self.dockerignore(&root, context, &dockerfile)?;
         let shown_into = into.display().to_string();
         let file = StdFile::create(into).map_err(|e| io_error(&shown_into, &e))?;
         let mut archive = ContextArchive {
@@ -124,9 +132,9 @@ impl Tree {
             content: dockerfile_text.len() as u64,
             limit,
             context,
-            dockerfile: (normalized(dockerfile), dockerfile_text.as_bytes()),
+            dockerfile: (dockerfile, dockerfile_text.as_bytes()),
         };
-        archive.append_dir(&root, "")?;
+        archive.append_dir(&root, "", &archive.ignore.root())?;
         archive.append_dockerfile()?;
         let file = archive
             .builder
@@ -175,11 +183,25 @@ impl Tree {
         Ok(stripped)
     }
 
-    fn read_in(dir: &Dir, path: &str) -> io::Result<String> {
-        match dir.read_to_string(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-            other => other,
-        }
+    /// The context's `.dockerignore` (none is an empty one), keeping the Dockerfile and itself
+    /// in the context as the docker CLI does.
+    fn dockerignore(
+        &self,
+        root: &Dir,
+        context: &str,
+        dockerfile: &str,
+    ) -> Result<DockerIgnore, TreeError> {
+        let path = join(context, ".dockerignore");
+        let text = match read_bounded(root, ".dockerignore", MAX_DOCKERIGNORE_BYTES) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(self.error(&path, &e)),
+        };
+        let mut ignore =
+            DockerIgnore::parse(&text).map_err(|source| TreeError::Ignore { path, source })?;
+        ignore.keep(".dockerignore");
+        ignore.keep(dockerfile);
+        Ok(ignore)
     }
 
     /// The error for `path`, saying which link leads out when the cause is an escape.
@@ -290,19 +312,10 @@ fn escaping_link(dir: &Dir, path: &str) -> Option<String> {
     None
 }
 
-/// The simple forms of `.dockerignore`: a name or path per line, `*` wildcards, `#` comments.
-fn ignore_patterns(text: &str) -> Vec<Pattern> {
-    text.lines()
-        .map(|l| l.trim().trim_start_matches("./").trim_end_matches('/'))
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
-        .filter_map(|l| Pattern::parse(l).ok())
-        .collect()
-}
-
 /// A build context being written as a tar, file content counted against the limit.
 struct ContextArchive<'a> {
     builder: tar::Builder<StdFile>,
-    ignore: Vec<Pattern>,
+    ignore: DockerIgnore,
     content: u64,
     limit: u64,
     context: &'a str,
@@ -312,7 +325,9 @@ struct ContextArchive<'a> {
 }
 
 impl ContextArchive<'_> {
-    fn append_dir(&mut self, dir: &Dir, at: &str) -> Result<(), TreeError> {
+    /// Appends what `dir` (at `at` in the context) holds, as the docker CLI's walk decides it:
+    /// `parent` is what the rules matched for `dir`.
+    fn append_dir(&mut self, dir: &Dir, at: &str, parent: &Matched) -> Result<(), TreeError> {
         let shown = join(self.context, at);
         let fail = |e: io::Error| io_error(&shown, &e);
         let mut entries: Vec<_> = dir
@@ -329,22 +344,46 @@ impl ContextArchive<'_> {
             } else {
                 format!("{at}/{name}")
             };
-            if relative == self.dockerfile.0 || self.ignore.iter().any(|p| p.matches(&relative)) {
+            if relative == self.dockerfile.0 {
                 continue;
             }
             let kind = entry.file_type().map_err(fail)?;
-            if kind.is_dir() {
-                let child = dir.open_dir(&name).map_err(fail)?;
-                self.append_entry(tar::EntryType::Directory, &relative, 0o755, 0, None)?;
-                self.append_dir(&child, &relative)?;
-            } else if kind.is_symlink() {
-                let target = dir.read_link_contents(&name).map_err(fail)?;
-                self.append_entry(tar::EntryType::Symlink, &relative, 0o777, 0, Some(&target))?;
-            } else if kind.is_file() {
-                self.append_file(dir, &name, &relative)?;
+            let (verdict, matched) = self.ignore.entry(&relative, kind.is_dir(), parent);
+            match verdict {
+                Verdict::Leave => {}
+                Verdict::Descend => {
+                    let child = dir.open_dir(&name).map_err(fail)?;
+                    self.append_dir(&child, &relative, &matched)?;
+                }
+                Verdict::Send => self.append_sent(dir, &name, &relative, kind, &matched)?,
             }
         }
         Ok(())
+    }
+
+    /// Appends one entry the rules send: a directory with what it holds, a symlink as a link,
+    /// a regular file with its content; anything else is left out.
+    fn append_sent(
+        &mut self,
+        dir: &Dir,
+        name: &str,
+        relative: &str,
+        kind: cap_std::fs::FileType,
+        matched: &Matched,
+    ) -> Result<(), TreeError> {
+        let fail = |e: io::Error| io_error(&join(self.context, relative), &e);
+        if kind.is_dir() {
+            let child = dir.open_dir(name).map_err(fail)?;
+            self.append_entry(tar::EntryType::Directory, relative, 0o755, 0, None)?;
+            self.append_dir(&child, relative, matched)
+        } else if kind.is_symlink() {
+            let target = dir.read_link_contents(name).map_err(fail)?;
+            self.append_entry(tar::EntryType::Symlink, relative, 0o777, 0, Some(&target))
+        } else if kind.is_file() {
+            self.append_file(dir, name, relative)
+        } else {
+            Ok(())
+        }
     }
 
     fn append_dockerfile(&mut self) -> Result<(), TreeError> {
@@ -511,6 +550,74 @@ mod tests {
                 "dist/main.js",
                 "passwd"
             ]
+        );
+    }
+
+    fn context_names(files: &[(&str, &str)]) -> Vec<String> {
+        let dir = tree_with(files);
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("context.tar");
+        Tree::open(dir.path())
+            .unwrap()
+            .context_tar("web", "Dockerfile", &tar, 1 << 20)
+            .unwrap();
+        names(&tar)
+    }
+
+    #[test]
+    fn the_context_tar_leaves_out_logs_at_any_depth_but_the_one_taken_back() {
+        let names = context_names(&[
+            ("web/Dockerfile", "FROM scratch\n"),
+            ("web/.dockerignore", "**/*.log\n!keep.log\n"),
+            ("web/a.log", "x"),
+            ("web/keep.log", "x"),
+            ("web/d/b.log", "x"),
+            ("web/d/keep.log", "x"),
+            ("web/d/c.txt", "x"),
+        ]);
+        assert_eq!(
+            names,
+            [".dockerignore", "Dockerfile", "d", "d/c.txt", "keep.log"]
+        );
+    }
+
+    #[test]
+    fn an_excluded_directory_is_walked_for_an_exception_inside_it_without_its_own_entry() {
+        // The docker CLI's tar for this tree holds docs/README.md but no docs/ entry.
+        let names = context_names(&[
+            ("web/Dockerfile", "FROM scratch\n"),
+            ("web/.dockerignore", "docs\n!docs/README.md\n"),
+            ("web/docs/README.md", "x"),
+            ("web/docs/guide.md", "x"),
+        ]);
+        assert_eq!(names, [".dockerignore", "Dockerfile", "docs/README.md"]);
+    }
+
+    #[test]
+    fn the_dockerfile_and_dockerignore_are_sent_even_when_excluded() {
+        let names = context_names(&[
+            ("web/Dockerfile", "FROM scratch\n"),
+            ("web/.dockerignore", "*\n"),
+            ("web/a", "x"),
+            ("web/b/c", "x"),
+        ]);
+        assert_eq!(names, [".dockerignore", "Dockerfile"]);
+    }
+
+    #[test]
+    fn a_bad_dockerignore_pattern_fails_naming_the_file_and_line() {
+        let dir = tree_with(&[
+            ("web/Dockerfile", "FROM scratch\n"),
+            ("web/.dockerignore", "# ok\n[\n"),
+        ]);
+        let out = tempfile::tempdir().unwrap();
+        let err = Tree::open(dir.path())
+            .unwrap()
+            .context_tar("web", "Dockerfile", &out.path().join("c.tar"), 1 << 20)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "web/.dockerignore: line 2: \"[\": syntax error in pattern"
         );
     }
 
