@@ -70,62 +70,20 @@ impl Reporter {
         error: Option<&str>,
         detail: Option<&JobDetail>,
     ) -> Vec<NewReport> {
-        let (state, words) = match result {
-            "success" => (
-                StatusState::Success,
-                "Built and pushed every service".to_owned(),
-            ),
-            "deployed" => (
-                StatusState::Success,
-                "Built, pushed and deployed every service".to_owned(),
-            ),
-            "rolled_back" => (
-                StatusState::Failure,
-                format!("Rolled back: {}", error.unwrap_or("a rollout failed")),
-            ),
-            "superseded" => (
-                StatusState::Error,
-                "Superseded by a newer push to this branch".to_owned(),
-            ),
-            "canceled" => (StatusState::Error, "Canceled by an operator".to_owned()),
-            _ => (StatusState::Failure, error.unwrap_or("failed").to_owned()),
-        };
+        let (state, words) = final_status(result, error);
         let mut reports = self.status(None, state, &words);
         if result == "superseded" || result == "canceled" {
             return reports;
         }
-        let Some(detail) = detail else { return reports };
-        let mut services: Vec<ServiceLine> = Vec::new();
-        for stage in detail.stages.iter().filter(|s| s.service != "-") {
-            let result = match (stage.stage.as_str(), stage.state.as_str()) {
-                (at, "failed") => Some(format!("failed at {at}")),
-                ("deploy", "rolled_back") => Some("rolled back".to_owned()),
-                ("deploy", "success") => Some("deployed".to_owned()),
-                _ => None,
-            };
-            match services.iter_mut().find(|l| l.service == stage.service) {
-                Some(line) => {
-                    if let Some(result) = result {
-                        line.result = result;
-                    }
-                }
-                None => services.push(ServiceLine {
-                    service: stage.service.clone(),
-                    result: result.unwrap_or_else(|| "ok".into()),
-                    image: None,
-                }),
-            }
+        if let Some(detail) = detail {
+            reports.extend(self.chat(result, detail));
         }
-        for line in &mut services {
-            line.image = detail
-                .images
-                .iter()
-                .find(|i| i.service == line.service)
-                .map(|i| match &i.digest {
-                    Some(digest) => format!("{}@{digest}", i.reference),
-                    None => format!("{} (not pushed)", i.reference),
-                });
-        }
+        reports
+    }
+
+    /// The chat message for a finished job, to each channel that takes its result.
+    fn chat(&self, result: &str, detail: &JobDetail) -> Vec<NewReport> {
+        let services = service_lines(detail);
         let tail = detail
             .stages
             .iter()
@@ -142,8 +100,9 @@ impl Reporter {
         } else {
             &self.chat_on_failed
         };
-        for name in channels {
-            reports.push(NewReport {
+        channels
+            .iter()
+            .map(|name| NewReport {
                 project: self.project.clone(),
                 channel: format!("chat:{name}"),
                 job: Some(self.job),
@@ -158,9 +117,8 @@ impl Reporter {
                     tail,
                     link.as_deref(),
                 ),
-            });
-        }
-        reports
+            })
+            .collect()
     }
 }
 
@@ -186,6 +144,67 @@ fn duration_seconds(detail: &JobDetail) -> i64 {
         (Some(start), Some(end)) => (end - start).whole_seconds().max(0),
         _ => 0,
     }
+}
+
+/// The overall status of a finished job, and its words.
+fn final_status(result: &str, error: Option<&str>) -> (StatusState, String) {
+    match result {
+        "success" => (
+            StatusState::Success,
+            "Built and pushed every service".to_owned(),
+        ),
+        "deployed" => (
+            StatusState::Success,
+            "Built, pushed and deployed every service".to_owned(),
+        ),
+        "rolled_back" => (
+            StatusState::Failure,
+            format!("Rolled back: {}", error.unwrap_or("a rollout failed")),
+        ),
+        "superseded" => (
+            StatusState::Error,
+            "Superseded by a newer push to this branch".to_owned(),
+        ),
+        "canceled" => (StatusState::Error, "Canceled by an operator".to_owned()),
+        _ => (StatusState::Failure, error.unwrap_or("failed").to_owned()),
+    }
+}
+
+/// One line per service: how it ended (failed at a stage, rolled back, deployed, ok) and its
+/// image.
+fn service_lines(detail: &JobDetail) -> Vec<ServiceLine> {
+    let mut services: Vec<ServiceLine> = Vec::new();
+    for stage in detail.stages.iter().filter(|s| s.service != "-") {
+        let result = match (stage.stage.as_str(), stage.state.as_str()) {
+            (at, "failed") => Some(format!("failed at {at}")),
+            ("deploy", "rolled_back") => Some("rolled back".to_owned()),
+            ("deploy", "success") => Some("deployed".to_owned()),
+            _ => None,
+        };
+        match services.iter_mut().find(|l| l.service == stage.service) {
+            Some(line) => {
+                if let Some(result) = result {
+                    line.result = result;
+                }
+            }
+            None => services.push(ServiceLine {
+                service: stage.service.clone(),
+                result: result.unwrap_or_else(|| "ok".into()),
+                image: None,
+            }),
+        }
+    }
+    for line in &mut services {
+        line.image = detail
+            .images
+            .iter()
+            .find(|i| i.service == line.service)
+            .map(|i| match &i.digest {
+                Some(digest) => format!("{}@{digest}", i.reference),
+                None => format!("{} (not pushed)", i.reference),
+            });
+    }
+    services
 }
 
 #[cfg(test)]
