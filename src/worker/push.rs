@@ -19,7 +19,7 @@ impl<E: Executor> Runner<E> {
         reference: &str,
         timeout: Duration,
     ) -> Result<(), Failure> {
-        let (job, log) = (cx.job, cx.log);
+        let job = cx.job;
         if !cx.pushes {
             // Built, and by policy not pushed: that is this service's success.
             let words = format!(
@@ -41,62 +41,14 @@ impl<E: Executor> Runner<E> {
         }
         self.stage(job.id, &service.name, "push", "running", None, None)
             .await;
-        let sink = log.stage(&service.name, "push");
-        let earlier = {
-            let reference = reference.to_owned();
-            self.blocking(move |jobs| jobs.pushed_digest(&reference))
-                .await
-                .ok()
-                .flatten()
-        };
-        let digest = match earlier {
-            Some((digest, sha)) if sha == job.sha => {
-                sink.note(&format!(
-                    "{reference} was already pushed as {digest}; not pushing again"
-                ));
-                digest
-            }
-            Some((digest, sha)) => {
-                return Err(Failure {
-                    stage: "push",
-                    exit_code: None,
-                    reason: format!(
-                        "{reference} was already pushed from commit {} as {digest}; pushed tags are immutable (use a new tag)",
-                        &sha[..12.min(sha.len())]
-                    ),
-                });
-            }
-            None => {
-                let auth = self.settings.registry.as_ref().and_then(|r| {
-                    r.password.as_ref().map(|password| RegistryAuth {
-                        server: r.address.clone(),
-                        username: r.username.clone(),
-                        password: password.clone(),
-                    })
-                });
-                with_timeout(
-                    timeout,
-                    self.executor.push_image(reference, auth.as_ref(), &sink),
-                )
-                .await
-                .map_err(|e| Failure {
-                    stage: "push",
-                    exit_code: None,
-                    reason: log_mask(log, &e.to_string()),
-                })?
-            }
-        };
-        sink.note(&format!("pushed {reference}@{digest}"));
+        let digest = self.pushed(cx, service, reference, timeout).await?;
         let pushed = format!("{reference}@{digest}");
         let reports = if cx.deploys(service) {
             let words = format!("Pushed {pushed}; deploying next");
             cx.status(&service.name, StatusState::Pending, &words)
         } else {
-            cx.status(
-                &service.name,
-                StatusState::Success,
-                &format!("Pushed {pushed}"),
-            )
+            let words = format!("Pushed {pushed}");
+            cx.status(&service.name, StatusState::Success, &words)
         };
         let (id, name, reference) = (job.id, service.name.clone(), reference.to_owned());
         self.record_stage(
@@ -108,5 +60,61 @@ impl<E: Executor> Runner<E> {
         )
         .await;
         Ok(())
+    }
+
+    /// The tag's digest: the one it was first pushed with (same commit), or a fresh push.
+    async fn pushed(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<String, Failure> {
+        let fail = |reason: String| Failure {
+            stage: "push",
+            exit_code: None,
+            reason,
+        };
+        let sink = cx.log.stage(&service.name, "push");
+        let earlier = {
+            let reference = reference.to_owned();
+            self.blocking(move |jobs| jobs.pushed_digest(&reference))
+                .await
+                .ok()
+                .flatten()
+        };
+        let digest = match earlier {
+            Some((digest, sha)) if sha == cx.job.sha => {
+                sink.note(&format!(
+                    "{reference} was already pushed as {digest}; not pushing again"
+                ));
+                digest
+            }
+            Some((digest, sha)) => {
+                let commit: String = sha.chars().take(12).collect();
+                return Err(fail(format!(
+                    "{reference} was already pushed from commit {commit} as {digest}; pushed tags are immutable (use a new tag)"
+                )));
+            }
+            None => {
+                let auth = self.registry_auth();
+                let push = self.executor.push_image(reference, auth.as_ref(), &sink);
+                with_timeout(timeout, push)
+                    .await
+                    .map_err(|e| fail(log_mask(cx.log, &e.to_string())))?
+            }
+        };
+        sink.note(&format!("pushed {reference}@{digest}"));
+        Ok(digest)
+    }
+
+    /// The registry's credentials, in the executor's terms, when a password is configured.
+    fn registry_auth(&self) -> Option<RegistryAuth> {
+        let registry = self.settings.registry.as_ref()?;
+        registry.password.as_ref().map(|password| RegistryAuth {
+            server: registry.address.clone(),
+            username: registry.username.clone(),
+            password: password.clone(),
+        })
     }
 }
