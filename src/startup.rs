@@ -48,13 +48,6 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .with_context(|| format!("server.listen: cannot bind {}", settings.server.listen))?;
         let port = listener.local_addr()?.port();
-        let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
-        let max_body = settings.server.max_body_bytes;
-        let bodies = BodyBudget::new(settings.server.max_inflight_body_bytes);
-        let rejections = RejectionBudget::new(
-            settings.server.rejections_per_source,
-            settings.server.rejections_window,
-        );
         let settings = Arc::new(settings);
         let wake = Arc::new(Notify::new());
         let reports = Arc::new(Notify::new());
@@ -94,51 +87,19 @@ impl Application {
             metrics.clone(),
         );
         let state = web::Data::new(IntakeState {
-            bodies,
-            rejections,
+            bodies: BodyBudget::new(settings.server.max_inflight_body_bytes),
+            rejections: RejectionBudget::new(
+                settings.server.rejections_per_source,
+                settings.server.rejections_window,
+            ),
             settings,
             wake,
             reports,
             store,
             metrics,
         });
-        let views = web::Data::new(Arc::new(ops::Views {
-            jobs: Arc::new(
-                Jobs::open(&state.settings.server.data_dir, "web")
-                    .context("opening the store for reading")?,
-            ),
-            reader: std::sync::Mutex::new(
-                state
-                    .store
-                    .reader()
-                    .context("opening the store for reading")?,
-            ),
-            followers: state.metrics.log_followers.clone(),
-        }));
-        let action_token = web::Data::new(ops::ActionToken(state.settings.action_token.clone()));
-        let worker_wake = web::Data::new(state.wake.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(views.clone())
-                .app_data(action_token.clone())
-                .app_data(worker_wake.clone())
-                .app_data(rollbacks.clone())
-                .configure(ops::routes)
-                .app_data(web::PayloadConfig::new(max_body))
-                .route("/hooks/{project}", web::post().to(intake::receive))
-                .route("/healthz", web::get().to(ops::healthz))
-                .route("/readyz", web::get().to(ops::readyz))
-                .route("/metrics", web::get().to(ops::metrics))
-                .default_service(web::to(not_found))
-        })
-        .shutdown_timeout(shutdown_timeout)
-        // A client that closes its side is gone: drop its request and its response at once.
-        // Allowed half-closure would keep a live-log stream (and its follower task) running for
-        // a reader that left, until the next write fails. Forges do not half-close.
-        .h1_allow_half_closed(false)
-        .listen(listener)?
-        .run();
+        let views = views(&state)?;
+        let server = serve(listener, state, views, rollbacks)?;
         // Started last: nothing after it can fail and leave it holding the store open.
         let (retention, data_dir, store, metrics) = retention;
         let retention = Retention::start(retention, &data_dir, store, metrics)
@@ -190,6 +151,58 @@ impl Application {
             .map_err(|_| anyhow::anyhow!("the store writer panicked"))?;
         Ok(())
     }
+}
+
+/// What the pages, the API and the actions read through.
+fn views(state: &web::Data<IntakeState>) -> anyhow::Result<web::Data<Arc<ops::Views>>> {
+    let data_dir = &state.settings.server.data_dir;
+    Ok(web::Data::new(Arc::new(ops::Views {
+        jobs: Arc::new(Jobs::open(data_dir, "web").context("opening the store for reading")?),
+        reader: std::sync::Mutex::new(
+            state
+                .store
+                .reader()
+                .context("opening the store for reading")?,
+        ),
+        followers: state.metrics.log_followers.clone(),
+    })))
+}
+
+/// The HTTP server on `listener`: intake, the operations endpoints, the pages, the API and
+/// the actions.
+fn serve(
+    listener: TcpListener,
+    state: web::Data<IntakeState>,
+    views: web::Data<Arc<ops::Views>>,
+    rollbacks: web::Data<ops::Rollbacks>,
+) -> anyhow::Result<actix_web::dev::Server> {
+    let shutdown_timeout = state.settings.server.shutdown_timeout.as_secs();
+    let max_body = state.settings.server.max_body_bytes;
+    let action_token = web::Data::new(ops::ActionToken(state.settings.action_token.clone()));
+    let worker_wake = web::Data::new(state.wake.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(views.clone())
+            .app_data(action_token.clone())
+            .app_data(worker_wake.clone())
+            .app_data(rollbacks.clone())
+            .configure(ops::routes)
+            .app_data(web::PayloadConfig::new(max_body))
+            .route("/hooks/{project}", web::post().to(intake::receive))
+            .route("/healthz", web::get().to(ops::healthz))
+            .route("/readyz", web::get().to(ops::readyz))
+            .route("/metrics", web::get().to(ops::metrics))
+            .default_service(web::to(not_found))
+    })
+    .shutdown_timeout(shutdown_timeout)
+    // A client that closes its side is gone: drop its request and its response at once.
+    // Allowed half-closure would keep a live-log stream (and its follower task) running for
+    // a reader that left, until the next write fails. Forges do not half-close.
+    .h1_allow_half_closed(false)
+    .listen(listener)?
+    .run();
+    Ok(server)
 }
 
 async fn start_worker(
