@@ -88,7 +88,23 @@ impl Checkouts {
         if !known.iter().any(|scheme| url.starts_with(scheme)) {
             return Err(CheckoutError::BadUrl(url.to_owned()));
         }
-        let _one_at_a_time = self.mirror_locks.lock(project.to_owned()).await;
+        let mirror = {
+            let _one_at_a_time = self.mirror_locks.lock(project.to_owned()).await;
+            self.fetch(project, url, git_ref, sha, credentials).await?
+        };
+        self.write_workspace(&mirror, sha, job).await
+    }
+
+    /// Brings the project's bare mirror up to date with `git_ref` from `url`, and makes sure
+    /// it has commit `sha` (asked for by id when the ref moved on since the push).
+    async fn fetch(
+        &self,
+        project: &str,
+        url: &str,
+        git_ref: &str,
+        sha: &str,
+        credentials: Option<&GitCredentials>,
+    ) -> Result<PathBuf, CheckoutError> {
         let mirror = self.mirrors.join(format!("{project}.git"));
         if !mirror.join("HEAD").exists() {
             private_dir(&self.mirrors).await?;
@@ -143,6 +159,17 @@ impl Checkouts {
             })?;
         }
 
+        Ok(mirror)
+    }
+
+    /// Writes commit `sha` of `mirror` (no `.git`) into the job's fresh workspace.
+    async fn write_workspace(
+        &self,
+        mirror: &Path,
+        sha: &str,
+        job: i64,
+    ) -> Result<PathBuf, CheckoutError> {
+        let mirror_arg = mirror.to_string_lossy().into_owned();
         let workspace = self.workspace(job);
         let _ = tokio::fs::remove_dir_all(&workspace).await;
         private_dir(&self.workspaces).await?;
