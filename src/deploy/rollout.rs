@@ -20,7 +20,9 @@ use super::health::{assess, Health, Since};
 use super::order::{is_older, Version};
 use crate::config::Environment;
 use crate::keyed_lock::KeyedLocks;
-use crate::store::{DeployRow, DeployUpdate, Jobs, NewDeploy, StoreError, TurnClaim};
+use crate::store::{
+    DeployRow, DeployUpdate, Jobs, NewDeploy, RolloutCause, RolloutState, StoreError, TurnClaim,
+};
 
 /// How often a 409 conflict is retried with a fresh read before the rollout fails.
 const CONFLICT_RETRIES: usize = 5;
@@ -33,8 +35,9 @@ const TURN_POLL: Duration = Duration::from_millis(250);
 /// What to roll out, and why.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    /// The job deploying; None for a rollback by hand.
-    pub job: Option<i64>,
+    /// A job's release, or a rollback by hand (no order check, no automatic rollback of the
+    /// rollback).
+    pub cause: RolloutCause,
     pub project: &'a str,
     pub service: &'a str,
     pub environment: &'a Environment,
@@ -46,8 +49,6 @@ pub struct Request<'a> {
     pub pushed_at: &'a str,
     /// The image to run, pinned by digest.
     pub image: &'a str,
-    /// A rollback by hand (no order check, no automatic rollback of the rollback).
-    pub by_hand: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,11 +84,15 @@ impl std::fmt::Display for Outcome {
 }
 
 impl Request<'_> {
+    fn by_hand(&self) -> bool {
+        self.cause == RolloutCause::ByHand
+    }
+
     /// What this rollout is, as someone waiting for its turn reads it.
     fn what(&self) -> String {
-        match self.job {
-            Some(job) => format!("job {job} ({} {})", self.project, self.tag),
-            None => by_hand_of(self.service),
+        match self.cause {
+            RolloutCause::Release { job } => format!("job {job} ({} {})", self.project, self.tag),
+            RolloutCause::ByHand => by_hand_of(self.service),
         }
     }
 }
@@ -98,19 +103,33 @@ pub(super) fn by_hand_of(service: &str) -> String {
 }
 
 impl Outcome {
-    /// Rebuilds the outcome of a rollout that had already ended (a resumed job).
-    fn of_record(row: &DeployRow) -> Outcome {
+    /// Rebuilds the outcome of a rollout that had already ended (a resumed job); None while
+    /// it goes on.
+    fn of_record(row: &DeployRow) -> Option<Outcome> {
         let reason = row.reason.clone().unwrap_or_default();
-        match row.state.as_str() {
-            "deployed" => Outcome::Deployed {
+        Some(match row.state {
+            RolloutState::Deployed => Outcome::Deployed {
                 image: row.image.clone(),
             },
-            "rolled_back" => Outcome::RolledBack {
+            RolloutState::RolledBack => Outcome::RolledBack {
                 reason,
                 previous: row.previous_image.clone().unwrap_or_default(),
             },
-            "skipped" => Outcome::Skipped { reason },
-            _ => Outcome::Failed { reason },
+            RolloutState::Skipped => Outcome::Skipped { reason },
+            RolloutState::Failed => Outcome::Failed { reason },
+            RolloutState::Planned | RolloutState::Patched | RolloutState::RollingBack => {
+                return None
+            }
+        })
+    }
+
+    /// How the record ends for this outcome: its last state and why.
+    fn recorded_as(&self) -> (RolloutState, Option<String>) {
+        match self {
+            Outcome::Deployed { .. } => (RolloutState::Deployed, None),
+            Outcome::RolledBack { reason, .. } => (RolloutState::RolledBack, Some(reason.clone())),
+            Outcome::Skipped { reason } => (RolloutState::Skipped, Some(reason.clone())),
+            Outcome::Failed { reason } => (RolloutState::Failed, Some(reason.clone())),
         }
     }
 }
@@ -291,26 +310,23 @@ impl<C: Cluster> Deployer<C> {
                 }
             }
         };
-        if let Some(record) = earlier.as_ref().filter(|r| r.is_finished()) {
+        if let Some((record, outcome)) = earlier
+            .as_ref()
+            .and_then(|r| Some((r, Outcome::of_record(r)?)))
+        {
             note(&format!("already {}", record.state));
-            return Outcome::of_record(record);
+            return outcome;
         }
         let (id, outcome) = match cluster {
             Ok(cluster) => self.drive(cluster, request, &target, earlier, note).await,
             Err(reason) => (earlier.map(|r| r.id), Outcome::Failed { reason }),
         };
-        let (state, reason) = match &outcome {
-            Outcome::Deployed { .. } => ("deployed", None),
-            Outcome::RolledBack { reason, .. } => ("rolled_back", Some(reason.clone())),
-            Outcome::Skipped { reason } => ("skipped", Some(reason.clone())),
-            Outcome::Failed { reason } => ("failed", Some(reason.clone())),
-        };
+        let (state, reason) = outcome.recorded_as();
         match id {
             Some(id) => {
                 let update = DeployUpdate {
-                    state,
                     reason,
-                    ..DeployUpdate::default()
+                    ..DeployUpdate::to(state)
                 };
                 self.update(id, update).await
             }
@@ -324,7 +340,7 @@ impl<C: Cluster> Deployer<C> {
 
     /// The job's rollout as recorded before (a resumed job).
     async fn earlier(&self, request: &Request<'_>) -> Result<Option<DeployRow>, StoreError> {
-        let Some(job) = request.job else {
+        let RolloutCause::Release { job } = request.cause else {
             return Ok(None);
         };
         let (service, environment) = (request.service.to_owned(), request.environment.name.clone());
@@ -337,13 +353,13 @@ impl<C: Cluster> Deployer<C> {
     async fn plan(
         &self,
         request: &Request<'_>,
-        state: &'static str,
+        state: RolloutState,
         previous_image: Option<String>,
         generation: Option<i64>,
         reason: Option<String>,
     ) -> Option<i64> {
         let new = NewDeploy {
-            job: request.job,
+            cause: request.cause,
             project: request.project.to_owned(),
             service: request.service.to_owned(),
             environment: request.environment.name.clone(),
@@ -353,11 +369,6 @@ impl<C: Cluster> Deployer<C> {
             tag: request.tag.to_owned(),
             pushed_at: request.pushed_at.to_owned(),
             image: request.image.to_owned(),
-            kind: if request.by_hand {
-                "rollback"
-            } else {
-                "deploy"
-            },
             state,
             previous_image,
             generation,
@@ -397,7 +408,7 @@ impl<C: Cluster> Deployer<C> {
             reason: e.to_string(),
         };
         let (id, since, previous) = match record {
-            Some(record) if record.state == "patched" => {
+            Some(record) if record.state == RolloutState::Patched => {
                 note("resuming: the change was already sent; waiting for the rollout");
                 let since = Since {
                     generation: record.generation.unwrap_or(0),
@@ -405,7 +416,7 @@ impl<C: Cluster> Deployer<C> {
                 };
                 (record.id, since, record.previous_image.clone())
             }
-            Some(record) if record.state == "rolling_back" => {
+            Some(record) if record.state == RolloutState::RollingBack => {
                 let reason = record.reason.clone().unwrap_or_default();
                 let previous = record.previous_image.clone().unwrap_or_default();
                 note("resuming the rollback");
@@ -415,7 +426,7 @@ impl<C: Cluster> Deployer<C> {
                 return (Some(record.id), outcome);
             }
             record => {
-                if record.is_none() && !request.by_hand {
+                if record.is_none() && !request.by_hand() {
                     if let Some(newer) = self.newer_in_place(request, target).await {
                         note(&newer);
                         return (None, Outcome::Skipped { reason: newer });
@@ -455,7 +466,7 @@ impl<C: Cluster> Deployer<C> {
         let reason = explained(cluster, target, ours, reason, note).await;
         note(&format!("rollout failed: {reason}"));
         let outcome = match previous {
-            Some(previous) if !request.by_hand && previous != request.image => {
+            Some(previous) if !request.by_hand() && previous != request.image => {
                 self.roll_back(cluster, request, target, id, &previous, reason, note)
                     .await
             }
@@ -524,18 +535,17 @@ impl<C: Cluster> Deployer<C> {
                     "{target} already has {}; not patching",
                     request.image
                 ));
-                ("patched", Some(observed.generation))
+                (RolloutState::Patched, Some(observed.generation))
             } else {
-                ("planned", None)
+                (RolloutState::Planned, None)
             };
             let recorded = match id {
                 Some(id) => {
                     let update = DeployUpdate {
-                        state,
                         // A resumed record keeps the previous image it has.
                         previous_image: (!already).then(|| current.clone()),
                         generation,
-                        ..DeployUpdate::default()
+                        ..DeployUpdate::to(state)
                     };
                     self.update(id, update).await;
                     Some(id)
@@ -580,10 +590,9 @@ impl<C: Cluster> Deployer<C> {
             match cluster.set_image(target, change).await {
                 Ok(after) => {
                     let update = DeployUpdate {
-                        state: "patched",
                         generation: Some(after.generation),
                         patched: true,
-                        ..DeployUpdate::default()
+                        ..DeployUpdate::to(RolloutState::Patched)
                     };
                     self.update(recorded, update).await;
                     return Ok((recorded, Since::change(&after), Some(current)));
@@ -612,9 +621,8 @@ impl<C: Cluster> Deployer<C> {
         self.update(
             id,
             DeployUpdate {
-                state: "rolling_back",
                 reason: Some(reason.clone()),
-                ..DeployUpdate::default()
+                ..DeployUpdate::to(RolloutState::RollingBack)
             },
         )
         .await;
@@ -819,20 +827,21 @@ fn container_image(
 /// the new ReplicaSet, so `kubectl rollout history` shows the change-cause).
 fn annotations(request: &Request<'_>, previous: &str) -> BTreeMap<String, String> {
     let short = &request.sha[..12.min(request.sha.len())];
-    let job = request
-        .job
-        .map(|j| j.to_string())
-        .unwrap_or_else(|| "-".into());
-    let cause = if request.by_hand {
-        format!(
-            "deploybot rollback of {} to {}",
-            request.service, request.tag
-        )
-    } else {
-        format!(
-            "deploybot job {job}: {} {} ({short})",
-            request.project, request.tag
-        )
+    let (job, cause) = match request.cause {
+        RolloutCause::Release { job } => (
+            job.to_string(),
+            format!(
+                "deploybot job {job}: {} {} ({short})",
+                request.project, request.tag
+            ),
+        ),
+        RolloutCause::ByHand => (
+            "-".to_owned(),
+            format!(
+                "deploybot rollback of {} to {}",
+                request.service, request.tag
+            ),
+        ),
     };
     BTreeMap::from([
         ("deploybot.dev/tag".into(), request.tag.to_owned()),
@@ -985,44 +994,40 @@ mod tests {
     /// generation): the restarted worker runs it again.
     async fn resume_on(
         fake: Fake,
-        earlier: Option<(&'static str, i64)>,
+        earlier: Option<(RolloutState, i64)>,
     ) -> (Outcome, Vec<String>, u32, DeployRow) {
         let dir = tempfile::tempdir().unwrap();
         let jobs = Arc::new(Jobs::open_migrated(dir.path()).unwrap());
-        let job = match earlier {
-            Some((state, generation)) => {
-                let job = jobs.insert_running_job_for_tests("myevents").unwrap();
-                let reason = (state == "rolling_back")
-                    .then(|| "ProgressDeadlineExceeded: stalled".to_owned());
-                jobs.plan_deploy(&crate::store::NewDeploy {
-                    job: Some(job),
-                    project: "myevents".into(),
-                    service: "web".into(),
-                    environment: "production".into(),
-                    namespace: "default".into(),
-                    deployment: "web".into(),
-                    container: "api".into(),
-                    tag: "v2".into(),
-                    pushed_at: "2026-01-01T00:00:00.000Z".into(),
-                    image: "web:2".into(),
-                    kind: "deploy",
-                    state,
-                    previous_image: Some("web:1".into()),
-                    generation: Some(generation),
-                    reason,
-                })
-                .unwrap();
-                Some(job)
-            }
-            None => None,
-        };
+        let job = jobs.insert_running_job_for_tests("myevents").unwrap();
+        let cause = RolloutCause::Release { job };
+        if let Some((state, generation)) = earlier {
+            let reason = (state == RolloutState::RollingBack)
+                .then(|| "ProgressDeadlineExceeded: stalled".to_owned());
+            jobs.plan_deploy(&crate::store::NewDeploy {
+                cause,
+                project: "myevents".into(),
+                service: "web".into(),
+                environment: "production".into(),
+                namespace: "default".into(),
+                deployment: "web".into(),
+                container: "api".into(),
+                tag: "v2".into(),
+                pushed_at: "2026-01-01T00:00:00.000Z".into(),
+                image: "web:2".into(),
+                state,
+                previous_image: Some("web:1".into()),
+                generation: Some(generation),
+                reason,
+            })
+            .unwrap();
+        }
         let deployer = Deployer::new(
             HashMap::from([("production".into(), Ok(fake))]),
             jobs.clone(),
         );
         let environment = environment();
         let request = Request {
-            job,
+            cause,
             project: "myevents",
             service: "web",
             environment: &environment,
@@ -1033,7 +1038,6 @@ mod tests {
             delivery: "",
             pushed_at: "2026-01-01T00:00:00.000Z",
             image: "web:2",
-            by_hand: false,
         };
         let notes = Mutex::new(Vec::new());
         let note = |text: &str| notes.lock().unwrap().push(text.to_owned());
@@ -1062,8 +1066,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_rollout_recorded_as_patched_is_waited_for_not_patched_again() {
-        let (outcome, notes, patches, record) =
-            resume_on(already_patched(fake(0, None)), Some(("patched", 2))).await;
+        let (outcome, notes, patches, record) = resume_on(
+            already_patched(fake(0, None)),
+            Some((RolloutState::Patched, 2)),
+        )
+        .await;
 
         assert_eq!(
             outcome,
@@ -1072,15 +1079,18 @@ mod tests {
             }
         );
         assert_eq!(patches, 0);
-        assert_eq!(record.state, "deployed");
+        assert_eq!(record.state, RolloutState::Deployed);
         assert!(notes.iter().any(|n| n.starts_with("resuming")), "{notes:?}");
     }
 
     /// Killed between sending the patch and recording it: the image is already the new one.
     #[tokio::test]
     async fn a_rollout_recorded_as_planned_whose_patch_went_through_is_not_patched_again() {
-        let (outcome, notes, patches, record) =
-            resume_on(already_patched(fake(0, None)), Some(("planned", 1))).await;
+        let (outcome, notes, patches, record) = resume_on(
+            already_patched(fake(0, None)),
+            Some((RolloutState::Planned, 1)),
+        )
+        .await;
 
         assert_eq!(
             outcome,
@@ -1105,7 +1115,8 @@ mod tests {
     async fn a_resumed_rollout_that_fails_rolls_back_to_the_image_recorded_before_it() {
         let mut stalled = already_patched(fake(0, None));
         stalled.stalls = true;
-        let (outcome, _, patches, record) = resume_on(stalled, Some(("planned", 1))).await;
+        let (outcome, _, patches, record) =
+            resume_on(stalled, Some((RolloutState::Planned, 1))).await;
 
         let Outcome::RolledBack { previous, reason } = outcome else {
             panic!("{outcome:?}");
@@ -1117,7 +1128,7 @@ mod tests {
             "the reason says why its pods were not ready: {reason}"
         );
         assert_eq!(patches, 1);
-        assert_eq!(record.state, "rolled_back");
+        assert_eq!(record.state, RolloutState::RolledBack);
     }
 
     #[tokio::test]
@@ -1144,8 +1155,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_rollback_recorded_as_started_is_finished_after_a_restart() {
-        let (outcome, _, patches, record) =
-            resume_on(already_patched(fake(0, None)), Some(("rolling_back", 2))).await;
+        let (outcome, _, patches, record) = resume_on(
+            already_patched(fake(0, None)),
+            Some((RolloutState::RollingBack, 2)),
+        )
+        .await;
 
         assert_eq!(
             outcome,
@@ -1155,7 +1169,7 @@ mod tests {
             }
         );
         assert_eq!(patches, 1, "the previous image put back, once");
-        assert_eq!(record.state, "rolled_back");
+        assert_eq!(record.state, RolloutState::RolledBack);
     }
 
     #[tokio::test]
@@ -1169,7 +1183,7 @@ mod tests {
             }
         );
         assert_eq!(patches, 1);
-        assert_eq!(record.state, "deployed");
+        assert_eq!(record.state, RolloutState::Deployed);
         assert_eq!(
             record.previous_image.as_deref(),
             Some("someone/else:2"),
@@ -1190,6 +1204,6 @@ mod tests {
             "{reason}"
         );
         assert_eq!(patches, 1, "no rollback over their change");
-        assert_eq!(record.state, "failed");
+        assert_eq!(record.state, RolloutState::Failed);
     }
 }

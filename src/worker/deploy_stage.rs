@@ -11,6 +11,7 @@ use crate::deploy::{Outcome, Request};
 use crate::docker::Executor;
 use crate::pipeline::Service;
 use crate::report::StatusState;
+use crate::store::RolloutCause;
 
 /// How the deploy stage ended for the whole job.
 pub(super) enum Deployed {
@@ -121,7 +122,7 @@ impl<E: Executor> Runner<E> {
             )
             .await;
             let request = Request {
-                job: Some(job.id),
+                cause: RolloutCause::Release { job: job.id },
                 project: &job.project,
                 service: &service.name,
                 environment,
@@ -132,7 +133,6 @@ impl<E: Executor> Runner<E> {
                 delivery: &cx.event.delivery_id,
                 pushed_at: &job.created_at,
                 image: &image,
-                by_hand: false,
             };
             // On shutdown the rollout is left where its record says it is (planned, patched or
             // rolling back); the job stays running and the next start resumes it from there.
