@@ -16,7 +16,7 @@ pub use by_hand::{choose, roll_back, RollbackAsk, RollbackError};
 pub use cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
 pub use health::{assess, Health, Since};
 pub use kube::KubeCluster;
-pub use rollout::{Deployer, Note, Outcome, Request, Turn};
+pub use rollout::{Deployer, Note, Outcome, Request};
 
 use std::collections::HashMap;
 use std::sync::Arc;
