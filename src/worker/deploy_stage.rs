@@ -5,25 +5,13 @@
 
 use futures_util::stream::{self, StreamExt};
 
-use super::job::{JobContext, Runner};
+use super::runner::{Deployed, JobContext, Runner};
 use crate::config::Environment;
 use crate::deploy::{Outcome, Request};
 use crate::docker::Executor;
 use crate::pipeline::Service;
 use crate::report::StatusState;
 use crate::store::RolloutCause;
-
-/// How the deploy stage ended for the whole job.
-pub(super) enum Deployed {
-    /// Nothing of this push deployed (none of its services deploy, or every rollout was
-    /// skipped by policy).
-    Nothing,
-    /// Every rollout is in place (or was skipped by policy).
-    All,
-    /// Some rollout was rolled back (and none failed outright): why.
-    RolledBack(String),
-    Failed(String),
-}
 
 impl<E: Executor> Runner<E> {
     /// The environments a job's ref deploys to.
