@@ -32,15 +32,15 @@ pub enum RollbackError {
 
 /// The image and tag to roll back to, and the rollout it goes over.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Choice {
-    pub image: String,
-    pub tag: String,
-    pub current: DeployRow,
+struct Choice {
+    image: String,
+    tag: String,
+    current: DeployRow,
 }
 
 /// Picks the target from `history` (newest first): the image that ran before the one in
 /// place, or the one deployed at `to`.
-pub fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, RollbackError> {
+fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, RollbackError> {
     let environment = ask
         .environment
         .clone()

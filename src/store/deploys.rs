@@ -53,7 +53,7 @@ impl RolloutState {
     }
 
     /// Whether the rollout has ended (nothing more is done for it).
-    pub fn is_finished(self) -> bool {
+    fn is_finished(self) -> bool {
         matches!(
             self,
             RolloutState::Deployed
@@ -228,7 +228,7 @@ impl Serialize for DeployRow {
 /// A rollout as first recorded: what, where, and (once the Deployment was read) what ran
 /// before; or, for one that ends before any change, how it ended.
 #[derive(Debug, Clone)]
-pub struct NewDeploy {
+pub(crate) struct NewDeploy {
     pub cause: RolloutCause,
     pub project: String,
     pub service: String,
@@ -247,7 +247,7 @@ pub struct NewDeploy {
 
 /// A step forward: the new state, and what became known on the way (None keeps the value).
 #[derive(Debug, Clone)]
-pub struct DeployUpdate {
+pub(crate) struct DeployUpdate {
     pub state: RolloutState,
     pub previous_image: Option<String>,
     pub generation: Option<i64>,
@@ -257,7 +257,7 @@ pub struct DeployUpdate {
 
 impl DeployUpdate {
     /// A step to `state` and nothing else learnt.
-    pub fn to(state: RolloutState) -> DeployUpdate {
+    pub(crate) fn to(state: RolloutState) -> DeployUpdate {
         DeployUpdate {
             state,
             previous_image: None,
@@ -313,7 +313,7 @@ fn first(
 
 impl Jobs {
     /// The live rollout of this job's service to this environment, if one was started.
-    pub fn deploy_of(
+    pub(crate) fn deploy_of(
         &self,
         job: i64,
         service: &str,
@@ -329,7 +329,7 @@ impl Jobs {
         )
     }
 
-    pub fn plan_deploy(&self, new: &NewDeploy) -> Result<i64, StoreError> {
+    pub(crate) fn plan_deploy(&self, new: &NewDeploy) -> Result<i64, StoreError> {
         let now = now_text();
         let finished = new.state.is_finished().then_some(now.as_str());
         let conn = self.conn();
@@ -361,7 +361,7 @@ impl Jobs {
         Ok(conn.last_insert_rowid())
     }
 
-    pub fn update_deploy(&self, id: i64, update: &DeployUpdate) -> Result<(), StoreError> {
+    pub(crate) fn update_deploy(&self, id: i64, update: &DeployUpdate) -> Result<(), StoreError> {
         let now = now_text();
         let finished = update.state.is_finished().then_some(now.as_str());
         let patched = update.patched.then_some(now.as_str());
@@ -388,7 +388,7 @@ impl Jobs {
 
     /// What is in place on a Deployment by deploybot's record: its newest finished rollout
     /// that left an image running.
-    pub fn in_place(
+    pub(crate) fn in_place(
         &self,
         environment: &str,
         namespace: &str,

@@ -22,9 +22,8 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-pub use deploys::{
-    DeployRow, DeployUpdate, NewDeploy, RolloutCause, RolloutState, UnexpectedValue,
-};
+pub use deploys::{DeployRow, RolloutCause, RolloutState, UnexpectedValue};
+pub(crate) use deploys::{DeployUpdate, NewDeploy};
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
 pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};

@@ -33,7 +33,7 @@ pub(crate) use turn::Turn;
 
 /// What to roll out, and why.
 #[derive(Debug, Clone)]
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// A job's release, or a rollback by hand (no order check, no automatic rollback of the
     /// rollback).
     pub cause: RolloutCause,
@@ -132,7 +132,10 @@ impl<C: Cluster> Rollout<'_, C> {
 
 impl<C: Cluster> Deployer<C> {
     /// `clusters` by environment name.
-    pub fn new(clusters: HashMap<String, Result<C, String>>, jobs: Arc<Jobs>) -> Deployer<C> {
+    pub(crate) fn new(
+        clusters: HashMap<String, Result<C, String>>,
+        jobs: Arc<Jobs>,
+    ) -> Deployer<C> {
         let holder = format!(
             "{}-{}",
             std::process::id(),
@@ -152,7 +155,7 @@ impl<C: Cluster> Deployer<C> {
     }
 
     /// Rolls `request` out in its own turn.
-    pub async fn run(&self, request: &Request<'_>, note: Note<'_>) -> Outcome {
+    pub(crate) async fn run(&self, request: &Request<'_>, note: Note<'_>) -> Outcome {
         let turn = match self
             .turn(
                 request.environment,
