@@ -278,7 +278,7 @@ fn job_report(detail: &crate::store::JobDetail) -> String {
                 d.environment,
                 d.namespace,
                 d.deployment,
-                d.state.replace('_', " "),
+                d.state.as_str().replace('_', " "),
                 d.previous_image.as_deref().unwrap_or("-")
             ));
             if let Some(reason) = &d.reason {

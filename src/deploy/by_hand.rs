@@ -5,7 +5,7 @@
 use super::cluster::Cluster;
 use super::rollout::{by_hand_of, Deployer, Outcome, Request};
 use crate::config::Settings;
-use crate::store::{DeployRow, Jobs};
+use crate::store::{DeployRow, Jobs, RolloutCause, RolloutState};
 
 /// What a person asked for.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -32,15 +32,15 @@ pub enum RollbackError {
 
 /// The image and tag to roll back to, and the rollout it goes over.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Choice {
-    pub image: String,
-    pub tag: String,
-    pub current: DeployRow,
+struct Choice {
+    image: String,
+    tag: String,
+    current: DeployRow,
 }
 
 /// Picks the target from `history` (newest first): the image that ran before the one in
 /// place, or the one deployed at `to`.
-pub fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, RollbackError> {
+fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, RollbackError> {
     let environment = ask
         .environment
         .clone()
@@ -57,7 +57,7 @@ pub fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, Rollba
         .collect();
     let current = rows
         .iter()
-        .find(|r| r.state == "deployed")
+        .find(|r| r.state == RolloutState::Deployed)
         .copied()
         .cloned()
         .ok_or_else(|| {
@@ -70,7 +70,7 @@ pub fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, Rollba
         Some(tag) => {
             let row = rows
                 .iter()
-                .find(|r| &r.tag == tag && r.kind == "deploy")
+                .find(|r| &r.tag == tag && matches!(r.cause, RolloutCause::Release { .. }))
                 .ok_or_else(|| {
                     let mut known: Vec<&str> = rows.iter().map(|r| r.tag.as_str()).collect();
                     known.dedup();
@@ -145,7 +145,7 @@ pub async fn roll_back<C: Cluster>(
             ));
             let pushed_at = crate::store::timestamp(time::OffsetDateTime::now_utc());
             let request = Request {
-                job: None,
+                cause: RolloutCause::ByHand,
                 project: &ask.project,
                 service: &ask.service,
                 environment,
@@ -156,7 +156,6 @@ pub async fn roll_back<C: Cluster>(
                 delivery: "",
                 pushed_at: &pushed_at,
                 image: &choice.image,
-                by_hand: true,
             };
             Ok(deployer.run_in(&turn, &request, note).await)
         }
@@ -186,10 +185,16 @@ async fn choice_on_record(
 mod tests {
     use super::*;
 
-    fn row(id: i64, tag: &str, image: &str, previous: Option<&str>, state: &str) -> DeployRow {
+    fn row(
+        id: i64,
+        tag: &str,
+        image: &str,
+        previous: Option<&str>,
+        state: RolloutState,
+    ) -> DeployRow {
         DeployRow {
             id,
-            job: Some(id),
+            cause: RolloutCause::Release { job: id },
             project: "myevents".into(),
             service: "web".into(),
             environment: "production".into(),
@@ -201,8 +206,7 @@ mod tests {
             image: image.into(),
             previous_image: previous.map(str::to_owned),
             generation: Some(id),
-            kind: "deploy".into(),
-            state: state.into(),
+            state,
             reason: None,
             created_at: String::new(),
             patched_at: None,
@@ -222,9 +226,9 @@ mod tests {
     #[test]
     fn without_a_tag_it_goes_back_to_what_ran_before_the_current_image() {
         let history = [
-            row(3, "v3", "web@3", Some("web@2"), "rolled_back"),
-            row(2, "v2", "web@2", Some("web@1"), "deployed"),
-            row(1, "v1", "web@1", Some("init"), "deployed"),
+            row(3, "v3", "web@3", Some("web@2"), RolloutState::RolledBack),
+            row(2, "v2", "web@2", Some("web@1"), RolloutState::Deployed),
+            row(1, "v1", "web@1", Some("init"), RolloutState::Deployed),
         ];
         let choice = choose(&history, &ask(None)).unwrap();
         assert_eq!(
@@ -237,8 +241,8 @@ mod tests {
     #[test]
     fn with_a_tag_it_goes_to_the_image_deployed_at_that_tag() {
         let history = [
-            row(2, "v2", "web@2", Some("web@1"), "deployed"),
-            row(1, "v1", "web@1", Some("init"), "deployed"),
+            row(2, "v2", "web@2", Some("web@1"), RolloutState::Deployed),
+            row(1, "v1", "web@1", Some("init"), RolloutState::Deployed),
         ];
         let choice = choose(&history, &ask(Some("v1"))).unwrap();
         assert_eq!(choice.image, "web@1");
@@ -246,7 +250,7 @@ mod tests {
 
     #[test]
     fn an_unknown_tag_is_refused_naming_the_tags_on_record() {
-        let history = [row(1, "v1", "web@1", Some("init"), "deployed")];
+        let history = [row(1, "v1", "web@1", Some("init"), RolloutState::Deployed)];
         let error = choose(&history, &ask(Some("v9"))).unwrap_err().to_string();
         assert!(
             error.contains("never deployed at v9") && error.contains("v1"),

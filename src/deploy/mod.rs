@@ -12,11 +12,11 @@ mod kube;
 mod order;
 mod rollout;
 
-pub use by_hand::{choose, roll_back, RollbackAsk, RollbackError};
+pub use by_hand::{roll_back, RollbackAsk, RollbackError};
 pub use cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
-pub use health::{assess, Health, Since};
 pub use kube::KubeCluster;
-pub use rollout::{Deployer, Note, Outcome, Request, Turn};
+pub(crate) use rollout::Request;
+pub use rollout::{Deployer, Note, Outcome};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-pub use deploys::{DeployRow, DeployUpdate, NewDeploy};
+pub use deploys::{DeployRow, RolloutCause, RolloutState, UnexpectedValue};
+pub(crate) use deploys::{DeployUpdate, NewDeploy};
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
 pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
@@ -57,6 +58,13 @@ pub enum StoreError {
     Closed,
     #[error("store: {0}")]
     Corrupt(String),
+    /// A value in a column that deploybot never writes there.
+    #[error("store: column {column}: {source}")]
+    Column {
+        column: &'static str,
+        #[source]
+        source: UnexpectedValue,
+    },
     #[error("job {job}: its lease is no longer this worker's (another claim took it)")]
     LeaseLost { job: i64 },
 }

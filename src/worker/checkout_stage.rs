@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::job::Runner;
+use super::runner::Runner;
 use crate::checkout::Tree;
 use crate::config::Project;
 use crate::docker::Executor;

@@ -5,23 +5,31 @@
 
 use futures_util::stream::{self, StreamExt};
 
-use super::job::{JobContext, Runner};
+use super::runner::{Deployed, JobContext, Runner};
 use crate::config::Environment;
-use crate::deploy::{Outcome, Request};
+use crate::deploy::{Note, Outcome, Request};
 use crate::docker::Executor;
 use crate::pipeline::Service;
 use crate::report::StatusState;
+use crate::store::{NewReport, RolloutCause};
 
-/// How the deploy stage ended for the whole job.
-pub(super) enum Deployed {
-    /// Nothing of this push deployed (none of its services deploy, or every rollout was
-    /// skipped by policy).
-    Nothing,
-    /// Every rollout is in place (or was skipped by policy).
-    All,
-    /// Some rollout was rolled back (and none failed outright): why.
-    RolledBack(String),
-    Failed(String),
+/// One service's rollout, the same in every environment: what runs where.
+struct ServiceRollout<'a> {
+    service: &'a str,
+    deployment: &'a str,
+    container: &'a str,
+    /// Pinned by digest.
+    image: &'a str,
+}
+
+/// How the deploy stage of one service ended in one environment, as recorded and reported.
+struct StageEnd {
+    /// The stage's state: `success`, `rolled_back`, `skipped` or `failed`.
+    state: &'static str,
+    detail: String,
+    status: StatusState,
+    /// The commit status's words.
+    words: String,
 }
 
 impl<E: Executor> Runner<E> {
@@ -52,35 +60,11 @@ impl<E: Executor> Runner<E> {
             .buffer_unordered(services.len().max(1))
             .collect()
             .await;
-        let mut rolled_back = Vec::new();
-        let mut failed = Vec::new();
-        let mut deployed = false;
-        for (service, outcome) in ends.into_iter().flatten() {
-            match outcome {
-                Outcome::Deployed { .. } => deployed = true,
-                Outcome::RolledBack { reason, .. } => {
-                    rolled_back.push(format!("{service} rolled back: {reason}"))
-                }
-                Outcome::Failed { reason } => {
-                    failed.push(format!("{service} deploy failed: {reason}"))
-                }
-                Outcome::Skipped { .. } => {}
-            }
-        }
-        rolled_back.sort();
-        failed.sort();
-        if !failed.is_empty() {
-            failed.extend(rolled_back);
-            Deployed::Failed(failed.join("; "))
-        } else if !rolled_back.is_empty() {
-            Deployed::RolledBack(rolled_back.join("; "))
-        } else if deployed {
-            Deployed::All
-        } else {
-            Deployed::Nothing
-        }
+        deployed(ends.into_iter().flatten())
     }
 
+    /// Rolls `service` out to the job's environments in order, up to the first that fails or
+    /// rolls back; answers each rollout's outcome (none after a shutdown's).
     async fn deploy_service(
         &self,
         cx: &JobContext<'_>,
@@ -92,105 +76,23 @@ impl<E: Executor> Runner<E> {
             self.pinned_image(job.id, &service.name).await,
         ) else {
             let reason = "no pushed image to deploy".to_owned();
-            self.stage(
-                job.id,
-                &service.name,
-                "deploy",
-                "failed",
-                None,
-                Some(&reason),
-            )
-            .await;
+            self.set_deploy_stage(cx, &service.name, "failed", Some(&reason), Vec::new())
+                .await;
             return vec![(service.name.clone(), Outcome::Failed { reason })];
         };
-        let container = service.container.as_deref().unwrap_or(&service.name);
+        let rollout = ServiceRollout {
+            service: &service.name,
+            deployment,
+            container: service.container.as_deref().unwrap_or(&service.name),
+            image: &image,
+        };
         let sink = cx.log.stage(&service.name, "deploy");
         let note = |text: &str| sink.note(text);
         let mut outcomes = Vec::new();
         for environment in &cx.environments {
-            let words = format!("Deploying to {}", environment.name);
-            let reports = cx.status(&service.name, StatusState::Pending, &words);
-            self.stage_with(
-                job.id,
-                &service.name,
-                "deploy",
-                "running",
-                None,
-                None,
-                reports,
-            )
-            .await;
-            let request = Request {
-                job: Some(job.id),
-                project: &job.project,
-                service: &service.name,
-                environment,
-                deployment,
-                container,
-                tag: &job.ref_name,
-                sha: &job.sha,
-                delivery: &cx.event.delivery_id,
-                pushed_at: &job.created_at,
-                image: &image,
-                by_hand: false,
+            let Some(outcome) = self.deploy_to(cx, &rollout, environment, &note).await else {
+                return outcomes;
             };
-            // On shutdown the rollout is left where its record says it is (planned, patched or
-            // rolling back); the job stays running and the next start resumes it from there.
-            let outcome = tokio::select! {
-                outcome = self.deployer.run(&request, &note) => outcome,
-                () = self.shutdown.cancelled() => {
-                    note("deploybot is stopping; the rollout resumes at its next start");
-                    return outcomes;
-                }
-            };
-            let place = format!(
-                "{} ({}/{deployment})",
-                environment.name, environment.namespace
-            );
-            let (state, detail, status, words) = match &outcome {
-                Outcome::Deployed { image } => (
-                    "success",
-                    format!("deployed {image} to {place}"),
-                    StatusState::Success,
-                    format!("Deployed to {}: {image}", environment.name),
-                ),
-                Outcome::RolledBack { reason, previous } => (
-                    "rolled_back",
-                    format!("rolled back to {previous} in {place}: {reason}"),
-                    StatusState::Failure,
-                    format!("Rolled back in {}: {reason}", environment.name),
-                ),
-                Outcome::Skipped { reason } => (
-                    "skipped",
-                    reason.clone(),
-                    StatusState::Success,
-                    format!("Not deployed: {reason}"),
-                ),
-                Outcome::Failed { reason } => (
-                    "failed",
-                    format!("{place}: {reason}"),
-                    StatusState::Failure,
-                    format!("Deploy to {} failed: {reason}", environment.name),
-                ),
-            };
-            let detail = cx.log.masker().mask(&detail);
-            let words = cx.log.masker().mask(&words);
-            let label = state.replace("success", "deployed");
-            self.metrics
-                .deploys
-                .with_label_values(&[environment.name.as_str(), label.as_str()])
-                .inc();
-            let reports = cx.status(&service.name, status, &words);
-            self.stage_with(
-                job.id,
-                &service.name,
-                "deploy",
-                state,
-                None,
-                Some(&detail),
-                reports,
-            )
-            .await;
             let stop = matches!(outcome, Outcome::Failed { .. } | Outcome::RolledBack { .. });
             outcomes.push((service.name.clone(), outcome));
             if stop {
@@ -200,6 +102,82 @@ impl<E: Executor> Runner<E> {
         outcomes
     }
 
+    /// Rolls `rollout` out to `environment`, with the stage and commit status saying so before
+    /// and after; None when deploybot stops first.
+    async fn deploy_to(
+        &self,
+        cx: &JobContext<'_>,
+        rollout: &ServiceRollout<'_>,
+        environment: &Environment,
+        note: Note<'_>,
+    ) -> Option<Outcome> {
+        let job = cx.job;
+        let words = format!("Deploying to {}", environment.name);
+        let reports = cx.status(rollout.service, StatusState::Pending, &words);
+        self.set_deploy_stage(cx, rollout.service, "running", None, reports)
+            .await;
+        let request = Request {
+            cause: RolloutCause::Release { job: job.id },
+            project: &job.project,
+            service: rollout.service,
+            environment,
+            deployment: rollout.deployment,
+            container: rollout.container,
+            tag: &job.ref_name,
+            sha: &job.sha,
+            delivery: &cx.event.delivery_id,
+            pushed_at: &job.created_at,
+            image: rollout.image,
+        };
+        // On shutdown the rollout is left where its record says it is (planned, patched or
+        // rolling back); the job stays running and the next start resumes it from there.
+        let outcome = tokio::select! {
+            outcome = self.deployer.run(&request, note) => outcome,
+            () = self.shutdown.cancelled() => {
+                note("deploybot is stopping; the rollout resumes at its next start");
+                return None;
+            }
+        };
+        let end = stage_end(&outcome, environment, rollout.deployment);
+        self.record_deploy_end(cx, rollout.service, environment, end)
+            .await;
+        Some(outcome)
+    }
+
+    /// Records how the rollout to `environment` ended: the stage (masked detail), its commit
+    /// status and the deploys metric.
+    async fn record_deploy_end(
+        &self,
+        cx: &JobContext<'_>,
+        service: &str,
+        environment: &Environment,
+        end: StageEnd,
+    ) {
+        let detail = cx.log.masker().mask(&end.detail);
+        let words = cx.log.masker().mask(&end.words);
+        let label = end.state.replace("success", "deployed");
+        self.metrics
+            .deploys
+            .with_label_values(&[environment.name.as_str(), label.as_str()])
+            .inc();
+        let reports = cx.status(service, end.status, &words);
+        self.set_deploy_stage(cx, service, end.state, Some(&detail), reports)
+            .await;
+    }
+
+    /// Sets `service`'s deploy stage and, in the same transaction, queues `reports`.
+    async fn set_deploy_stage(
+        &self,
+        cx: &JobContext<'_>,
+        service: &str,
+        state: &str,
+        detail: Option<&str>,
+        reports: Vec<NewReport>,
+    ) {
+        self.stage_with(cx.job.id, service, "deploy", state, None, detail, reports)
+            .await
+    }
+
     /// `registry/image:tag@sha256:...`: what was pushed, pinned by digest.
     async fn pinned_image(&self, job: i64, service: &str) -> Option<String> {
         let service = service.to_owned();
@@ -207,5 +185,114 @@ impl<E: Executor> Runner<E> {
             .await
             .ok()
             .flatten()
+    }
+}
+
+/// The stage, detail and commit status of a rollout of `deployment` that ended as `outcome`.
+fn stage_end(outcome: &Outcome, environment: &Environment, deployment: &str) -> StageEnd {
+    let place = format!(
+        "{} ({}/{deployment})",
+        environment.name, environment.namespace
+    );
+    let name = &environment.name;
+    match outcome {
+        Outcome::Deployed { image } => StageEnd {
+            state: "success",
+            detail: format!("deployed {image} to {place}"),
+            status: StatusState::Success,
+            words: format!("Deployed to {name}: {image}"),
+        },
+        Outcome::RolledBack { reason, previous } => StageEnd {
+            state: "rolled_back",
+            detail: format!("rolled back to {previous} in {place}: {reason}"),
+            status: StatusState::Failure,
+            words: format!("Rolled back in {name}: {reason}"),
+        },
+        Outcome::Skipped { reason } => StageEnd {
+            state: "skipped",
+            detail: reason.clone(),
+            status: StatusState::Success,
+            words: format!("Not deployed: {reason}"),
+        },
+        Outcome::Failed { reason } => StageEnd {
+            state: "failed",
+            detail: format!("{place}: {reason}"),
+            status: StatusState::Failure,
+            words: format!("Deploy to {name} failed: {reason}"),
+        },
+    }
+}
+
+/// The job's deploy result from every rollout's outcome (by service): the worst of them,
+/// failures first, each reason named by its service.
+fn deployed(ends: impl IntoIterator<Item = (String, Outcome)>) -> Deployed {
+    let mut rolled_back = Vec::new();
+    let mut failed = Vec::new();
+    let mut deployed = false;
+    for (service, outcome) in ends {
+        match outcome {
+            Outcome::Deployed { .. } => deployed = true,
+            Outcome::RolledBack { reason, .. } => {
+                rolled_back.push(format!("{service} rolled back: {reason}"))
+            }
+            Outcome::Failed { reason } => failed.push(format!("{service} deploy failed: {reason}")),
+            Outcome::Skipped { .. } => {}
+        }
+    }
+    rolled_back.sort();
+    failed.sort();
+    if !failed.is_empty() {
+        failed.extend(rolled_back);
+        Deployed::Failed(failed.join("; "))
+    } else if !rolled_back.is_empty() {
+        Deployed::RolledBack(rolled_back.join("; "))
+    } else if deployed {
+        Deployed::All
+    } else {
+        Deployed::Nothing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(reason: &str) -> Outcome {
+        Outcome::Failed {
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_rollout_outranks_a_rolled_back_one_and_both_name_their_service() {
+        let rolled_back = Outcome::RolledBack {
+            reason: "stalled".into(),
+            previous: "web:1".into(),
+        };
+        let ends = [
+            ("web".to_owned(), rolled_back),
+            ("api".to_owned(), failed("forbidden")),
+        ];
+
+        let Deployed::Failed(reason) = deployed(ends) else {
+            panic!("not failed");
+        };
+
+        assert_eq!(
+            reason,
+            "api deploy failed: forbidden; web rolled back: stalled"
+        );
+    }
+
+    #[test]
+    fn rollouts_all_skipped_by_policy_deploy_nothing() {
+        let skipped = Outcome::Skipped {
+            reason: "v2 is newer".into(),
+        };
+
+        assert!(matches!(
+            deployed([("web".to_owned(), skipped)]),
+            Deployed::Nothing
+        ));
     }
 }

@@ -7,8 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use super::job::{Failure, JobContext, Runner};
+use super::job::Failure;
 use super::policy;
+use super::runner::{JobContext, Runner};
 use crate::docker::{BuildSpec, Executor, JOB_LABEL};
 use crate::pipeline::dockerfile::Dockerfile;
 use crate::pipeline::{Service, Stage};

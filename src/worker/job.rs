@@ -4,18 +4,15 @@
 //! worst of its services. Every failure records stage, service, exit code and the last log
 //! lines. Containers and the workspace are removed at the end, whatever happened.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::deploy_stage::Deployed;
 use super::logs::{clip, JobLog, Masker, REASON_BYTES};
 use super::reporter::Reporter;
+use super::runner::{Deployed, JobContext, Runner};
 use super::{policy, reuse};
-use crate::checkout::{Checkouts, Tree};
-use crate::config::{Project, Settings};
 use crate::docker::{ExecError, Executor};
 use crate::intake::PushEvent;
 use crate::pipeline::{Definition, Service, Stage};
@@ -27,63 +24,6 @@ const JOB_SCOPE: &str = "-";
 
 /// A service's stages, in order.
 const SERVICE_STAGES: [&str; 5] = ["check", "compile", "image", "push", "deploy"];
-
-pub struct Runner<E: Executor> {
-    pub settings: Arc<Settings>,
-    pub deployer: Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
-    pub jobs: Arc<Jobs>,
-    pub executor: Arc<E>,
-    pub checkouts: Arc<Checkouts>,
-    pub shutdown: CancellationToken,
-    /// Wakes the report sender after statuses are queued.
-    pub reports: Arc<tokio::sync::Notify>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// When each (service, stage) started running, for the stage-duration histogram.
-    pub stage_starts:
-        std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
-}
-
-/// What every service of one job is built with.
-pub(super) struct JobContext<'a> {
-    pub(super) job: &'a ClaimedJob,
-    pub(super) project: &'a Project,
-    reporter: Option<&'a Reporter>,
-    /// The commit's root tree id, when known: the key to reusing unchanged images.
-    pub(super) root_tree: Option<String>,
-    pub(super) event: &'a PushEvent,
-    pub(super) workspace: &'a std::path::Path,
-    /// The checkout, read only through this (nothing outside it can be reached).
-    pub(super) tree: Arc<Tree>,
-    pub(super) pushes: bool,
-    /// The environments this push deploys to (none unless it pushes).
-    pub(super) environments: Vec<&'a crate::config::Environment>,
-    pub(super) log: &'a JobLog,
-    pub(super) cancel: &'a CancellationToken,
-}
-
-impl JobContext<'_> {
-    /// Which dependency caches the job's steps use: tags (releases) and branches have their
-    /// own, so a branch's build cannot poison what a release is built with.
-    pub(super) fn caches(&self) -> &'static str {
-        if self.job.ref_kind == "tag" {
-            "tags"
-        } else {
-            "branches"
-        }
-    }
-
-    /// Whether `service` rolls out after the build.
-    pub(super) fn deploys(&self, service: &Service) -> bool {
-        self.pushes && service.deployment.is_some() && !self.environments.is_empty()
-    }
-
-    /// The commit status for `service`, if the project reports statuses.
-    pub(super) fn status(&self, service: &str, state: StatusState, words: &str) -> Vec<NewReport> {
-        self.reporter
-            .map(|r| r.status(Some(service), state, words))
-            .unwrap_or_default()
-    }
-}
 
 /// Why a service stopped.
 pub(super) struct Failure {

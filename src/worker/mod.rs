@@ -14,6 +14,7 @@ mod policy;
 mod push;
 mod reporter;
 mod reuse;
+mod runner;
 mod steps;
 
 use std::sync::Arc;
@@ -112,7 +113,7 @@ impl<E: Executor> Worker<E> {
             let claimed = tokio::task::spawn_blocking(move || jobs.claim_next(lease)).await;
             match claimed {
                 Ok(Ok(Some(job))) => {
-                    let runner = job::Runner {
+                    let runner = runner::Runner {
                         settings: self.settings.clone(),
                         deployer: self.deployer.clone(),
                         jobs: self.jobs.clone(),

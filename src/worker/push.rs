@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::job::{log_mask, with_timeout, Failure, JobContext, Runner};
+use super::job::{log_mask, with_timeout, Failure};
+use super::runner::{JobContext, Runner};
 use crate::docker::{Executor, RegistryAuth};
 use crate::pipeline::Service;
 use crate::report::StatusState;

@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use super::job::{cache_volume, Failure, JobContext, Runner};
+use super::job::{cache_volume, Failure};
+use super::runner::{JobContext, Runner};
 use crate::config::Toolchain;
 use crate::docker::{Executor, StepSpec};
 use crate::pipeline::{Service, Stage, Step};

@@ -270,7 +270,7 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
         deploy.explain(&detail)
     );
     let record = &detail.deploys[0];
-    assert_eq!(record.state, "rolled_back");
+    assert_eq!(record.state.as_str(), "rolled_back");
     let reason = record.reason.clone().unwrap_or_default();
     assert!(
         reason.contains("ProgressDeadlineExceeded") && reason.contains("has timed out progressing"),
@@ -492,7 +492,7 @@ async fn a_late_older_tag_does_not_overwrite_a_newer_one_already_deployed() {
 
     assert_eq!(older.job.state, "success", "{}", deploy.explain(&older));
     let record = &older.deploys[0];
-    assert_eq!(record.state, "skipped");
+    assert_eq!(record.state.as_str(), "skipped");
     assert!(
         record
             .reason
@@ -534,7 +534,7 @@ async fn concurrent_tags_for_the_same_service_deploy_one_after_the_other() {
     let mut records: Vec<_> = [&a, &b]
         .iter()
         .flat_map(|d| d.deploys.clone())
-        .filter(|r| r.state == "deployed")
+        .filter(|r| r.state.as_str() == "deployed")
         .collect();
     records.sort_by(|x, y| x.finished_at.cmp(&y.finished_at));
     for pair in records.windows(2) {
@@ -680,7 +680,7 @@ async fn until_patched(jobs: &deploybot::store::Jobs, job: i64) {
             .deploys_of_job(job)
             .unwrap()
             .iter()
-            .any(|d| d.state == "patched");
+            .any(|d| d.state.as_str() == "patched");
         if patched {
             return;
         }
@@ -829,10 +829,10 @@ async fn a_cli_rollback_during_a_server_rollout_waits_for_its_turn() {
     let history = jobs.deploy_history("myevents", "web", 10).unwrap();
     let (rollback, release) = (&history[0], &history[1]);
     assert_eq!(
-        (rollback.kind.as_str(), rollback.state.as_str()),
+        (rollback.cause.kind(), rollback.state.as_str()),
         ("rollback", "deployed")
     );
-    assert_eq!(release.job, Some(job));
+    assert_eq!(release.cause.job(), Some(job));
     assert!(
         rollback.patched_at.as_deref() >= release.finished_at.as_deref(),
         "the rollback's change came after the release's rollout ended: {history:#?}"

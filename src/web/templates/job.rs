@@ -166,7 +166,7 @@ fn deploy_row(d: &DeployRow) -> Markup {
             td { (d.service) }
             td { (d.environment) }
             td { (d.namespace) "/" (d.deployment) }
-            td { (state_badge(&d.state, &d.state.replace('_', " "))) }
+            td { (state_badge(d.state.as_str(), &d.state.as_str().replace('_', " "))) }
             td { code { (d.image) } }
             td { code { (d.previous_image.as_deref().unwrap_or("-")) } }
             td { (d.reason.as_deref().unwrap_or("")) }

@@ -2,7 +2,7 @@
 //! attribute, shows it escaped.
 
 use super::*;
-use crate::store::{DeployRow, ImageRow, JobDetail, StageRow};
+use crate::store::{DeployRow, ImageRow, JobDetail, RolloutCause, RolloutState, StageRow};
 
 /// Closes an attribute, then opens an element with a script.
 const HOSTILE: &str = r#""><img src=x onerror=alert(1)>"#;
@@ -44,7 +44,7 @@ fn stage(service: &str, state: &str, detail: Option<&str>) -> StageRow {
 fn deploy_row(service: &str, reason: &str) -> DeployRow {
     DeployRow {
         id: 1,
-        job: Some(7),
+        cause: RolloutCause::Release { job: 7 },
         project: "drone".into(),
         service: service.into(),
         environment: "production".into(),
@@ -56,8 +56,7 @@ fn deploy_row(service: &str, reason: &str) -> DeployRow {
         image: "registry/team/web@sha256:ab".into(),
         previous_image: Some("registry/team/web@sha256:cd".into()),
         generation: Some(3),
-        kind: "deploy".into(),
-        state: "rolled_back".into(),
+        state: RolloutState::RolledBack,
         reason: Some(reason.into()),
         created_at: "2024-05-01T10:00:00Z".into(),
         patched_at: None,
