@@ -183,7 +183,9 @@ fn print_logs(
     let mut after = 0;
     loop {
         // Read the state first: lines written before the job ended are then all visible.
-        let running = matches!(jobs.state(job)?.as_deref(), Some("queued" | "running"));
+        let running = jobs
+            .state(job)?
+            .is_some_and(crate::domain::JobState::is_active);
         for chunk in jobs.logs(job, service, after)? {
             for line in chunk.text.lines() {
                 println!("{} {}| {line}", chunk.service, chunk.stage);
@@ -209,7 +211,7 @@ fn jobs_table(rows: &[crate::store::JobRow]) -> String {
                 r.project.clone(),
                 r.git_ref.clone(),
                 r.sha.chars().take(12).collect(),
-                r.state.clone(),
+                r.state.to_string(),
                 r.attempt.to_string(),
                 r.created_at.clone(),
                 r.finished_at.clone().unwrap_or_else(|| "-".into()),
@@ -235,8 +237,8 @@ fn job_report(detail: &crate::store::JobDetail) -> String {
         .map(|s| {
             [
                 s.service.clone(),
-                s.stage.clone(),
-                s.state.clone(),
+                s.stage.to_string(),
+                s.state.to_string(),
                 s.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
             ]
         })

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 
 use super::raw::{RawEnvironment, RawSettings};
 use super::Problem;
+use crate::domain::{GitRef, RefKind};
 use crate::pipeline::Pattern;
 
 /// How long a rollout may take when the environment does not say.
@@ -56,9 +57,10 @@ pub enum ClusterAccess {
 }
 
 impl Environment {
-    /// Whether a push of `ref_kind`/`ref_name` to `project` deploys here.
-    pub fn takes(&self, project: &str, ref_kind: &str, ref_name: &str) -> bool {
-        let patterns = if ref_kind == "tag" {
+    /// Whether a push of `git_ref` to `project` deploys here.
+    pub fn takes(&self, project: &str, git_ref: &GitRef) -> bool {
+        let ref_name = git_ref.name();
+        let patterns = if git_ref.kind() == RefKind::Tag {
             &self.tags
         } else {
             &self.branches
@@ -311,10 +313,14 @@ mod tests {
         };
         let settings = super::super::Settings::from_sources(sources).unwrap();
         let (production, staging) = (&settings.environments[0], &settings.environments[1]);
-        assert!(production.takes("p", "tag", "v1.0.0"));
-        assert!(!production.takes("p", "branch", "main"));
-        assert!(staging.takes("p", "branch", "main"));
-        assert!(!staging.takes("p", "tag", "v1.0.0"));
+        let (tag, main) = (
+            GitRef::parse("refs/tags/v1.0.0").unwrap(),
+            GitRef::parse("refs/heads/main").unwrap(),
+        );
+        assert!(production.takes("p", &tag));
+        assert!(!production.takes("p", &main));
+        assert!(staging.takes("p", &main));
+        assert!(!staging.takes("p", &tag));
         assert!(settings.secret_values().contains(&"t".to_owned()));
     }
 

@@ -30,6 +30,11 @@ impl CommitSha {
     pub fn short(&self) -> &str {
         &self.0[..7]
     }
+
+    /// The first `len` digits (all of them when there are fewer).
+    pub fn prefix(&self, len: usize) -> &str {
+        self.0.get(..len).unwrap_or(&self.0)
+    }
 }
 
 impl AsRef<str> for CommitSha {

@@ -4,10 +4,12 @@
 
 mod delivery_id;
 mod git;
+mod job;
 mod names;
 
 pub use delivery_id::DeliveryId;
 pub use git::{CommitSha, GitRef, RefKind};
+pub use job::{JobState, StageName, StageState};
 pub use names::{ProjectName, RepoSlug};
 
 /// Why a value did not parse; the caller adds which field or header it came from.

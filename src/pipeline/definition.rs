@@ -76,6 +76,15 @@ impl Stage {
     }
 }
 
+impl From<Stage> for crate::domain::StageName {
+    fn from(stage: Stage) -> Self {
+        match stage {
+            Stage::Check => crate::domain::StageName::Check,
+            Stage::Compile => crate::domain::StageName::Compile,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub stage: Stage,

@@ -141,7 +141,7 @@ pub struct UnexpectedValue {
 }
 
 impl UnexpectedValue {
-    fn new(value: String, expected: &[&str]) -> UnexpectedValue {
+    pub(super) fn new(value: String, expected: &[&str]) -> UnexpectedValue {
         UnexpectedValue {
             value,
             expected: expected.join(", "),

@@ -10,17 +10,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::states::{self, column_error};
 use super::{connection::open_connection, db_path, timestamp, StoreError};
+use crate::domain::{CommitSha, GitRef, JobState, RefKind, StageName, StageState};
 
 /// A job this worker holds the lease on.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub id: i64,
     pub project: String,
-    pub git_ref: String,
-    pub ref_kind: String,
-    pub ref_name: String,
-    pub sha: String,
+    pub git_ref: GitRef,
+    pub sha: CommitSha,
     pub attempt: i64,
     /// Which claim of the job this is: every later write for it checks the job still carries
     /// this epoch, so a worker whose job was claimed again (a lapsed lease) writes nothing.
@@ -37,7 +37,7 @@ pub struct JobRow {
     pub project: String,
     pub git_ref: String,
     pub sha: String,
-    pub state: String,
+    pub state: JobState,
     pub attempt: i64,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -48,8 +48,8 @@ pub struct JobRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageRow {
     pub service: String,
-    pub stage: String,
-    pub state: String,
+    pub stage: StageName,
+    pub state: StageState,
     pub exit_code: Option<i64>,
     pub detail: Option<String>,
     pub started_at: Option<String>,
@@ -78,6 +78,30 @@ pub struct LogChunk {
     pub service: String,
     pub stage: String,
     pub text: String,
+}
+
+/// A stage's new state, and what goes with it.
+#[derive(Debug, Clone, Copy)]
+pub struct StageUpdate<'a> {
+    /// The service, or `-` for the job's own stages (checkout, pipeline).
+    pub service: &'a str,
+    pub stage: StageName,
+    pub state: StageState,
+    pub exit_code: Option<i64>,
+    pub detail: Option<&'a str>,
+}
+
+impl<'a> StageUpdate<'a> {
+    /// `stage` of `service` is now `state` (no exit code, no detail).
+    pub fn new(service: &'a str, stage: StageName, state: StageState) -> StageUpdate<'a> {
+        StageUpdate {
+            service,
+            stage,
+            state,
+            exit_code: None,
+            detail: None,
+        }
+    }
 }
 
 pub struct Jobs {
@@ -199,28 +223,26 @@ impl Jobs {
                                 OR (state = 'running' AND lease_until < ?4
                                     AND lease_owner IS NOT ?1)
                              ORDER BY id LIMIT 1)
-                 RETURNING id, project, git_ref, ref_kind, ref_name, sha, attempt, delivery,
-                           created_at, lease_epoch",
+                 RETURNING id, project, git_ref, sha, attempt, delivery, created_at, lease_epoch",
                 params![self.owner, now + lease.as_secs() as i64, now_text(), now],
                 |row| {
                     Ok((
                         ClaimedJob {
                             id: row.get(0)?,
                             project: row.get(1)?,
-                            git_ref: row.get(2)?,
-                            ref_kind: row.get(3)?,
-                            ref_name: row.get(4)?,
-                            sha: row.get(5)?,
-                            attempt: row.get(6)?,
-                            epoch: row.get(9)?,
+                            git_ref: parsed(row, 2, GIT_REF, GitRef::parse)?,
+                            sha: parsed(row, 3, SHA, CommitSha::parse)?,
+                            attempt: row.get(4)?,
+                            epoch: row.get(7)?,
                             event_json: String::new(),
-                            created_at: row.get(8)?,
+                            created_at: row.get(6)?,
                         },
-                        row.get::<_, i64>(7)?,
+                        row.get::<_, i64>(5)?,
                     ))
                 },
             )
-            .optional()?;
+            .optional()
+            .map_err(column_error)?;
         let Some((mut job, delivery)) = claimed else {
             return Ok(None);
         };
@@ -260,46 +282,34 @@ impl Jobs {
     /// Whether a newer push to the same branch is waiting or running: then this job's work
     /// is stale. Tags are never superseded.
     pub fn is_superseded(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
-        if job.ref_kind != "branch" {
+        if job.git_ref.kind() != RefKind::Branch {
             return Ok(false);
         }
         let newer: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM jobs WHERE project = ?1 AND git_ref = ?2 AND id > ?3
                AND state IN ('queued', 'running', 'success', 'failed', 'deployed', 'rolled_back')",
-            params![job.project, job.git_ref, job.id],
+            params![job.project, job.git_ref.as_ref(), job.id],
             |row| row.get(0),
         )?;
         Ok(newer > 0)
     }
 
-    pub fn set_stage(
-        &self,
-        job: i64,
-        service: &str,
-        stage: &str,
-        state: &str,
-        exit_code: Option<i64>,
-        detail: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.set_stage_reporting(job, service, stage, state, exit_code, detail, &[])
+    /// Sets a stage (nothing else goes with it).
+    pub fn set_stage(&self, job: i64, update: &StageUpdate<'_>) -> Result<(), StoreError> {
+        self.set_stage_reporting(job, update, &[])
     }
 
     /// Sets a stage and queues the reports it causes, in one transaction.
-    #[allow(clippy::too_many_arguments)]
     pub fn set_stage_reporting(
         &self,
         job: i64,
-        service: &str,
-        stage: &str,
-        state: &str,
-        exit_code: Option<i64>,
-        detail: Option<&str>,
+        update: &StageUpdate<'_>,
         reports: &[super::NewReport],
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         self.check_lease(&tx, job)?;
-        upsert_stage(&tx, job, service, stage, state, exit_code, detail)?;
+        upsert_stage(&tx, job, update)?;
         super::outbox::insert(&tx, reports, Some(job))?;
         tx.commit()?;
         Ok(())
@@ -327,7 +337,11 @@ impl Jobs {
             params![reference, digest, now_text(), job],
         )?;
         let pushed = format!("{reference}@{digest}");
-        upsert_stage(&tx, job, service, "push", "success", None, Some(&pushed))?;
+        let update = StageUpdate {
+            detail: Some(&pushed),
+            ..StageUpdate::new(service, StageName::Push, StageState::Success)
+        };
+        upsert_stage(&tx, job, &update)?;
         super::outbox::insert(&tx, reports, Some(job))?;
         tx.commit()?;
         Ok(())
@@ -425,7 +439,7 @@ impl Jobs {
     }
 
     /// Ends the job (only if this process still holds it).
-    pub fn finish(&self, job: i64, state: &str, error: Option<&str>) -> Result<(), StoreError> {
+    pub fn finish(&self, job: i64, state: JobState, error: Option<&str>) -> Result<(), StoreError> {
         self.finish_reporting(job, state, error, &[])
     }
 
@@ -434,7 +448,7 @@ impl Jobs {
     pub fn finish_reporting(
         &self,
         job: i64,
-        state: &str,
+        state: JobState,
         error: Option<&str>,
         reports: &[super::NewReport],
     ) -> Result<(), StoreError> {
@@ -447,7 +461,7 @@ impl Jobs {
                 lease_owner = NULL, lease_until = NULL
              WHERE id = ?4 AND state = 'running' AND lease_owner = ?5
                AND (?6 IS NULL OR lease_epoch = ?6)",
-            params![state, error, now, job, self.owner, epoch],
+            params![state.as_str(), error, now, job, self.owner, epoch],
         )?;
         if changed == 1 {
             super::outbox::insert(&tx, reports, Some(job))?;
@@ -483,7 +497,7 @@ impl Jobs {
     pub fn supersede(&self, job: i64) -> Result<(), StoreError> {
         self.finish(
             job,
-            "superseded",
+            JobState::Superseded,
             Some("a newer push to the same branch replaced it"),
         )
     }
@@ -497,7 +511,7 @@ impl Jobs {
         &self,
         limit: u32,
         project: Option<&str>,
-        state: Option<&str>,
+        state: Option<JobState>,
     ) -> Result<Vec<JobRow>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
@@ -505,8 +519,11 @@ impl Jobs {
              FROM jobs WHERE (?2 IS NULL OR project = ?2) AND (?3 IS NULL OR state = ?3)
              ORDER BY id DESC LIMIT ?1",
         )?;
-        let rows = statement.query_map(params![limit, project, state], job_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = statement.query_map(
+            params![limit, project, state.map(JobState::as_str)],
+            job_row,
+        )?;
+        rows.collect::<Result<_, _>>().map_err(column_error)
     }
 
     pub fn get(&self, id: i64) -> Result<Option<JobDetail>, StoreError> {
@@ -519,7 +536,8 @@ impl Jobs {
                 [id],
                 job_row,
             )
-            .optional()?;
+            .optional()
+            .map_err(column_error)?;
             let Some(job) = job else { return Ok(None) };
             let mut statement = conn.prepare(
             "SELECT service, stage, state, exit_code, detail, started_at, finished_at FROM stages
@@ -529,15 +547,16 @@ impl Jobs {
                 .query_map([id], |row| {
                     Ok(StageRow {
                         service: row.get(0)?,
-                        stage: row.get(1)?,
-                        state: row.get(2)?,
+                        stage: states::read(row, 1, "stages.stage")?,
+                        state: states::read(row, 2, "stages.state")?,
                         exit_code: row.get(3)?,
                         detail: row.get(4)?,
                         started_at: row.get(5)?,
                         finished_at: row.get(6)?,
                     })
                 })?
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<_, _>>()
+                .map_err(column_error)?;
             let mut statement = conn.prepare(
                 "SELECT service, reference, digest FROM images WHERE job = ?1 ORDER BY service",
             )?;
@@ -623,37 +642,31 @@ impl Jobs {
     }
 
     /// How many jobs are in each state.
-    pub fn counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    pub fn counts(&self) -> Result<Vec<(JobState, i64)>, StoreError> {
         let conn = self.conn();
         let mut statement =
             conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = statement.query_map([], |row| {
+            Ok((states::read(row, 0, "jobs.state")?, row.get(1)?))
+        })?;
+        rows.collect::<Result<_, _>>().map_err(column_error)
     }
 
-    pub fn state(&self, job: i64) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn()
+    pub fn state(&self, job: i64) -> Result<Option<JobState>, StoreError> {
+        self.conn()
             .query_row("SELECT state FROM jobs WHERE id = ?1", [job], |row| {
-                row.get(0)
+                states::read(row, 0, "jobs.state")
             })
-            .optional()?)
+            .optional()
+            .map_err(column_error)
     }
 }
 
-fn upsert_stage(
-    conn: &Connection,
-    job: i64,
-    service: &str,
-    stage: &str,
-    state: &str,
-    exit_code: Option<i64>,
-    detail: Option<&str>,
-) -> Result<(), StoreError> {
+fn upsert_stage(conn: &Connection, job: i64, update: &StageUpdate<'_>) -> Result<(), StoreError> {
     let now = now_text();
-    let (started, finished) = match state {
-        "running" => (Some(now.as_str()), None),
-        "pending" => (None, None),
+    let (started, finished) = match update.state {
+        StageState::Running => (Some(now.as_str()), None),
+        StageState::Pending => (None, None),
         _ => (None, Some(now.as_str())),
     };
     conn.execute(
@@ -663,7 +676,16 @@ fn upsert_stage(
             exit_code = excluded.exit_code, detail = excluded.detail,
             started_at = COALESCE(stages.started_at, excluded.started_at),
             finished_at = excluded.finished_at",
-        params![job, service, stage, state, exit_code, detail, started, finished],
+        params![
+            job,
+            update.service,
+            update.stage.as_str(),
+            update.state.as_str(),
+            update.exit_code,
+            update.detail,
+            started,
+            finished
+        ],
     )?;
     Ok(())
 }
@@ -685,13 +707,38 @@ fn upsert_image(
     Ok(())
 }
 
+const GIT_REF: (&str, &str) = ("jobs.git_ref", "refs/heads/NAME or refs/tags/NAME");
+const SHA: (&str, &str) = ("jobs.sha", "a commit id of 40 or 64 hex digits");
+
+/// A stored identifier parsed again; one that does not parse is an error naming its column
+/// and what deploybot writes there (`what`).
+fn parsed<T>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    (column, what): (&'static str, &str),
+    parse: impl FnOnce(&str) -> Result<T, crate::domain::ParseError>,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).map_err(|_| {
+        let error = StoreError::Column {
+            column,
+            source: super::UnexpectedValue::new(text, &[what]),
+        };
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            Box::new(error),
+        )
+    })
+}
+
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
         id: row.get(0)?,
         project: row.get(1)?,
         git_ref: row.get(2)?,
         sha: row.get(3)?,
-        state: row.get(4)?,
+        state: states::read(row, 4, "jobs.state")?,
         attempt: row.get(5)?,
         created_at: row.get(6)?,
         started_at: row.get(7)?,
@@ -714,7 +761,7 @@ mod tests {
                 "INSERT INTO deliveries (project, outcome, received_at) VALUES ('p', 'queued', 't');
                  INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
                                    created_at, updated_at)
-                 VALUES (1, 'p', 'refs/tags/v1', 'tag', 'v1', 'abc', 'queued', 't', 't');",
+                 VALUES (1, 'p', 'refs/tags/v1', 'tag', 'v1', 'abc0000000000000000000000000000000000000', 'queued', 't', 't');",
             )
             .unwrap();
         let first = Jobs {
@@ -750,19 +797,25 @@ mod tests {
         assert_eq!(taken.epoch, lost.epoch + 1);
 
         let err = first
-            .set_stage(1, "web", "check", "running", None, None)
+            .set_stage(
+                1,
+                &StageUpdate::new("web", StageName::Check, StageState::Running),
+            )
             .unwrap_err();
         assert!(matches!(err, StoreError::LeaseLost { job: 1 }), "{err}");
         assert!(first.append_log(1, "web", "check", "late\n").is_err());
         assert!(!first.renew(1, Duration::from_secs(60)).unwrap());
-        first.finish(1, "failed", Some("late")).unwrap();
-        assert_eq!(first.state(1).unwrap().as_deref(), Some("running"));
+        first.finish(1, JobState::Failed, Some("late")).unwrap();
+        assert_eq!(first.state(1).unwrap(), Some(JobState::Running));
 
         second
-            .set_stage(1, "web", "check", "running", None, None)
+            .set_stage(
+                1,
+                &StageUpdate::new("web", StageName::Check, StageState::Running),
+            )
             .unwrap();
-        second.finish(1, "success", None).unwrap();
-        assert_eq!(second.state(1).unwrap().as_deref(), Some("success"));
+        second.finish(1, JobState::Success, None).unwrap();
+        assert_eq!(second.state(1).unwrap(), Some(JobState::Success));
     }
 
     #[test]
@@ -771,7 +824,7 @@ mod tests {
         jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
         jobs.record_push(1, "web", "r/web:v1", "sha256:first", &[])
             .unwrap();
-        jobs.finish(1, "success", None).unwrap();
+        jobs.finish(1, JobState::Success, None).unwrap();
         assert!(jobs.rerun(1).unwrap());
         jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
 
@@ -780,9 +833,31 @@ mod tests {
 
         assert_eq!(
             jobs.pushed_digest("r/web:v1").unwrap(),
-            Some(("sha256:first".into(), "abc".into()))
+            Some((
+                "sha256:first".into(),
+                "abc0000000000000000000000000000000000000".into()
+            ))
         );
         let detail = jobs.get(1).unwrap().unwrap();
         assert_eq!(detail.images[0].digest.as_deref(), Some("sha256:first"));
+    }
+
+    #[test]
+    fn an_unknown_stored_state_is_an_error_naming_its_column() {
+        let (_dir, jobs, _) = two_workers();
+        jobs.conn()
+            .execute("UPDATE jobs SET state = 'done'", [])
+            .unwrap();
+
+        let err = jobs.state(1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("store: column jobs.state: unexpected value \"done\" (deploybot writes queued, running,"),
+            "{err}"
+        );
+        assert!(
+            jobs.get(1).is_err(),
+            "nor does the job read with a default state"
+        );
     }
 }

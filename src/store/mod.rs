@@ -16,6 +16,7 @@ mod reader;
 mod retention;
 pub(crate) mod schema;
 mod segments;
+mod states;
 mod turns;
 pub(crate) mod writer;
 
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use deploys::{DeployRow, RolloutCause, RolloutState, UnexpectedValue};
 pub(crate) use deploys::{DeployUpdate, NewDeploy};
-pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow};
+pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow, StageUpdate};
 pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
 pub use retention::{RetentionLimits, Sweeper, Swept};

@@ -329,7 +329,8 @@ mod tests {
         let finished = jobs.claim_next(DAY).unwrap().unwrap().id;
         jobs.append_log(finished, "web", "check", "old line\n")
             .unwrap();
-        jobs.finish(finished, "success", None).unwrap();
+        jobs.finish(finished, crate::domain::JobState::Success, None)
+            .unwrap();
         let running = jobs.claim_next(DAY).unwrap().unwrap().id;
         jobs.append_log(running, "web", "check", "still going\n")
             .unwrap();

@@ -12,6 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::SecretString;
 
 use super::api::{error, Views};
+use crate::domain::JobState;
 use crate::forge::token_matches;
 
 /// The action token, shared with the handlers.
@@ -92,7 +93,7 @@ async fn act(
     token: &ActionToken,
     id: i64,
     action: Action,
-) -> (HttpResponse, Option<String>) {
+) -> (HttpResponse, Option<JobState>) {
     if let Err(refused) = authorize(request, token) {
         return (refused.response(), None);
     }
@@ -140,7 +141,7 @@ pub async fn cancel(
     let id = id.into_inner();
     let (response, before) = act(&request, &views, &token, id, CANCEL).await;
     // A running job's worker reports its end; a queued one has no worker yet.
-    if before.as_deref() == Some("queued") {
+    if before == Some(JobState::Queued) {
         let settings = intake.settings.clone();
         let reported = views
             .read(move |v| crate::worker::report_canceled(&settings, &v.jobs, id))

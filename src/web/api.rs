@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
+use crate::domain::JobState;
 use crate::store::{Jobs, Reader, StoreError};
 
 /// Read access to the store for the web surface.
@@ -49,54 +50,46 @@ pub struct JobsQuery {
     pub limit: Option<u32>,
 }
 
-/// The job states a filter may name.
-pub const JOB_STATES: [&str; 8] = [
-    "queued",
-    "running",
-    "success",
-    "failed",
-    "superseded",
-    "canceled",
-    "deployed",
-    "rolled_back",
-];
+/// The filters of a jobs list, parsed.
+pub struct JobFilters {
+    pub project: Option<String>,
+    pub state: Option<JobState>,
+    pub limit: u32,
+}
 
 impl JobsQuery {
-    /// The filters, with empty values (an HTML form's "any") meaning no filter.
-    pub fn filters(self) -> (Option<String>, Option<String>, u32) {
-        let keep = |v: Option<String>| v.filter(|v| !v.is_empty());
-        (
-            keep(self.project),
-            keep(self.state),
-            self.limit.unwrap_or(50).min(500),
-        )
-    }
-
+    /// The filters, with empty values (an HTML form's "any", when `form`) meaning no filter.
     /// A state filter must name a state; anything else is a 400, not an empty list.
-    /// `form`: an HTML form's empty value means "any state"; the JSON API has no such value.
-    pub fn checked_state(&self, form: bool) -> Result<(), String> {
-        match &self.state {
-            Some(state) if !(JOB_STATES.contains(&state.as_str()) || form && state.is_empty()) => {
-                Err(format!(
+    pub fn filters(self, form: bool) -> Result<JobFilters, String> {
+        let keep = |v: Option<String>| v.filter(|v| !(form && v.is_empty()));
+        let state = match keep(self.state) {
+            None => None,
+            Some(text) => Some(JobState::from_text(&text).ok_or_else(|| {
+                let known: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
                     "query state: unknown state \"{}\" (expected one of {})",
-                    state.chars().take(40).collect::<String>(),
-                    JOB_STATES.join(", ")
-                ))
-            }
-            _ => Ok(()),
-        }
+                    text.chars().take(40).collect::<String>(),
+                    known.join(", ")
+                )
+            })?),
+        };
+        Ok(JobFilters {
+            project: self.project.filter(|v| !v.is_empty()),
+            state,
+            limit: self.limit.unwrap_or(50).min(500),
+        })
     }
 }
 
 pub async fn jobs(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
-    if let Err(reason) = query.checked_state(false) {
-        return error(400, &reason);
-    }
-    let (project, state, limit) = query.into_inner().filters();
+    let filters = match query.into_inner().filters(false) {
+        Ok(filters) => filters,
+        Err(reason) => return error(400, &reason),
+    };
     match views
         .read(move |v| {
             v.jobs
-                .list_filtered(limit, project.as_deref(), state.as_deref())
+                .list_filtered(filters.limit, filters.project.as_deref(), filters.state)
         })
         .await
     {
@@ -225,9 +218,10 @@ async fn follow(views: Arc<Views>, id: i64, mut after: i64, events: Events) {
                 return; // the client went away
             }
         }
-        let state = state.unwrap_or_default();
-        if !matches!(state.as_str(), "queued" | "running") {
-            let end = format!("event: end\ndata: {state}\n\n");
+        // A job that is over (or gone) ends the stream, saying how it ended.
+        if !state.is_some_and(JobState::is_active) {
+            let over = state.map_or("", JobState::as_str);
+            let end = format!("event: end\ndata: {over}\n\n");
             let _ = events.send(Ok(web::Bytes::from(end))).await;
             return;
         }

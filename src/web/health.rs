@@ -37,11 +37,11 @@ pub async fn metrics(
             state
                 .metrics
                 .jobs
-                .with_label_values(&[&job_state])
+                .with_label_values(&[job_state.as_str()])
                 .set(count);
         }
-        for job_state in super::api::JOB_STATES {
-            state.metrics.jobs.with_label_values(&[job_state]);
+        for job_state in crate::domain::JobState::ALL {
+            state.metrics.jobs.with_label_values(&[job_state.as_str()]);
         }
     }
     HttpResponse::Ok()

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use maud::Markup;
 
-use super::api::{JobsQuery, LogsQuery, Views, JOB_STATES};
+use super::api::{JobsQuery, LogsQuery, Views};
 use super::templates;
+use crate::domain::JobState;
 use crate::store::LogChunk;
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -22,18 +23,18 @@ fn page(title: &str, body: Markup) -> HttpResponse {
 
 /// `/`: recent jobs, filterable by project and state.
 pub async fn index(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
-    if let Err(reason) = query.checked_state(true) {
-        return super::api::error(400, &reason);
-    }
-    let (project, state, limit) = query.into_inner().filters();
+    let filters = match query.into_inner().filters(true) {
+        Ok(filters) => filters,
+        Err(reason) => return super::api::error(400, &reason),
+    };
     let read = views
         .read(move |v| {
             v.jobs
-                .list_filtered(limit, project.as_deref(), state.as_deref())
+                .list_filtered(filters.limit, filters.project.as_deref(), filters.state)
         })
         .await;
     match read {
-        Ok(jobs) => page("Jobs", templates::jobs(&jobs, &JOB_STATES)),
+        Ok(jobs) => page("Jobs", templates::jobs(&jobs, JobState::ALL)),
         Err(response) => response,
     }
 }

@@ -25,8 +25,8 @@ impl<E: Executor> Runner<E> {
         let fetch = self.checkouts.checkout(
             &job.project,
             &project.clone_url,
-            &job.git_ref,
-            &job.sha,
+            job.git_ref.as_ref(),
+            job.sha.as_ref(),
             job.id,
             project.git_credentials.as_ref(),
         );

@@ -9,9 +9,10 @@ use super::runner::{Deployed, JobContext, Runner};
 use crate::config::Environment;
 use crate::deploy::{Note, Outcome, Request};
 use crate::docker::Executor;
+use crate::domain::{GitRef, StageName, StageState};
 use crate::pipeline::Service;
 use crate::report::StatusState;
-use crate::store::{NewReport, RolloutCause};
+use crate::store::{NewReport, RolloutCause, StageUpdate};
 
 /// One service's rollout, the same in every environment: what runs where.
 struct ServiceRollout<'a> {
@@ -24,8 +25,8 @@ struct ServiceRollout<'a> {
 
 /// How the deploy stage of one service ended in one environment, as recorded and reported.
 struct StageEnd {
-    /// The stage's state: `success`, `rolled_back`, `skipped` or `failed`.
-    state: &'static str,
+    /// The stage's state: success, rolled back, skipped or failed.
+    state: StageState,
     detail: String,
     status: StatusState,
     /// The commit status's words.
@@ -34,16 +35,11 @@ struct StageEnd {
 
 impl<E: Executor> Runner<E> {
     /// The environments a job's ref deploys to.
-    pub(super) fn environments_for(
-        &self,
-        project: &str,
-        kind: &str,
-        name: &str,
-    ) -> Vec<&Environment> {
+    pub(super) fn environments_for(&self, project: &str, git_ref: &GitRef) -> Vec<&Environment> {
         self.settings
             .environments
             .iter()
-            .filter(|e| e.takes(project, kind, name))
+            .filter(|e| e.takes(project, git_ref))
             .collect()
     }
 
@@ -76,8 +72,14 @@ impl<E: Executor> Runner<E> {
             self.pinned_image(job.id, &service.name).await,
         ) else {
             let reason = "no pushed image to deploy".to_owned();
-            self.set_deploy_stage(cx, &service.name, "failed", Some(&reason), Vec::new())
-                .await;
+            self.set_deploy_stage(
+                cx,
+                &service.name,
+                StageState::Failed,
+                Some(&reason),
+                Vec::new(),
+            )
+            .await;
             return vec![(service.name.clone(), Outcome::Failed { reason })];
         };
         let rollout = ServiceRollout {
@@ -86,7 +88,7 @@ impl<E: Executor> Runner<E> {
             container: service.container.as_deref().unwrap_or(&service.name),
             image: &image,
         };
-        let sink = cx.log.stage(&service.name, "deploy");
+        let sink = cx.log.stage(&service.name, StageName::Deploy);
         let note = |text: &str| sink.note(text);
         let mut outcomes = Vec::new();
         for environment in &cx.environments {
@@ -114,7 +116,7 @@ impl<E: Executor> Runner<E> {
         let job = cx.job;
         let words = format!("Deploying to {}", environment.name);
         let reports = cx.status(rollout.service, StatusState::Pending, &words);
-        self.set_deploy_stage(cx, rollout.service, "running", None, reports)
+        self.set_deploy_stage(cx, rollout.service, StageState::Running, None, reports)
             .await;
         let request = Request {
             cause: RolloutCause::Release { job: job.id },
@@ -123,8 +125,8 @@ impl<E: Executor> Runner<E> {
             environment,
             deployment: rollout.deployment,
             container: rollout.container,
-            tag: &job.ref_name,
-            sha: &job.sha,
+            tag: job.git_ref.name(),
+            sha: job.sha.as_ref(),
             delivery: &cx.event.delivery_id,
             pushed_at: &job.created_at,
             image: rollout.image,
@@ -155,10 +157,13 @@ impl<E: Executor> Runner<E> {
     ) {
         let detail = cx.log.masker().mask(&end.detail);
         let words = cx.log.masker().mask(&end.words);
-        let label = end.state.replace("success", "deployed");
+        let label = match end.state {
+            StageState::Success => "deployed",
+            other => other.as_str(),
+        };
         self.metrics
             .deploys
-            .with_label_values(&[environment.name.as_str(), label.as_str()])
+            .with_label_values(&[environment.name.as_str(), label])
             .inc();
         let reports = cx.status(service, end.status, &words);
         self.set_deploy_stage(cx, service, end.state, Some(&detail), reports)
@@ -170,12 +175,15 @@ impl<E: Executor> Runner<E> {
         &self,
         cx: &JobContext<'_>,
         service: &str,
-        state: &str,
+        state: StageState,
         detail: Option<&str>,
         reports: Vec<NewReport>,
     ) {
-        self.stage_with(cx.job.id, service, "deploy", state, None, detail, reports)
-            .await
+        let update = StageUpdate {
+            detail,
+            ..StageUpdate::new(service, StageName::Deploy, state)
+        };
+        self.stage_with(cx.job.id, update, reports).await
     }
 
     /// `registry/image:tag@sha256:...`: what was pushed, pinned by digest.
@@ -197,25 +205,25 @@ fn stage_end(outcome: &Outcome, environment: &Environment, deployment: &str) -> 
     let name = &environment.name;
     match outcome {
         Outcome::Deployed { image } => StageEnd {
-            state: "success",
+            state: StageState::Success,
             detail: format!("deployed {image} to {place}"),
             status: StatusState::Success,
             words: format!("Deployed to {name}: {image}"),
         },
         Outcome::RolledBack { reason, previous } => StageEnd {
-            state: "rolled_back",
+            state: StageState::RolledBack,
             detail: format!("rolled back to {previous} in {place}: {reason}"),
             status: StatusState::Failure,
             words: format!("Rolled back in {name}: {reason}"),
         },
         Outcome::Skipped { reason } => StageEnd {
-            state: "skipped",
+            state: StageState::Skipped,
             detail: reason.clone(),
             status: StatusState::Success,
             words: format!("Not deployed: {reason}"),
         },
         Outcome::Failed { reason } => StageEnd {
-            state: "failed",
+            state: StageState::Failed,
             detail: format!("{place}: {reason}"),
             status: StatusState::Failure,
             words: format!("Deploy to {name} failed: {reason}"),

@@ -11,13 +11,15 @@ use super::job::Failure;
 use super::policy;
 use super::runner::{JobContext, Runner};
 use crate::docker::{BuildSpec, Executor, JOB_LABEL};
+use crate::domain::{StageName, StageState};
 use crate::pipeline::dockerfile::Dockerfile;
 use crate::pipeline::{Service, Stage};
 use crate::report::StatusState;
+use crate::store::StageUpdate;
 
 fn image_failure(reason: String) -> Failure {
     Failure {
-        stage: "image",
+        stage: StageName::Image,
         exit_code: None,
         reason,
     }
@@ -45,9 +47,9 @@ impl<E: Executor> Runner<E> {
         input: Option<&str>,
     ) -> Result<(), Failure> {
         let job = cx.job;
-        self.stage(job.id, &service.name, "image", "running", None, None)
-            .await;
-        let sink = cx.log.stage(&service.name, "image");
+        let update = StageUpdate::new(&service.name, StageName::Image, StageState::Running);
+        self.stage(job.id, update).await;
+        let sink = cx.log.stage(&service.name, StageName::Image);
         let context_tar = self
             .checkouts
             .scratch(job.id, &format!("{}.context.tar", service.name));
@@ -126,16 +128,11 @@ impl<E: Executor> Runner<E> {
         let job = cx.job;
         for stage in [Stage::Check, Stage::Compile] {
             if service.steps.iter().any(|s| s.stage == stage) {
-                let detail = "unchanged inputs: the image built from them is reused";
-                self.stage(
-                    job.id,
-                    &service.name,
-                    stage.as_str(),
-                    "skipped",
-                    None,
-                    Some(detail),
-                )
-                .await;
+                let update = StageUpdate {
+                    detail: Some("unchanged inputs: the image built from them is reused"),
+                    ..StageUpdate::new(&service.name, stage.into(), StageState::Skipped)
+                };
+                self.stage(job.id, update).await;
             }
         }
         self.executor
@@ -143,7 +140,7 @@ impl<E: Executor> Runner<E> {
             .await
             .map_err(|e| image_failure(e.to_string()))?;
         let note = format!("unchanged inputs: reusing {image} as {reference}");
-        cx.log.stage(&service.name, "image").note(&note);
+        cx.log.stage(&service.name, StageName::Image).note(&note);
         let (id, name, reference_owned) = (job.id, service.name.clone(), reference.to_owned());
         let _ = self
             .blocking(move |jobs| jobs.record_image(id, &name, &reference_owned, None))
@@ -169,16 +166,11 @@ impl<E: Executor> Runner<E> {
         } else {
             Vec::new()
         };
-        self.stage_with(
-            cx.job.id,
-            &service.name,
-            "image",
-            "success",
-            None,
-            Some(detail),
-            reports,
-        )
-        .await;
+        let update = StageUpdate {
+            detail: Some(detail),
+            ..StageUpdate::new(&service.name, StageName::Image, StageState::Success)
+        };
+        self.stage_with(cx.job.id, update, reports).await;
     }
 
     /// The OCI labels every image carries (the source is the project's own repository URL).
@@ -187,7 +179,7 @@ impl<E: Executor> Runner<E> {
         BTreeMap::from([
             (
                 "org.opencontainers.image.revision".to_owned(),
-                job.sha.clone(),
+                job.sha.to_string(),
             ),
             (
                 "org.opencontainers.image.source".to_owned(),

@@ -1,4 +1,4 @@
-//! One job: checkout → (per service, in parallel) check → compile → image → push.
+//! One job: checkout → (per service, in parallel) check → compile → image → push → deploy.
 //!
 //! A service that fails stops at that stage and the others go on; the job's result is the
 //! worst of its services. Every failure records stage, service, exit code and the last log
@@ -13,23 +13,28 @@ use super::logs::{clip, JobLog, Masker, REASON_BYTES};
 use super::reporter::Reporter;
 use super::runner::{Deployed, JobContext, Runner};
 use super::{policy, reuse};
+use crate::checkout::Tree;
 use crate::docker::{ExecError, Executor};
+use crate::domain::{JobState, RefKind, StageName, StageState};
 use crate::intake::PushEvent;
 use crate::pipeline::{Definition, Service, Stage};
 use crate::report::StatusState;
-use crate::store::{ClaimedJob, Jobs, NewReport, StoreError};
+use crate::store::{ClaimedJob, StageUpdate};
 
 /// Job-level stages are recorded under this service name.
-const JOB_SCOPE: &str = "-";
-
-/// A service's stages, in order.
-const SERVICE_STAGES: [&str; 5] = ["check", "compile", "image", "push", "deploy"];
+pub(super) const JOB_SCOPE: &str = "-";
 
 /// Why a service stopped.
 pub(super) struct Failure {
-    pub(super) stage: &'static str,
+    pub(super) stage: StageName,
     pub(super) exit_code: Option<i64>,
     pub(super) reason: String,
+}
+
+/// How a job ended, as its record and reports say.
+struct Ending {
+    state: JobState,
+    error: Option<String>,
 }
 
 impl<E: Executor> Runner<E> {
@@ -37,15 +42,7 @@ impl<E: Executor> Runner<E> {
         let span = tracing::info_span!("build", job = job.id, project = %job.project, git_ref = %job.git_ref, sha = %job.sha);
         let _entered = span.clone();
         let id = job.id;
-        if job.attempt == 1 {
-            if let Ok(queued) = time::OffsetDateTime::parse(
-                &job.created_at,
-                &time::format_description::well_known::Rfc3339,
-            ) {
-                let waited = (time::OffsetDateTime::now_utc() - queued).as_seconds_f64();
-                self.metrics.queue_wait_seconds.observe(waited.max(0.0));
-            }
-        }
+        self.observe_queue_wait(&job);
         let first_look = job.clone();
         if self
             .blocking(move |jobs| jobs.is_superseded(&first_look))
@@ -75,16 +72,7 @@ impl<E: Executor> Runner<E> {
         let reporter = serde_json::from_str::<PushEvent>(&job.event_json)
             .ok()
             .map(|event| Reporter::new(&self.settings, &event, id));
-        let max_attempts = i64::from(self.settings.worker.max_attempts);
-        let outcome = if job.attempt > max_attempts {
-            // Each earlier attempt ended with its worker gone (crashed, killed, restarted): a
-            // job that takes deploybot down must not do so after every restart.
-            Err(format!(
-                "deploybot stopped during each of this job's {max_attempts} attempts (it crashed, was killed or restarted); it is not tried again: re-run it once the cause is found"
-            ))
-        } else {
-            self.build(&job, &log, &cancel, reporter.as_ref()).await
-        };
+        let outcome = self.attempt(&job, &log, &cancel, reporter.as_ref()).await;
 
         keeper.abort();
         flushing.cancel();
@@ -93,43 +81,13 @@ impl<E: Executor> Runner<E> {
             tracing::warn!(parent: &span, error = %e, "Could not remove the job's containers");
         }
         self.checkouts.clean(id).await;
-        let (state, error) = if superseded.is_cancelled() {
-            (
-                "superseded",
-                Some("a newer push to the same branch replaced it".to_owned()),
-            )
-        } else if self.shutdown.is_cancelled() {
-            // Left running: its lease lapses and the next start takes it again.
-            tracing::info!(parent: &span, "Interrupted by shutdown; it will be resumed");
+        let Some(ending) = self.ending(id, outcome, superseded.is_cancelled()).await else {
             self.jobs.release(id);
             return;
-        } else if self
-            .blocking(move |jobs| jobs.state(id))
-            .await
-            .ok()
-            .flatten()
-            .as_deref()
-            == Some("canceled")
-        {
-            // An operator canceled it (the store already says so): the commit status says so too.
-            tracing::info!(parent: &span, "Canceled by an operator");
-            let settings = self.settings.clone();
-            let _ = self
-                .blocking(move |jobs| super::report_canceled(&settings, jobs, id))
-                .await;
-            self.reports.notify_one();
-            self.jobs.release(id);
-            return;
-        } else {
-            match outcome {
-                Ok(Deployed::Nothing) => ("success", None),
-                Ok(Deployed::All) => ("deployed", None),
-                Ok(Deployed::RolledBack(reason)) => ("rolled_back", Some(reason)),
-                Ok(Deployed::Failed(reason)) | Err(reason) => ("failed", Some(reason)),
-            }
         };
-        tracing::info!(parent: &span, state, error = error.as_deref().unwrap_or(""), "Job finished");
+        tracing::info!(parent: &span, state = %ending.state, error = ending.error.as_deref().unwrap_or(""), "Job finished");
         let detail = self.blocking(move |jobs| jobs.get(id)).await.ok().flatten();
+        let (state, error) = (ending.state, ending.error);
         let reports = reporter
             .map(|r| r.finished(state, error.as_deref(), detail.as_ref()))
             .unwrap_or_default();
@@ -139,52 +97,76 @@ impl<E: Executor> Runner<E> {
         self.reports.notify_one();
     }
 
-    pub(super) async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Jobs) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let result = self.jobs.call(f).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "Job store call failed");
+    fn observe_queue_wait(&self, job: &ClaimedJob) {
+        if job.attempt != 1 {
+            return;
         }
-        result
+        let format = &time::format_description::well_known::Rfc3339;
+        if let Ok(queued) = time::OffsetDateTime::parse(&job.created_at, format) {
+            let waited = (time::OffsetDateTime::now_utc() - queued).as_seconds_f64();
+            self.metrics.queue_wait_seconds.observe(waited.max(0.0));
+        }
     }
 
-    /// Renews the lease while the job runs; cancels it when a newer push supersedes it or the
-    /// lease is lost.
-    fn keep_lease(
+    /// Builds (and deploys) the job, unless each of its earlier attempts ended with its worker
+    /// gone (crashed, killed, restarted): a job that takes deploybot down must not do so after
+    /// every restart.
+    async fn attempt(
         &self,
-        job: ClaimedJob,
-        cancel: CancellationToken,
-        superseded: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let jobs = self.jobs.clone();
-        let lease = self.settings.worker.lease;
-        tokio::spawn(async move {
-            let every = (lease / 3)
-                .max(Duration::from_millis(500))
-                .min(Duration::from_secs(2));
-            loop {
-                tokio::time::sleep(every).await;
-                let (jobs, job) = (jobs.clone(), job.clone());
-                let check = tokio::task::spawn_blocking(move || {
-                    Ok::<_, StoreError>((jobs.renew(job.id, lease)?, jobs.is_superseded(&job)?))
-                })
+        job: &ClaimedJob,
+        log: &JobLog,
+        cancel: &CancellationToken,
+        reporter: Option<&Reporter>,
+    ) -> Result<Deployed, String> {
+        let max_attempts = i64::from(self.settings.worker.max_attempts);
+        if job.attempt > max_attempts {
+            return Err(format!(
+                "deploybot stopped during each of this job's {max_attempts} attempts (it crashed, was killed or restarted); it is not tried again: re-run it once the cause is found"
+            ));
+        }
+        self.build(job, log, cancel, reporter).await
+    }
+
+    /// How the job ended; None when it is not this worker's to end: a shutdown leaves it
+    /// running (its lease lapses and the next start takes it again), and an operator's cancel
+    /// already ended it (its commit status says so too).
+    async fn ending(
+        &self,
+        id: i64,
+        outcome: Result<Deployed, String>,
+        superseded: bool,
+    ) -> Option<Ending> {
+        if superseded {
+            return Some(Ending {
+                state: JobState::Superseded,
+                error: Some("a newer push to the same branch replaced it".to_owned()),
+            });
+        }
+        if self.shutdown.is_cancelled() {
+            tracing::info!("Interrupted by shutdown; it will be resumed");
+            return None;
+        }
+        let now = self
+            .blocking(move |jobs| jobs.state(id))
+            .await
+            .ok()
+            .flatten();
+        if now == Some(JobState::Canceled) {
+            tracing::info!("Canceled by an operator");
+            let settings = self.settings.clone();
+            let _ = self
+                .blocking(move |jobs| super::report_canceled(&settings, jobs, id))
                 .await;
-                match check {
-                    Ok(Ok((_, true))) => {
-                        superseded.cancel();
-                        cancel.cancel();
-                        return;
-                    }
-                    Ok(Ok((false, _))) => {
-                        cancel.cancel();
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-        })
+            self.reports.notify_one();
+            return None;
+        }
+        let (state, error) = match outcome {
+            Ok(Deployed::Nothing) => (JobState::Success, None),
+            Ok(Deployed::All) => (JobState::Deployed, None),
+            Ok(Deployed::RolledBack(reason)) => (JobState::RolledBack, Some(reason)),
+            Ok(Deployed::Failed(reason)) | Err(reason) => (JobState::Failed, Some(reason)),
+        };
+        Some(Ending { state, error })
     }
 
     async fn build(
@@ -200,85 +182,23 @@ impl<E: Executor> Runner<E> {
             .ok_or_else(|| format!("project \"{}\" is no longer configured", job.project))?;
         let event: PushEvent = serde_json::from_str(&job.event_json)
             .map_err(|e| format!("the job's push event is unreadable: {e}"))?;
-
-        let checkout_log = log.stage(JOB_SCOPE, "checkout");
-        self.stage(job.id, JOB_SCOPE, "checkout", "running", None, None)
-            .await;
-        checkout_log.note(&format!(
-            "fetching {} at {} from {}",
-            job.git_ref, job.sha, project.clone_url
-        ));
-        let fetched = self.checkout(job, project, cancel).await;
-        let (workspace, tree) = match fetched {
-            Ok(fetched) => fetched,
-            Err(e) => {
-                let reason = log_mask(log, &e);
-                checkout_log.note(&reason);
-                self.stage(job.id, JOB_SCOPE, "checkout", "failed", None, Some(&reason))
-                    .await;
-                return Err(format!("checkout: {reason}"));
-            }
-        };
-        self.stage(job.id, JOB_SCOPE, "checkout", "success", None, None)
-            .await;
-
-        let definition = match policy::read_definition(&tree, project, &self.settings) {
-            Ok(definition) => definition,
-            Err(reason) => {
-                checkout_log.note(&reason);
-                self.stage(job.id, JOB_SCOPE, "pipeline", "failed", None, Some(&reason))
-                    .await;
-                return Err(reason);
-            }
-        };
+        let (workspace, tree) = self.checkout_stage(job, project, log, cancel).await?;
+        let definition = self.pipeline_stage(job, project, log, &tree).await?;
         let pushes = should_push(&definition, job) && self.settings.registry.is_some();
         let environments = if pushes {
-            self.environments_for(&job.project, &job.ref_kind, &job.ref_name)
+            self.environments_for(&job.project, &job.git_ref)
         } else {
             Vec::new()
         };
-        checkout_log.note(&format!(
-            "{} service(s); images {}",
-            definition.services.len(),
-            if pushes {
-                "are pushed"
-            } else {
-                "are built, not pushed (not a pushing ref)"
-            }
-        ));
-        for service in &definition.services {
-            for stage in SERVICE_STAGES {
-                let applies = match stage {
-                    "check" => service.steps.iter().any(|s| s.stage == Stage::Check),
-                    "compile" => service.steps.iter().any(|s| s.stage == Stage::Compile),
-                    "push" => pushes,
-                    "deploy" => pushes && service.deployment.is_some() && !environments.is_empty(),
-                    _ => true,
-                };
-                let state = if applies { "pending" } else { "skipped" };
-                // The service's first status goes with its first stage row.
-                let reports = match (stage, reporter) {
-                    ("check", Some(reporter)) => reporter.status(
-                        Some(&service.name),
-                        StatusState::Pending,
-                        &format!("Building {} ({})", service.name, job.ref_name),
-                    ),
-                    _ => Vec::new(),
-                };
-                self.stage_with(job.id, &service.name, stage, state, None, None, reports)
-                    .await;
-            }
-        }
-
-        let limit = self.settings.worker.service_concurrency;
-        // Owned services and explicit borrows: the futures must not be generic over lifetimes,
-        // or the spawned job future stops being `Send`.
-        let root_tree = self.checkouts.tree_id(&job.project, &job.sha).await.ok();
         let context = JobContext {
             job,
             project,
             reporter,
-            root_tree,
+            root_tree: self
+                .checkouts
+                .tree_id(&job.project, job.sha.as_ref())
+                .await
+                .ok(),
             event: &event,
             workspace: &workspace,
             tree,
@@ -287,181 +207,199 @@ impl<E: Executor> Runner<E> {
             log,
             cancel,
         };
-        let context = &context;
-        let mut results: Vec<(String, Result<(), Failure>)> = Vec::new();
-        for phase in phases(&definition.services) {
-            let done: Vec<_> = stream::iter(phase)
-                .map(|service| async move {
-                    let result = self.build_service(context, &service).await;
-                    (service.name, result)
-                })
-                .buffer_unordered(limit)
-                .collect()
-                .await;
-            results.extend(done);
-        }
-
-        let mut failures = Vec::new();
-        for (service, result) in results {
-            if let Err(failure) = result {
-                let code = failure
-                    .exit_code
-                    .map(|c| format!(", exit code {c}"))
-                    .unwrap_or_default();
-                failures.push(format!(
-                    "{service} failed at {}{code}: {}",
-                    failure.stage, failure.reason
-                ));
-            }
-        }
+        self.plan_stages(&context, &definition).await;
+        let failures = self.build_services(&context, &definition.services).await;
         if !failures.is_empty() {
-            for service in definition.services.iter().filter(|s| context.deploys(s)) {
-                let detail = "not deployed: a service of this push failed to build";
-                self.stage(
-                    job.id,
-                    &service.name,
-                    "deploy",
-                    "skipped",
-                    None,
-                    Some(detail),
-                )
-                .await;
-            }
-            failures.sort();
+            self.skip_deploys(&context, &definition.services).await;
             return Err(failures.join("; "));
         }
         if definition.services.iter().any(|s| context.deploys(s)) {
-            Ok(self.deploy_services(context, &definition.services).await)
+            Ok(self.deploy_services(&context, &definition.services).await)
         } else {
             Ok(Deployed::Nothing)
         }
     }
 
-    pub(super) async fn stage(
+    /// The job's workspace and the confined view of it, or why there is none.
+    async fn checkout_stage(
         &self,
-        job: i64,
-        service: &str,
-        stage: &str,
-        state: &str,
-        exit: Option<i64>,
-        detail: Option<&str>,
-    ) {
-        self.stage_with(job, service, stage, state, exit, detail, Vec::new())
-            .await
-    }
-
-    /// Feeds the stage-duration histogram: a stage's clock starts when it runs and stops when
-    /// it succeeds or fails.
-    fn time_stage(&self, service: &str, stage: &str, state: &str) {
-        let mut starts = self.stage_starts.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (service.to_owned(), stage.to_owned());
-        match state {
-            "running" => {
-                starts.insert(key, std::time::Instant::now());
+        job: &ClaimedJob,
+        project: &crate::config::Project,
+        log: &JobLog,
+        cancel: &CancellationToken,
+    ) -> Result<(std::path::PathBuf, std::sync::Arc<Tree>), String> {
+        let sink = log.stage(JOB_SCOPE, StageName::Checkout);
+        let update = |state| StageUpdate::new(JOB_SCOPE, StageName::Checkout, state);
+        self.stage(job.id, update(StageState::Running)).await;
+        sink.note(&format!(
+            "fetching {} at {} from {}",
+            job.git_ref, job.sha, project.clone_url
+        ));
+        match self.checkout(job, project, cancel).await {
+            Ok(fetched) => {
+                self.stage(job.id, update(StageState::Success)).await;
+                Ok(fetched)
             }
-            "success" | "failed" => {
-                if let Some(started) = starts.remove(&key) {
-                    self.metrics
-                        .stage_seconds
-                        .with_label_values(&[stage, state])
-                        .observe(started.elapsed().as_secs_f64());
-                }
+            Err(e) => {
+                let reason = log_mask(log, &e);
+                sink.note(&reason);
+                let failed = StageUpdate {
+                    detail: Some(&reason),
+                    ..update(StageState::Failed)
+                };
+                self.stage(job.id, failed).await;
+                Err(format!("checkout: {reason}"))
             }
-            _ => {}
         }
     }
 
-    /// Sets a stage and, in the same transaction, queues the reports it causes.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn stage_with(
+    /// The repository's pipeline, as the project's policy allows it; the log says what it
+    /// will do.
+    async fn pipeline_stage(
         &self,
-        job: i64,
-        service: &str,
-        stage: &str,
-        state: &str,
-        exit: Option<i64>,
-        detail: Option<&str>,
-        reports: Vec<NewReport>,
-    ) {
-        let (service_owned, stage_owned, state_owned, detail) = (
-            service.to_owned(),
-            stage.to_owned(),
-            state.to_owned(),
-            detail.map(str::to_owned),
-        );
-        self.record_stage(service, stage, state, reports, move |jobs, reports| {
-            jobs.set_stage_reporting(
-                job,
-                &service_owned,
-                &stage_owned,
-                &state_owned,
-                exit,
-                detail.as_deref(),
-                reports,
-            )
-        })
-        .await
+        job: &ClaimedJob,
+        project: &crate::config::Project,
+        log: &JobLog,
+        tree: &Tree,
+    ) -> Result<Definition, String> {
+        let sink = log.stage(JOB_SCOPE, StageName::Checkout);
+        match policy::read_definition(tree, project, &self.settings) {
+            Ok(definition) => {
+                let pushed = if should_push(&definition, job) && self.settings.registry.is_some() {
+                    "are pushed"
+                } else {
+                    "are built, not pushed (not a pushing ref)"
+                };
+                let count = definition.services.len();
+                sink.note(&format!("{count} service(s); images {pushed}"));
+                Ok(definition)
+            }
+            Err(reason) => {
+                sink.note(&reason);
+                let failed = StageUpdate {
+                    detail: Some(&reason),
+                    ..StageUpdate::new(JOB_SCOPE, StageName::Pipeline, StageState::Failed)
+                };
+                self.stage(job.id, failed).await;
+                Err(reason)
+            }
+        }
     }
 
-    /// Every stage change goes through here: the duration histogram, the store write that
-    /// carries the change and the reports it causes (one transaction), and a wake-up for the
-    /// report sender when there are reports.
-    pub(super) async fn record_stage(
-        &self,
-        service: &str,
-        stage: &str,
-        state: &str,
-        reports: Vec<NewReport>,
-        write: impl FnOnce(&Jobs, &[NewReport]) -> Result<(), StoreError> + Send + 'static,
-    ) {
-        self.time_stage(service, stage, state);
-        let queued = !reports.is_empty();
-        let _ = self.blocking(move |jobs| write(jobs, &reports)).await;
-        if queued {
-            self.reports.notify_one();
+    /// Every stage of every service, pending or skipped, before any runs; each service's
+    /// first status goes with its first stage row.
+    async fn plan_stages(&self, cx: &JobContext<'_>, definition: &Definition) {
+        for service in &definition.services {
+            for stage in StageName::OF_A_SERVICE {
+                let applies = match stage {
+                    StageName::Check => service.steps.iter().any(|s| s.stage == Stage::Check),
+                    StageName::Compile => service.steps.iter().any(|s| s.stage == Stage::Compile),
+                    StageName::Push => cx.pushes,
+                    StageName::Deploy => cx.deploys(service),
+                    _ => true,
+                };
+                let state = if applies {
+                    StageState::Pending
+                } else {
+                    StageState::Skipped
+                };
+                let reports = match (stage, cx.reporter) {
+                    (StageName::Check, Some(reporter)) => reporter.status(
+                        Some(&service.name),
+                        StatusState::Pending,
+                        &format!("Building {} ({})", service.name, cx.job.git_ref.name()),
+                    ),
+                    _ => Vec::new(),
+                };
+                let update = StageUpdate::new(&service.name, stage, state);
+                self.stage_with(cx.job.id, update, reports).await;
+            }
+        }
+    }
+
+    /// Builds every service, phase by phase; returns what failed, one line per service.
+    async fn build_services(&self, cx: &JobContext<'_>, services: &[Service]) -> Vec<String> {
+        let limit = self.settings.worker.service_concurrency;
+        let mut failures = Vec::new();
+        for phase in phases(services) {
+            // Owned services: the futures must not be generic over a borrow's lifetime, or the
+            // spawned job future stops being `Send`.
+            let done: Vec<_> = stream::iter(phase)
+                .map(|service| async move {
+                    let result = self.build_service(cx, &service).await;
+                    (service.name, result)
+                })
+                .buffer_unordered(limit)
+                .collect()
+                .await;
+            for (service, result) in done {
+                if let Err(failure) = result {
+                    let code = failure
+                        .exit_code
+                        .map(|c| format!(", exit code {c}"))
+                        .unwrap_or_default();
+                    failures.push(format!(
+                        "{service} failed at {}{code}: {}",
+                        failure.stage, failure.reason
+                    ));
+                }
+            }
+        }
+        failures.sort();
+        failures
+    }
+
+    /// Nothing deploys unless every service of the push built: the deploy stages say so.
+    async fn skip_deploys(&self, cx: &JobContext<'_>, services: &[Service]) {
+        for service in services.iter().filter(|s| cx.deploys(s)) {
+            let update = StageUpdate {
+                detail: Some("not deployed: a service of this push failed to build"),
+                ..StageUpdate::new(&service.name, StageName::Deploy, StageState::Skipped)
+            };
+            self.stage(cx.job.id, update).await;
         }
     }
 
     async fn build_service(&self, cx: &JobContext<'_>, service: &Service) -> Result<(), Failure> {
-        let (job, log) = (cx.job, cx.log);
         let timeout = self.settings.worker.step_timeout;
         let mut result = self.service_stages(cx, service, timeout).await;
         if let Err(failure) = &mut result {
             failure.reason = clip(&failure.reason, REASON_BYTES);
-            let tail = log.tail(&service.name).join("\n");
-            let detail = if tail.is_empty() {
-                failure.reason.clone()
-            } else {
-                format!("{}\n--- last lines ---\n{tail}", failure.reason)
-            };
-            let code = failure
-                .exit_code
-                .map(|c| format!(" (exit {c})"))
-                .unwrap_or_default();
-            let words = format!("{} failed{code}: {}", failure.stage, failure.reason);
-            let reports = cx.status(&service.name, StatusState::Failure, &words);
-            self.stage_with(
-                job.id,
-                &service.name,
-                failure.stage,
-                "failed",
-                failure.exit_code,
-                Some(&detail),
-                reports,
-            )
-            .await;
-            // What did not run after the failure is skipped, not pending forever.
-            let order = SERVICE_STAGES;
-            let after = order
-                .iter()
-                .position(|s| *s == failure.stage)
-                .map_or(order.len(), |p| p + 1);
-            for stage in &order[after..] {
-                self.stage(job.id, &service.name, stage, "skipped", None, None)
-                    .await;
-            }
+            self.record_failure(cx, service, failure).await;
         }
         result
+    }
+
+    /// The failed stage with its exit code, reason and log tail; what did not run after it is
+    /// skipped, not pending forever.
+    async fn record_failure(&self, cx: &JobContext<'_>, service: &Service, failure: &Failure) {
+        let tail = cx.log.tail(&service.name).join("\n");
+        let detail = if tail.is_empty() {
+            failure.reason.clone()
+        } else {
+            format!("{}\n--- last lines ---\n{tail}", failure.reason)
+        };
+        let code = failure
+            .exit_code
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default();
+        let words = format!("{} failed{code}: {}", failure.stage, failure.reason);
+        let reports = cx.status(&service.name, StatusState::Failure, &words);
+        let update = StageUpdate {
+            exit_code: failure.exit_code,
+            detail: Some(&detail),
+            ..StageUpdate::new(&service.name, failure.stage, StageState::Failed)
+        };
+        self.stage_with(cx.job.id, update, reports).await;
+        let order = StageName::OF_A_SERVICE;
+        let after = order
+            .iter()
+            .position(|s| *s == failure.stage)
+            .map_or(order.len(), |p| p + 1);
+        for stage in &order[after..] {
+            let update = StageUpdate::new(&service.name, *stage, StageState::Skipped);
+            self.stage(cx.job.id, update).await;
+        }
     }
 
     async fn service_stages(
@@ -505,7 +443,7 @@ impl<E: Executor> Runner<E> {
             project: &cx.job.project,
             caches: cx.caches(),
             source: &cx.project.clone_url,
-            sha: &cx.job.sha,
+            sha: cx.job.sha.as_ref(),
             tree: root_tree,
         };
         reuse::build_input(
@@ -564,10 +502,9 @@ pub(super) fn cache_volume(project: &str, caches: &str, path: &str) -> String {
 
 /// `registry/image:tag` for a tag push, `registry/image:sha-<12>` for a branch.
 fn image_reference(registry: Option<&str>, service: &Service, job: &ClaimedJob) -> String {
-    let tag = if job.ref_kind == "tag" {
-        sanitize_tag(&job.ref_name)
-    } else {
-        format!("sha-{}", &job.sha[..12.min(job.sha.len())])
+    let tag = match job.git_ref.kind() {
+        RefKind::Tag => sanitize_tag(job.git_ref.name()),
+        RefKind::Branch => format!("sha-{}", job.sha.prefix(12)),
     };
     match registry {
         Some(registry) => format!("{registry}/{}:{tag}", service.image),
@@ -590,17 +527,17 @@ fn sanitize_tag(name: &str) -> String {
 }
 
 fn should_push(definition: &Definition, job: &ClaimedJob) -> bool {
-    let patterns = if job.ref_kind == "tag" {
-        &definition.push.tags
-    } else {
-        &definition.push.branches
+    let patterns = match job.git_ref.kind() {
+        RefKind::Tag => &definition.push.tags,
+        RefKind::Branch => &definition.push.branches,
     };
-    patterns.iter().any(|p| p.matches(&job.ref_name))
+    patterns.iter().any(|p| p.matches(job.git_ref.name()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{CommitSha, GitRef};
 
     #[test]
     fn tag_images_are_named_after_the_tag_and_branch_images_after_the_commit() {
@@ -611,10 +548,8 @@ mod tests {
         let mut job = ClaimedJob {
             id: 1,
             project: "team".into(),
-            git_ref: "refs/tags/v1.2.3".into(),
-            ref_kind: "tag".into(),
-            ref_name: "v1.2.3".into(),
-            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            git_ref: GitRef::parse("refs/tags/v1.2.3").unwrap(),
+            sha: CommitSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap(),
             attempt: 1,
             epoch: 1,
             event_json: String::new(),
@@ -626,8 +561,7 @@ mod tests {
             "127.0.0.1:5000/team/web:v1.2.3"
         );
         assert!(should_push(&definition, &job));
-        job.ref_kind = "branch".into();
-        job.ref_name = "main".into();
+        job.git_ref = GitRef::parse("refs/heads/main").unwrap();
         assert_eq!(
             image_reference(Some("r"), service, &job),
             "r/team/web:sha-0123456789ab"

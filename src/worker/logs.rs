@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::docker::LogSink;
+use crate::domain::StageName;
 use crate::store::Jobs;
 
 /// How many of a service's last lines a failure report quotes, and how much of each.
@@ -98,11 +99,11 @@ impl JobLog {
         &self.masker
     }
 
-    pub fn stage(&self, service: &str, stage: &str) -> StageLog {
+    pub fn stage(&self, service: &str, stage: StageName) -> StageLog {
         StageLog {
             log: self.clone(),
             service: service.to_owned(),
-            stage: stage.to_owned(),
+            stage,
         }
     }
 
@@ -190,19 +191,22 @@ impl JobLog {
 pub struct StageLog {
     log: JobLog,
     service: String,
-    stage: String,
+    stage: StageName,
 }
 
 impl StageLog {
     pub fn note(&self, text: &str) {
-        self.log
-            .push(&self.service, &self.stage, &format!("[deploybot] {text}"));
+        self.log.push(
+            &self.service,
+            self.stage.as_str(),
+            &format!("[deploybot] {text}"),
+        );
     }
 }
 
 impl LogSink for StageLog {
     fn line(&self, text: &str) {
-        self.log.push(&self.service, &self.stage, text);
+        self.log.push(&self.service, self.stage.as_str(), text);
     }
 }
 
@@ -230,7 +234,7 @@ mod tests {
     #[tokio::test]
     async fn a_log_past_its_limit_ends_with_a_visible_truncation_line() {
         let (_dir, jobs, log) = job_log(20);
-        let sink = log.stage("web", "compile");
+        let sink = log.stage("web", StageName::Compile);
         for line in ["0123456789", "abcdefghij", "never stored"] {
             sink.line(line);
         }
@@ -256,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn stored_lines_are_masked() {
         let (_dir, jobs, log) = job_log(1000);
-        log.stage("web", "check").line("password=hunter2");
+        log.stage("web", StageName::Check).line("password=hunter2");
         log.flush().await;
         let chunks = jobs.logs(1, Some("web"), 0).unwrap();
         assert_eq!(chunks[0].text, "password=***\n");

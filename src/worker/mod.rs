@@ -12,6 +12,7 @@ mod job;
 pub mod logs;
 mod policy;
 mod push;
+mod record;
 mod reporter;
 mod reuse;
 mod runner;
@@ -43,7 +44,11 @@ pub fn report_canceled(
     else {
         return Ok(());
     };
-    let reports = reporter::Reporter::new(settings, &event, job).finished("canceled", None, None);
+    let reports = reporter::Reporter::new(settings, &event, job).finished(
+        crate::domain::JobState::Canceled,
+        None,
+        None,
+    );
     jobs.queue_reports(job, &reports)
 }
 

@@ -7,8 +7,10 @@ use std::time::Duration;
 use super::job::{log_mask, with_timeout, Failure};
 use super::runner::{JobContext, Runner};
 use crate::docker::{Executor, RegistryAuth};
+use crate::domain::{StageName, StageState};
 use crate::pipeline::Service;
 use crate::report::StatusState;
+use crate::store::StageUpdate;
 
 impl<E: Executor> Runner<E> {
     /// Push, once per tag: a retry of a job that already pushed reuses that digest, and a
@@ -25,23 +27,15 @@ impl<E: Executor> Runner<E> {
             // Built, and by policy not pushed: that is this service's success.
             let words = format!(
                 "Built {reference}; not pushed ({} is not a pushing ref)",
-                job.ref_name
+                job.git_ref.name()
             );
             let reports = cx.status(&service.name, StatusState::Success, &words);
-            self.stage_with(
-                job.id,
-                &service.name,
-                "push",
-                "skipped",
-                None,
-                None,
-                reports,
-            )
-            .await;
+            let update = StageUpdate::new(&service.name, StageName::Push, StageState::Skipped);
+            self.stage_with(job.id, update, reports).await;
             return Ok(());
         }
-        self.stage(job.id, &service.name, "push", "running", None, None)
-            .await;
+        let update = StageUpdate::new(&service.name, StageName::Push, StageState::Running);
+        self.stage(job.id, update).await;
         let digest = self.pushed(cx, service, reference, timeout).await?;
         let pushed = format!("{reference}@{digest}");
         let reports = if cx.deploys(service) {
@@ -54,8 +48,8 @@ impl<E: Executor> Runner<E> {
         let (id, name, reference) = (job.id, service.name.clone(), reference.to_owned());
         self.record_stage(
             &service.name,
-            "push",
-            "success",
+            StageName::Push,
+            StageState::Success,
             reports,
             move |jobs, reports| jobs.record_push(id, &name, &reference, &digest, reports),
         )
@@ -72,11 +66,11 @@ impl<E: Executor> Runner<E> {
         timeout: Duration,
     ) -> Result<String, Failure> {
         let fail = |reason: String| Failure {
-            stage: "push",
+            stage: StageName::Push,
             exit_code: None,
             reason,
         };
-        let sink = cx.log.stage(&service.name, "push");
+        let sink = cx.log.stage(&service.name, StageName::Push);
         let earlier = {
             let reference = reference.to_owned();
             self.blocking(move |jobs| jobs.pushed_digest(&reference))
@@ -85,7 +79,7 @@ impl<E: Executor> Runner<E> {
                 .flatten()
         };
         let digest = match earlier {
-            Some((digest, sha)) if sha == cx.job.sha => {
+            Some((digest, sha)) if sha == cx.job.sha.as_ref() => {
                 sink.note(&format!(
                     "{reference} was already pushed as {digest}; not pushing again"
                 ));

@@ -3,6 +3,7 @@
 //! the outbox rows; the worker writes them with the state change that causes them.
 
 use crate::config::Settings;
+use crate::domain::{JobState, StageName, StageState};
 use crate::intake::PushEvent;
 use crate::report::text::{self, ServiceLine, StatusFor};
 use crate::report::StatusState;
@@ -66,13 +67,13 @@ impl Reporter {
     /// channel that wants this project's `result` (`success` or `failed`).
     pub fn finished(
         &self,
-        result: &str,
+        result: JobState,
         error: Option<&str>,
         detail: Option<&JobDetail>,
     ) -> Vec<NewReport> {
         let (state, words) = final_status(result, error);
         let mut reports = self.status(None, state, &words);
-        if result == "superseded" || result == "canceled" {
+        if matches!(result, JobState::Superseded | JobState::Canceled) {
             return reports;
         }
         if let Some(detail) = detail {
@@ -82,12 +83,12 @@ impl Reporter {
     }
 
     /// The chat message for a finished job, to each channel that takes its result.
-    fn chat(&self, result: &str, detail: &JobDetail) -> Vec<NewReport> {
+    fn chat(&self, result: JobState, detail: &JobDetail) -> Vec<NewReport> {
         let services = service_lines(detail);
         let tail = detail
             .stages
             .iter()
-            .find(|s| s.state == "failed" || s.state == "rolled_back")
+            .find(|s| matches!(s.state, StageState::Failed | StageState::RolledBack))
             .and_then(|s| s.detail.as_deref());
         let seconds = duration_seconds(detail);
         let link = text::target_url(self.base_url.as_deref(), self.job);
@@ -95,7 +96,7 @@ impl Reporter {
             .git_ref
             .trim_start_matches("refs/tags/")
             .trim_start_matches("refs/heads/");
-        let channels = if result == "success" || result == "deployed" {
+        let channels = if matches!(result, JobState::Success | JobState::Deployed) {
             &self.chat_on_success
         } else {
             &self.chat_on_failed
@@ -111,7 +112,7 @@ impl Reporter {
                     ref_name,
                     &self.sha,
                     &self.pusher,
-                    result,
+                    result.as_str(),
                     seconds,
                     &services,
                     tail,
@@ -147,26 +148,28 @@ fn duration_seconds(detail: &JobDetail) -> i64 {
 }
 
 /// The overall status of a finished job, and its words.
-fn final_status(result: &str, error: Option<&str>) -> (StatusState, String) {
+fn final_status(result: JobState, error: Option<&str>) -> (StatusState, String) {
     match result {
-        "success" => (
+        JobState::Success => (
             StatusState::Success,
             "Built and pushed every service".to_owned(),
         ),
-        "deployed" => (
+        JobState::Deployed => (
             StatusState::Success,
             "Built, pushed and deployed every service".to_owned(),
         ),
-        "rolled_back" => (
+        JobState::RolledBack => (
             StatusState::Failure,
             format!("Rolled back: {}", error.unwrap_or("a rollout failed")),
         ),
-        "superseded" => (
+        JobState::Superseded => (
             StatusState::Error,
             "Superseded by a newer push to this branch".to_owned(),
         ),
-        "canceled" => (StatusState::Error, "Canceled by an operator".to_owned()),
-        _ => (StatusState::Failure, error.unwrap_or("failed").to_owned()),
+        JobState::Canceled => (StatusState::Error, "Canceled by an operator".to_owned()),
+        JobState::Failed | JobState::Queued | JobState::Running => {
+            (StatusState::Failure, error.unwrap_or("failed").to_owned())
+        }
     }
 }
 
@@ -175,10 +178,10 @@ fn final_status(result: &str, error: Option<&str>) -> (StatusState, String) {
 fn service_lines(detail: &JobDetail) -> Vec<ServiceLine> {
     let mut services: Vec<ServiceLine> = Vec::new();
     for stage in detail.stages.iter().filter(|s| s.service != "-") {
-        let result = match (stage.stage.as_str(), stage.state.as_str()) {
-            (at, "failed") => Some(format!("failed at {at}")),
-            ("deploy", "rolled_back") => Some("rolled back".to_owned()),
-            ("deploy", "success") => Some("deployed".to_owned()),
+        let result = match (stage.stage, stage.state) {
+            (at, StageState::Failed) => Some(format!("failed at {at}")),
+            (StageName::Deploy, StageState::RolledBack) => Some("rolled back".to_owned()),
+            (StageName::Deploy, StageState::Success) => Some("deployed".to_owned()),
             _ => None,
         };
         match services.iter_mut().find(|l| l.service == stage.service) {
@@ -260,7 +263,7 @@ webhook_url = "https://chat.example/hooks/x"
                 project: "myevents".into(),
                 git_ref: "refs/heads/<!channel>".into(),
                 sha: "d2b75aa7797ec26b088fa2dd527e9d2c052fcedd".into(),
-                state: "failed".into(),
+                state: JobState::Failed,
                 attempt: 1,
                 created_at: String::new(),
                 started_at: None,
@@ -269,8 +272,8 @@ webhook_url = "https://chat.example/hooks/x"
             },
             stages: vec![StageRow {
                 service: "web".into(),
-                stage: "check".into(),
-                state: "failed".into(),
+                stage: StageName::Check,
+                state: StageState::Failed,
                 exit_code: Some(1),
                 detail: Some(tail.into()),
                 started_at: None,
@@ -298,7 +301,7 @@ webhook_url = "https://chat.example/hooks/x"
         let detail = failed_at_check("```\n<!here> <https://evil.example|logs>\n```");
 
         // Act
-        let reports = reporter.finished("failed", Some("check failed"), Some(&detail));
+        let reports = reporter.finished(JobState::Failed, Some("check failed"), Some(&detail));
 
         // Assert
         let text = chat_text(&reports);

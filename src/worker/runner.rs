@@ -12,6 +12,7 @@ use super::reporter::Reporter;
 use crate::checkout::{Checkouts, Tree};
 use crate::config::{Project, Settings};
 use crate::docker::Executor;
+use crate::domain::{RefKind, StageName};
 use crate::intake::PushEvent;
 use crate::pipeline::Service;
 use crate::report::StatusState;
@@ -29,7 +30,7 @@ pub(super) struct Runner<E: Executor> {
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     /// When each (service, stage) started running, for the stage-duration histogram.
     pub(super) stage_starts:
-        std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+        std::sync::Mutex<std::collections::HashMap<(String, StageName), std::time::Instant>>,
 }
 
 /// What every service of one job is built with.
@@ -54,10 +55,9 @@ impl JobContext<'_> {
     /// Which dependency caches the job's steps use: tags (releases) and branches have their
     /// own, so a branch's build cannot poison what a release is built with.
     pub(super) fn caches(&self) -> &'static str {
-        if self.job.ref_kind == "tag" {
-            "tags"
-        } else {
-            "branches"
+        match self.job.git_ref.kind() {
+            RefKind::Tag => "tags",
+            RefKind::Branch => "branches",
         }
     }
 

@@ -10,8 +10,10 @@ use super::job::{cache_volume, Failure};
 use super::runner::{JobContext, Runner};
 use crate::config::Toolchain;
 use crate::docker::{Executor, StepSpec};
+use crate::domain::{StageName, StageState};
 use crate::pipeline::{Service, Stage, Step};
 use crate::report::StatusState;
+use crate::store::StageUpdate;
 
 impl<E: Executor> Runner<E> {
     /// Runs the service's check, then compile steps; stops at the first that fails.
@@ -25,9 +27,9 @@ impl<E: Executor> Runner<E> {
             if steps.is_empty() {
                 continue;
             }
-            let name = stage.as_str();
-            self.stage(cx.job.id, &service.name, name, "running", None, None)
-                .await;
+            let name = StageName::from(stage);
+            let update = StageUpdate::new(&service.name, name, StageState::Running);
+            self.stage(cx.job.id, update).await;
             for step in steps {
                 for image in &step.images {
                     self.run_step(cx, service, step, image).await?;
@@ -35,16 +37,11 @@ impl<E: Executor> Runner<E> {
             }
             let words = format!("{name} passed; building the image");
             let reports = cx.status(&service.name, StatusState::Pending, &words);
-            self.stage_with(
-                cx.job.id,
-                &service.name,
-                name,
-                "success",
-                Some(0),
-                None,
-                reports,
-            )
-            .await;
+            let update = StageUpdate {
+                exit_code: Some(0),
+                ..StageUpdate::new(&service.name, name, StageState::Success)
+            };
+            self.stage_with(cx.job.id, update, reports).await;
         }
         Ok(())
     }
@@ -57,7 +54,7 @@ impl<E: Executor> Runner<E> {
         step: &Step,
         image: &str,
     ) -> Result<(), Failure> {
-        let stage = step.stage.as_str();
+        let stage = StageName::from(step.stage);
         let fail = |exit_code, reason: String| Failure {
             stage,
             exit_code,
@@ -142,8 +139,8 @@ impl<E: Executor> Runner<E> {
             volumes,
             env: vec![
                 ("CI".into(), "true".into()),
-                ("DEPLOYBOT_REF".into(), job.git_ref.clone()),
-                ("DEPLOYBOT_SHA".into(), job.sha.clone()),
+                ("DEPLOYBOT_REF".into(), job.git_ref.to_string()),
+                ("DEPLOYBOT_SHA".into(), job.sha.to_string()),
             ],
             limits: toolchain.limits,
             timeout: self.settings.worker.step_timeout,

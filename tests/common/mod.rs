@@ -343,3 +343,22 @@ impl Drop for TestApp {
 pub async fn json(response: reqwest::Response) -> serde_json::Value {
     response.json().await.expect("response is JSON")
 }
+
+/// Seeds a stage as the worker records it, named as the API shows it (`"check"`, `"failed"`).
+pub fn seed_stage(
+    jobs: &deploybot::store::Jobs,
+    job: i64,
+    (service, stage, state): (&str, &str, &str),
+    exit_code: Option<i64>,
+    detail: Option<&str>,
+) {
+    use deploybot::domain::{StageName, StageState};
+    let update = deploybot::store::StageUpdate {
+        service,
+        stage: StageName::from_text(stage).expect("a stage name"),
+        state: StageState::from_text(state).expect("a stage state"),
+        exit_code,
+        detail,
+    };
+    jobs.set_stage(job, &update).expect("the stage is recorded");
+}

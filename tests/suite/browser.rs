@@ -42,21 +42,16 @@ async fn a_failed_jobs_page_marks_the_failed_service_and_its_box_opens_the_log()
     assert_eq!(app.deliver_fixture("github/push.tag").await.0.status(), 202);
     let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "seed").unwrap();
     let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
-    jobs.set_stage(job.id, "-", "checkout", "success", None, None)
-        .unwrap();
-    jobs.set_stage(
+    crate::common::seed_stage(&jobs, job.id, ("-", "checkout", "success"), None, None);
+    crate::common::seed_stage(
+        &jobs,
         job.id,
-        "web",
-        "check",
-        "failed",
+        ("web", "check", "failed"),
         Some(2),
         Some("`go vet ./...` exited with 2"),
-    )
-    .unwrap();
-    jobs.set_stage(job.id, "web", "compile", "skipped", None, None)
-        .unwrap();
-    jobs.set_stage(job.id, "api", "check", "success", Some(0), None)
-        .unwrap();
+    );
+    crate::common::seed_stage(&jobs, job.id, ("web", "compile", "skipped"), None, None);
+    crate::common::seed_stage(&jobs, job.id, ("api", "check", "success"), Some(0), None);
     jobs.append_log(
         job.id,
         "web",
@@ -64,8 +59,12 @@ async fn a_failed_jobs_page_marks_the_failed_service_and_its_box_opens_the_log()
         "$ go vet ./...\n./main.go:12:2: fmt.Printf format %d has arg of wrong type\n",
     )
     .unwrap();
-    jobs.finish(job.id, "failed", Some("web failed at check, exit code 2"))
-        .unwrap();
+    jobs.finish(
+        job.id,
+        deploybot::domain::JobState::Failed,
+        Some("web failed at check, exit code 2"),
+    )
+    .unwrap();
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("failed-job-page.png");

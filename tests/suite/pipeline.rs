@@ -389,12 +389,21 @@ async fn the_cli_shows_jobs_stages_and_logs_of_a_store() {
     assert_eq!(response.status(), 202);
     let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "seed").unwrap();
     let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
-    jobs.set_stage(job.id, "web", "check", "failed", Some(2), Some("boom"))
-        .unwrap();
+    crate::common::seed_stage(
+        &jobs,
+        job.id,
+        ("web", "check", "failed"),
+        Some(2),
+        Some("boom"),
+    );
     jobs.append_log(job.id, "web", "check", "$ make\nboom\n")
         .unwrap();
-    jobs.finish(job.id, "failed", Some("web failed at check, exit code 2"))
-        .unwrap();
+    jobs.finish(
+        job.id,
+        deploybot::domain::JobState::Failed,
+        Some("web failed at check, exit code 2"),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = app.data_dir.path().display().to_string();
     let env = [("DEPLOYBOT__SERVER__DATA_DIR", data_dir.as_str())];
@@ -749,5 +758,10 @@ async fn canceling_a_running_job_ends_its_commit_status_as_canceled() {
         .unwrap();
     assert_eq!(last.body["state"], "error");
     assert_eq!(last.body["description"], "Canceled by an operator");
-    assert_eq!(jobs.state(job).unwrap().as_deref(), Some("canceled"));
+    assert_eq!(
+        jobs.state(job)
+            .unwrap()
+            .map(deploybot::domain::JobState::as_str),
+        Some("canceled")
+    );
 }

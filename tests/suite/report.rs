@@ -269,8 +269,8 @@ async fn a_late_pending_never_overwrites_a_final_state() {
     let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
     let status = deploybot::report::text::StatusFor {
         repository: "bradrydzewski/drone-test-go",
-        sha: &job.sha,
-        git_ref: &job.git_ref,
+        sha: job.sha.as_ref(),
+        git_ref: job.git_ref.as_ref(),
         base_url: None,
         job: job.id,
     };
@@ -285,7 +285,7 @@ async fn a_late_pending_never_overwrites_a_final_state() {
         job: Some(job.id),
         report: success,
     }];
-    jobs.finish_reporting(job.id, "success", None, &reports)
+    jobs.finish_reporting(job.id, deploybot::domain::JobState::Success, None, &reports)
         .unwrap();
 
     // Well past the pending's retry time.

@@ -27,25 +27,26 @@ async fn seeded_with(extra: &str) -> (TestApp, deploybot::store::Jobs) {
     let jobs = deploybot::store::Jobs::open(app.data_dir.path(), "seed").unwrap();
     let job = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
     assert_eq!(job.id, 1);
-    jobs.set_stage(
+    crate::common::seed_stage(
+        &jobs,
         1,
-        "web",
-        "check",
-        "failed",
+        ("web", "check", "failed"),
         Some(2),
         Some("vet: <bad> format"),
-    )
-    .unwrap();
-    jobs.set_stage(1, "web", "compile", "skipped", None, None)
-        .unwrap();
+    );
+    crate::common::seed_stage(&jobs, 1, ("web", "compile", "skipped"), None, None);
     jobs.append_log(1, "web", "check", "$ go vet ./...\n")
         .unwrap();
     jobs.append_log(1, "web", "check", "main.go:3: bad format\n")
         .unwrap();
     jobs.record_image(1, "web", "registry/team/web:v0.0.1", None)
         .unwrap();
-    jobs.finish(1, "failed", Some("web failed at check, exit code 2"))
-        .unwrap();
+    jobs.finish(
+        1,
+        deploybot::domain::JobState::Failed,
+        Some("web failed at check, exit code 2"),
+    )
+    .unwrap();
     (app, jobs)
 }
 
@@ -151,7 +152,8 @@ async fn the_log_stream_follows_a_running_job_until_it_ends() {
     jobs.append_log(job.id, "api", "compile", "second line\n")
         .unwrap();
     received.push_str(&next_event(&mut stream).await);
-    jobs.finish(job.id, "success", None).unwrap();
+    jobs.finish(job.id, deploybot::domain::JobState::Success, None)
+        .unwrap();
     while !received.contains("event: end") {
         received.push_str(&next_event(&mut stream).await);
     }

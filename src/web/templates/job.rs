@@ -4,6 +4,7 @@
 use maud::{html, Markup};
 
 use super::{header_row, state_badge};
+use crate::domain::StageState;
 use crate::store::{DeployRow, ImageRow, JobDetail, JobRow, StageRow};
 
 /// The stages in pipeline order: the grid's columns follow it, so every service's boxes line up.
@@ -23,7 +24,7 @@ pub fn job(detail: &JobDetail) -> Markup {
 
 fn heading(job: &JobRow) -> Markup {
     html! {
-        h1 { "Job " (job.id) " " (state_badge(&job.state, &job.state)) }
+        h1 { "Job " (job.id) " " (state_badge(job.state.as_str(), job.state.as_str())) }
         p {
             (job.project) " · " (job.git_ref) " · " code { (job.sha) }
             " · attempt " (job.attempt)
@@ -71,11 +72,11 @@ fn find<'a>(stages: &'a [StageRow], service: &str, name: &str) -> Option<&'a Sta
 /// service's log. The browser test finds it by `a.box[data-service][data-stage]`.
 fn stage_box(id: i64, stage: &StageRow) -> Markup {
     html! {
-        a class={ "box " (stage.state) } data-service=(stage.service) data-stage=(stage.stage)
+        a class={ "box " (stage.state.as_str()) } data-service=(stage.service) data-stage=(stage.stage.as_str())
             href=(log_href(id, &stage.service)) {
             (stage.stage) br;
             small {
-                (stage_label(&stage.stage, &stage.state))
+                (stage_label(stage.stage.as_str(), stage.state.as_str()))
                 @if let Some(code) = stage.exit_code { " · exit " (code) }
             }
         }
@@ -101,9 +102,9 @@ fn stage_label(stage: &str, state: &str) -> String {
 
 /// The detail of a stage that failed or was rolled back (its log tail, or the reason).
 fn why_it_stopped(stage: &StageRow) -> Markup {
-    let what = match stage.state.as_str() {
-        "failed" => "failed at",
-        "rolled_back" => "rolled back at",
+    let what = match stage.state {
+        StageState::Failed => "failed at",
+        StageState::RolledBack => "rolled back at",
         _ => return html! {},
     };
     html! {

@@ -7,6 +7,7 @@ mod job;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
+use crate::domain::JobState;
 use crate::store::{DeliveryRow, JobRow};
 
 pub use job::job;
@@ -66,7 +67,7 @@ const JOB_COLUMNS: [&str; 8] = [
 ];
 
 /// `/`: recent jobs, with the filter form.
-pub fn jobs(jobs: &[JobRow], states: &[&str]) -> Markup {
+pub fn jobs(jobs: &[JobRow], states: &[JobState]) -> Markup {
     html! {
         h1 { "Jobs" }
         p { a href="/deliveries" { "deliveries" } }
@@ -80,14 +81,14 @@ pub fn jobs(jobs: &[JobRow], states: &[&str]) -> Markup {
 }
 
 /// The form that filters the jobs by project and state; an empty state means any.
-fn jobs_filter(states: &[&str]) -> Markup {
+fn jobs_filter(states: &[JobState]) -> Markup {
     html! {
         form method="get" {
             input name="project" placeholder="project";
             " "
             select name="state" {
                 option value="" { "any state" }
-                @for state in states { option { (state) } }
+                @for state in states { option { (state.as_str()) } }
             }
             " "
             button { "filter" }
@@ -102,7 +103,7 @@ fn job_row(job: &JobRow) -> Markup {
             td { (job.project) }
             td { (job.git_ref) }
             td { code { (short_sha(&job.sha)) } }
-            td { (state_badge(&job.state, &job.state)) }
+            td { (state_badge(job.state.as_str(), job.state.as_str())) }
             td { (job.attempt) }
             td { (job.created_at) }
             td { (job.finished_at.as_deref().unwrap_or("-")) }

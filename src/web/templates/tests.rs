@@ -2,6 +2,7 @@
 //! attribute, shows it escaped.
 
 use super::*;
+use crate::domain::{StageName, StageState};
 use crate::store::{DeployRow, ImageRow, JobDetail, RolloutCause, RolloutState, StageRow};
 
 /// Closes an attribute, then opens an element with a script.
@@ -20,7 +21,7 @@ fn job_row() -> JobRow {
         project: "drone".into(),
         git_ref: "refs/tags/v1.0.0".into(),
         sha: "0123456789abcdef0123456789abcdef01234567".into(),
-        state: "failed".into(),
+        state: JobState::Failed,
         attempt: 1,
         created_at: "2024-05-01T10:00:00Z".into(),
         started_at: None,
@@ -32,8 +33,8 @@ fn job_row() -> JobRow {
 fn stage(service: &str, state: &str, detail: Option<&str>) -> StageRow {
     StageRow {
         service: service.into(),
-        stage: "check".into(),
-        state: state.into(),
+        stage: StageName::Check,
+        state: StageState::from_text(state).unwrap(),
         exit_code: Some(2),
         detail: detail.map(Into::into),
         started_at: None,
@@ -101,7 +102,7 @@ fn a_hostile_ref_name_is_escaped_on_the_jobs_job_and_deliveries_pages() {
         ..job_row()
     };
 
-    let index = jobs(std::slice::from_ref(&job), &["failed"]).into_string();
+    let index = jobs(std::slice::from_ref(&job), &[JobState::Failed]).into_string();
     let page = super::job(&JobDetail {
         job,
         ..detail(Vec::new(), Vec::new())
