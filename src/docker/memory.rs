@@ -28,6 +28,7 @@ pub struct Script {
 pub enum Event {
     Step { service: String, command: String },
     StepStopped { service: String, why: String },
+    StepDone { service: String, exit: i64 },
     Built { tag: String, image: String },
     Pushed { reference: String, digest: String },
     Tagged { image: String, reference: String },
@@ -137,6 +138,10 @@ impl Executor for MemoryExecutor {
             });
             return Err(error);
         }
+        state.events.push(Event::StepDone {
+            service: spec.service.clone(),
+            exit: script.exit,
+        });
         drop(state);
         for line in &script.output {
             log.line(line);

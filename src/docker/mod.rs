@@ -8,7 +8,6 @@
 
 mod engine;
 #[cfg(test)]
-#[allow(dead_code)] // The worker tests use it (next).
 pub(crate) mod memory;
 
 use std::collections::BTreeMap;

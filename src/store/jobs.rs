@@ -198,6 +198,53 @@ impl Jobs {
         }
     }
 
+    /// Queues a job of `project` for `git_ref` at `sha`, its delivery carrying `event_json`
+    /// (unit tests of the worker).
+    #[cfg(test)]
+    pub(crate) fn queue_for_tests(
+        &self,
+        project: &str,
+        git_ref: &GitRef,
+        sha: &CommitSha,
+        event_json: &str,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO deliveries (project, outcome, received_at, event_json)
+             VALUES (?1, 'queued', ?2, ?3)",
+            params![project, now_text(), event_json],
+        )?;
+        let delivery = conn.last_insert_rowid();
+        conn.execute(
+            "INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
+                created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)",
+            params![
+                delivery,
+                project,
+                git_ref.as_ref(),
+                git_ref.kind().as_str(),
+                git_ref.name(),
+                sha.as_ref(),
+                now_text()
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Makes a running job's lease look long lapsed (a worker that stopped renewing it, or a
+    /// forward step of the wall clock), and says who holds it (unit tests of the worker).
+    #[cfg(test)]
+    pub(crate) fn lapse_lease_for_tests(&self, job: i64) -> Result<Option<String>, StoreError> {
+        let conn = self.conn();
+        conn.execute("UPDATE jobs SET lease_until = 0 WHERE id = ?1", [job])?;
+        Ok(
+            conn.query_row("SELECT lease_owner FROM jobs WHERE id = ?1", [job], |row| {
+                row.get(0)
+            })?,
+        )
+    }
+
     pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding this lock would be a bug in a short SQL call; the data
         // itself is in SQLite, so carrying on with the inner value is safe.

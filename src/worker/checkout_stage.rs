@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::runner::Runner;
 use crate::checkout::Tree;
 use crate::config::Project;
+use crate::deploy::Cluster;
 use crate::docker::Executor;
 use crate::store::ClaimedJob;
 
-impl<E: Executor> Runner<E> {
+impl<E: Executor, C: Cluster> Runner<E, C> {
     /// The job's workspace and the confined view of it every later read goes through.
     pub(super) async fn checkout(
         &self,

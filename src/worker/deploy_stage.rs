@@ -7,6 +7,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::runner::{Deployed, JobContext, Runner};
 use crate::config::Environment;
+use crate::deploy::Cluster;
 use crate::deploy::{Note, Outcome, Request};
 use crate::docker::Executor;
 use crate::domain::{GitRef, StageName, StageState};
@@ -33,7 +34,7 @@ struct StageEnd {
     words: String,
 }
 
-impl<E: Executor> Runner<E> {
+impl<E: Executor, C: Cluster> Runner<E, C> {
     /// The environments a job's ref deploys to.
     pub(super) fn environments_for(&self, project: &str, git_ref: &GitRef) -> Vec<&Environment> {
         self.settings

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use super::job::Failure;
 use super::policy;
 use super::runner::{JobContext, Runner};
+use crate::deploy::Cluster;
 use crate::docker::{BuildSpec, Executor, JOB_LABEL};
 use crate::domain::{StageName, StageState};
 use crate::pipeline::dockerfile::Dockerfile;
@@ -25,7 +26,7 @@ fn image_failure(reason: String) -> Failure {
     }
 }
 
-impl<E: Executor> Runner<E> {
+impl<E: Executor, C: Cluster> Runner<E, C> {
     /// The image deploybot recorded for these inputs, if it is still here.
     pub(super) async fn recorded_image(&self, cx: &JobContext<'_>, input: &str) -> Option<String> {
         let (project, input) = (cx.job.project.clone(), input.to_owned());

@@ -14,6 +14,7 @@ use super::reporter::Reporter;
 use super::runner::{Deployed, JobContext, Runner};
 use super::{policy, reuse};
 use crate::checkout::Tree;
+use crate::deploy::Cluster;
 use crate::docker::{ExecError, Executor};
 use crate::domain::{JobState, RefKind, StageName, StageState};
 use crate::intake::PushEvent;
@@ -37,7 +38,7 @@ struct Ending {
     error: Option<String>,
 }
 
-impl<E: Executor> Runner<E> {
+impl<E: Executor, C: Cluster> Runner<E, C> {
     pub async fn run(self, job: ClaimedJob) {
         let span = tracing::info_span!("build", job = job.id, project = %job.project, git_ref = %job.git_ref, sha = %job.sha);
         let _entered = span.clone();

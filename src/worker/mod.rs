@@ -17,6 +17,8 @@ mod reporter;
 mod reuse;
 mod runner;
 mod steps;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkout::Checkouts;
 use crate::config::Settings;
-use crate::deploy::{Deployer, KubeCluster};
+use crate::deploy::{Cluster, Deployer};
 use crate::docker::Executor;
 use crate::store::Jobs;
 
@@ -55,9 +57,9 @@ pub fn report_canceled(
 /// How often an idle worker looks for work when nobody wakes it.
 const POLL: Duration = Duration::from_millis(500);
 
-pub struct Worker<E: Executor> {
+pub struct Worker<E: Executor, C: Cluster> {
     settings: Arc<Settings>,
-    deployer: Arc<Deployer<KubeCluster>>,
+    deployer: Arc<Deployer<C>>,
     jobs: Arc<Jobs>,
     executor: Arc<E>,
     checkouts: Arc<Checkouts>,
@@ -66,7 +68,7 @@ pub struct Worker<E: Executor> {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl<E: Executor> Worker<E> {
+impl<E: Executor, C: Cluster> Worker<E, C> {
     pub fn new(
         settings: Arc<Settings>,
         jobs: Arc<Jobs>,
@@ -74,7 +76,7 @@ impl<E: Executor> Worker<E> {
         wake: Arc<Notify>,
         reports: Arc<Notify>,
         metrics: Arc<crate::metrics::Metrics>,
-        deployer: Arc<Deployer<KubeCluster>>,
+        deployer: Arc<Deployer<C>>,
     ) -> Self {
         let checkouts = Arc::new(Checkouts::new(&settings.server.data_dir));
         Worker {

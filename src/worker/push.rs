@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use super::job::{log_mask, with_timeout, Failure};
 use super::runner::{JobContext, Runner};
+use crate::deploy::Cluster;
 use crate::docker::{Executor, RegistryAuth};
 use crate::domain::{StageName, StageState};
 use crate::pipeline::Service;
 use crate::report::StatusState;
 use crate::store::StageUpdate;
 
-impl<E: Executor> Runner<E> {
+impl<E: Executor, C: Cluster> Runner<E, C> {
     /// Push, once per tag: a retry of a job that already pushed reuses that digest, and a
     /// tag pushed from another commit is refused.
     pub(super) async fn push_stage(

@@ -7,11 +7,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::runner::Runner;
+use crate::deploy::Cluster;
 use crate::docker::Executor;
 use crate::domain::{StageName, StageState};
 use crate::store::{ClaimedJob, Jobs, NewReport, StageUpdate, StoreError};
 
-impl<E: Executor> Runner<E> {
+impl<E: Executor, C: Cluster> Runner<E, C> {
     /// Runs a store call on a blocking thread; a failure is logged here, once.
     pub(super) async fn blocking<T: Send + 'static>(
         &self,

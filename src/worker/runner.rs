@@ -11,6 +11,7 @@ use super::logs::JobLog;
 use super::reporter::Reporter;
 use crate::checkout::{Checkouts, Tree};
 use crate::config::{Project, Settings};
+use crate::deploy::Cluster;
 use crate::docker::Executor;
 use crate::domain::{RefKind, StageName};
 use crate::intake::PushEvent;
@@ -18,9 +19,9 @@ use crate::pipeline::Service;
 use crate::report::StatusState;
 use crate::store::{ClaimedJob, Jobs, NewReport};
 
-pub(super) struct Runner<E: Executor> {
+pub(super) struct Runner<E: Executor, C: Cluster> {
     pub(super) settings: Arc<Settings>,
-    pub(super) deployer: Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
+    pub(super) deployer: Arc<crate::deploy::Deployer<C>>,
     pub(super) jobs: Arc<Jobs>,
     pub(super) executor: Arc<E>,
     pub(super) checkouts: Arc<Checkouts>,

@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use super::job::{cache_volume, Failure};
 use super::runner::{JobContext, Runner};
 use crate::config::Toolchain;
+use crate::deploy::Cluster;
 use crate::docker::{Executor, StepSpec};
 use crate::domain::{StageName, StageState};
 use crate::pipeline::{Service, Stage, Step};
 use crate::report::StatusState;
 use crate::store::StageUpdate;
 
-impl<E: Executor> Runner<E> {
+impl<E: Executor, C: Cluster> Runner<E, C> {
     /// Runs the service's check, then compile steps; stops at the first that fails.
     pub(super) async fn run_steps(
         &self,
