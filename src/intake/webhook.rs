@@ -421,12 +421,7 @@ fn queued_status(
     {
         *url = url.replace("/jobs/0", "/jobs/{job}");
     }
-    Some(NewReport {
-        project: project.name.to_string(),
-        channel: "forge".into(),
-        job: None,
-        report,
-    })
+    Some(report.queued(project.name.as_ref(), "forge".into(), None))
 }
 
 /// The store record for a verified delivery, with the neutral event for a push.

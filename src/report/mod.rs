@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::{NewReport, OutboxRow};
+
 pub use chat::SlackWebhook;
 pub use github::GitHubStatuses;
 pub use gitlab::GitLabStatuses;
@@ -64,6 +66,36 @@ impl Report {
             Report::Status { sha, context, .. } => format!("{sha}|{context}"),
             Report::Chat { .. } => String::new(),
         }
+    }
+
+    /// This report as an outbox row to write with a state change, for `project` through
+    /// `channel` (`forge` or `chat:<name>`). A status's link may say `{job}` where the job's
+    /// id is not known yet ([`Report::from_outbox`] fills it in).
+    pub fn queued(&self, project: &str, channel: String, job: Option<i64>) -> NewReport {
+        NewReport {
+            project: project.to_owned(),
+            channel,
+            job,
+            key: self.key(),
+            // Serializing plain fields cannot fail; an empty payload would be given up visibly.
+            payload: serde_json::to_string(self).unwrap_or_default(),
+        }
+    }
+
+    /// The report an outbox row carries, its link naming the row's job.
+    pub fn from_outbox(row: &OutboxRow) -> Result<Report, serde_json::Error> {
+        let mut report: Report = serde_json::from_str(&row.payload)?;
+        if let (
+            Report::Status {
+                target_url: Some(url),
+                ..
+            },
+            Some(job),
+        ) = (&mut report, row.job)
+        {
+            *url = url.replace("{job}", &job.to_string());
+        }
+        Ok(report)
     }
 }
 

@@ -178,7 +178,19 @@ impl Sender {
                 .await;
             return;
         };
-        match destination.deliver(&row.report).await {
+        let report = match crate::report::Report::from_outbox(&row) {
+            Ok(report) => report,
+            Err(e) => {
+                let reason = format!("unreadable report: {e}");
+                tracing::error!(report = id, %reason, "Report given up");
+                self.count(kind, "failed");
+                let _ = self
+                    .blocking(move |o| o.finish(id, "failed", Some(&reason)))
+                    .await;
+                return;
+            }
+        };
+        match destination.deliver(&report).await {
             Ok(()) => {
                 self.count(kind, "sent");
                 let _ = self.blocking(move |o| o.finish(id, "sent", None)).await;

@@ -84,7 +84,7 @@ pub struct NewDelivery {
     pub headers_json: String,
     /// The normalized push event as JSON, for pushes.
     pub event_json: Option<String>,
-    pub body: actix_web::web::Bytes,
+    pub body: bytes::Bytes,
     pub received_at: OffsetDateTime,
     pub action: Action,
     /// Reports to send once this delivery's job is recorded (the first `pending` status).

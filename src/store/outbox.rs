@@ -8,20 +8,21 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::{connection::open_connection, db_path, timestamp, StoreError};
-use crate::report::Report;
 
-/// A report to write with a state change.
+/// A report to write with a state change: its destination, the key that makes a newer report
+/// replace it (a status's sha and context; empty for chat) and its payload, which only the
+/// report module reads.
 #[derive(Debug, Clone)]
 pub struct NewReport {
     pub project: String,
     /// `forge`, or `chat:<name>`.
     pub channel: String,
     pub job: Option<i64>,
-    pub report: Report,
+    pub key: String,
+    pub payload: String,
 }
 
-/// Inserts reports inside the caller's transaction. A status's `target_url` may say `{job}`:
-/// the job id is filled in here, where it is known.
+/// Inserts reports inside the caller's transaction, for `job` where they name none.
 pub(crate) fn insert(
     tx: &rusqlite::Transaction<'_>,
     reports: &[NewReport],
@@ -36,26 +37,12 @@ pub(crate) fn insert(
     )?;
     let now = timestamp(time::OffsetDateTime::now_utc());
     for entry in reports {
-        let job = entry.job.or(job);
-        let mut report = entry.report.clone();
-        if let (
-            Report::Status {
-                target_url: Some(url),
-                ..
-            },
-            Some(job),
-        ) = (&mut report, job)
-        {
-            *url = url.replace("{job}", &job.to_string());
-        }
-        let payload = serde_json::to_string(&report)
-            .map_err(|e| StoreError::Corrupt(format!("report: {e}")))?;
         statement.execute(params![
             entry.project,
             entry.channel,
-            report.key(),
-            payload,
-            job,
+            entry.key,
+            entry.payload,
+            entry.job.or(job),
             now
         ])?;
     }
@@ -71,7 +58,7 @@ pub struct OutboxRow {
     pub key: String,
     pub job: Option<i64>,
     pub attempts: i64,
-    pub report: Report,
+    pub payload: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -103,32 +90,17 @@ impl Outbox {
              WHERE state = 'pending' AND next_at <= ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = statement.query_map(params![now, limit], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-                row.get::<_, String>(6)?,
-            ))
+            Ok(OutboxRow {
+                id: row.get(0)?,
+                project: row.get(1)?,
+                channel: row.get(2)?,
+                key: row.get(3)?,
+                job: row.get(4)?,
+                attempts: row.get(5)?,
+                payload: row.get(6)?,
+            })
         })?;
-        let mut due = Vec::new();
-        for row in rows {
-            let (id, project, channel, key, job, attempts, payload) = row?;
-            let report = serde_json::from_str(&payload)
-                .map_err(|e| StoreError::Corrupt(format!("outbox row {id}: {e}")))?;
-            due.push(OutboxRow {
-                id,
-                project,
-                channel,
-                key,
-                job,
-                attempts,
-                report,
-            });
-        }
-        Ok(due)
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Whether a newer report with the same key (same sha and context) exists: then this one

@@ -250,7 +250,7 @@ mod tests {
                     sha: None,
                     headers_json: "{}".into(),
                     event_json: Some(format!("{{\"delivery_id\":\"{id}\"}}")),
-                    body: actix_web::web::Bytes::from(format!("body of {id}")),
+                    body: bytes::Bytes::from(format!("body of {id}")),
                     received_at,
                     action,
                     reports: Vec::new(),

@@ -55,12 +55,8 @@ impl Reporter {
             base_url: self.base_url.as_deref(),
             job: self.job,
         };
-        vec![NewReport {
-            project: self.project.clone(),
-            channel: "forge".into(),
-            job: Some(self.job),
-            report: status.status(context, state, words),
-        }]
+        let report = status.status(context, state, words);
+        vec![report.queued(&self.project, "forge".into(), Some(self.job))]
     }
 
     /// The reports of a finished job: the overall status, and a message for every chat
@@ -103,11 +99,8 @@ impl Reporter {
         };
         channels
             .iter()
-            .map(|name| NewReport {
-                project: self.project.clone(),
-                channel: format!("chat:{name}"),
-                job: Some(self.job),
-                report: text::chat_message(
+            .map(|name| {
+                let message = text::chat_message(
                     &self.project,
                     ref_name,
                     &self.sha,
@@ -117,7 +110,8 @@ impl Reporter {
                     &services,
                     tail,
                     link.as_deref(),
-                ),
+                );
+                message.queued(&self.project, format!("chat:{name}"), Some(self.job))
             })
             .collect()
     }
@@ -286,7 +280,9 @@ webhook_url = "https://chat.example/hooks/x"
 
     fn chat_text(reports: &[NewReport]) -> String {
         let chat = reports.iter().find(|r| r.channel == "chat:oncall");
-        match chat.map(|r| &r.report) {
+        let report =
+            chat.map(|r| serde_json::from_str::<crate::report::Report>(&r.payload).unwrap());
+        match report {
             Some(crate::report::Report::Chat { message }) => {
                 message["text"].as_str().unwrap_or_default().to_owned()
             }

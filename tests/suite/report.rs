@@ -279,12 +279,7 @@ async fn a_late_pending_never_overwrites_a_final_state() {
         deploybot::report::StatusState::Success,
         "Built and pushed every service",
     );
-    let reports = [deploybot::store::NewReport {
-        project: "drone".into(),
-        channel: "forge".into(),
-        job: Some(job.id),
-        report: success,
-    }];
+    let reports = [success.queued("drone", "forge".into(), Some(job.id))];
     jobs.finish_reporting(job.id, deploybot::domain::JobState::Success, None, &reports)
         .unwrap();
 
