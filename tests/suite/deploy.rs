@@ -305,7 +305,7 @@ async fn an_image_that_never_becomes_ready_is_rolled_back_with_the_conditions_me
         .await;
     let page = page.text().await.unwrap();
     assert!(
-        page.contains("id=deploys")
+        page.contains("id=\"deploys\"")
             && page.contains("rolled back")
             && page.contains("has timed out progressing"),
         "the job page shows the rollback and why: {page}"
