@@ -74,32 +74,37 @@ const LINK_LIMIT: usize = 300;
 /// Room kept for the line that says how many services did not fit.
 const MORE_RESERVE: usize = 40;
 
+/// What a chat message says of a finished job. Every value but `seconds` comes from outside
+/// (the push, the repository, the build's log) and is escaped before it is shown.
+pub struct FinishedJob<'a> {
+    pub project: &'a str,
+    pub git_ref: &'a str,
+    pub sha: &'a str,
+    pub pusher: &'a str,
+    pub result: &'a str,
+    pub seconds: i64,
+    pub services: &'a [ServiceLine],
+    pub failure_tail: Option<&'a str>,
+    pub link: Option<&'a str>,
+}
+
 /// The chat message for a finished job: project, ref, sha, who pushed, each service with its
 /// result and digest, how long it took, the failure's log tail, and a link. Every value is
 /// escaped and cut (`mrkdwn`), so none can mention, link, leave the code block or grow the
 /// message past `CHAT_TEXT_LIMIT`.
-#[allow(clippy::too_many_arguments)]
-pub fn chat_message(
-    project: &str,
-    git_ref: &str,
-    sha: &str,
-    pusher: &str,
-    result: &str,
-    seconds: i64,
-    services: &[ServiceLine],
-    failure_tail: Option<&str>,
-    link: Option<&str>,
-) -> Report {
-    let headline = headline(project, git_ref, sha, pusher, result, seconds);
-    let tail = failure_tail
+pub fn chat_message(job: &FinishedJob<'_>) -> Report {
+    let headline = headline(job);
+    let tail = job
+        .failure_tail
         .filter(|t| !t.trim().is_empty())
         .map(|t| format!("\n{}", mrkdwn::code_block(t, TAIL_LIMIT, TAIL_LINE_LIMIT)))
         .unwrap_or_default();
-    let link = link
+    let link = job
+        .link
         .map(|l| format!("\n{}", mrkdwn::inline(l, LINK_LIMIT)))
         .unwrap_or_default();
     let room = CHAT_TEXT_LIMIT.saturating_sub(chars(&headline) + chars(&tail) + chars(&link));
-    let services = service_lines(services, room);
+    let services = service_lines(job.services, room);
     let text = format!("{headline}{services}{tail}{link}");
     Report::Chat {
         message: serde_json::json!({
@@ -116,27 +121,21 @@ pub fn chat_message(
 }
 
 /// `✅ project ref (sha) by pusher: result in 12 s`.
-fn headline(
-    project: &str,
-    git_ref: &str,
-    sha: &str,
-    pusher: &str,
-    result: &str,
-    seconds: i64,
-) -> String {
-    let icon = match result {
+fn headline(job: &FinishedJob<'_>) -> String {
+    let icon = match job.result {
         "success" | "deployed" => "✅",
         "rolled_back" => "↩️",
         _ => "❌",
     };
-    let short: String = sha.chars().take(7).collect();
+    let short: String = job.sha.chars().take(7).collect();
     format!(
-        "{icon} {} {} ({}) by {}: {} in {seconds} s",
-        mrkdwn::inline(project, NAME_LIMIT),
-        mrkdwn::inline(git_ref, REF_LIMIT),
+        "{icon} {} {} ({}) by {}: {} in {} s",
+        mrkdwn::inline(job.project, NAME_LIMIT),
+        mrkdwn::inline(job.git_ref, REF_LIMIT),
         mrkdwn::inline(&short, NAME_LIMIT),
-        mrkdwn::inline(pusher, NAME_LIMIT),
-        mrkdwn::inline(&result.replace('_', " "), NAME_LIMIT),
+        mrkdwn::inline(job.pusher, NAME_LIMIT),
+        mrkdwn::inline(&job.result.replace('_', " "), NAME_LIMIT),
+        job.seconds,
     )
 }
 
@@ -199,17 +198,17 @@ mod tests {
             result: "failed at check".into(),
             image: Some("registry/<!here>:v1@sha256:abc".into()),
         }];
-        let message = chat_message(
-            "myevents",
-            "<!channel>",
-            "0123456789abcdef",
-            "<https://evil.example|click> & friends",
-            "failed",
-            3,
-            &services,
-            Some(tail),
-            Some("https://deploybot.example/jobs/7"),
-        );
+        let message = chat_message(&FinishedJob {
+            project: "myevents",
+            git_ref: "<!channel>",
+            sha: "0123456789abcdef",
+            pusher: "<https://evil.example|click> & friends",
+            result: "failed",
+            seconds: 3,
+            services: &services,
+            failure_tail: Some(tail),
+            link: Some("https://deploybot.example/jobs/7"),
+        });
         let Report::Chat { message } = message else {
             panic!("not a chat message")
         };
@@ -270,17 +269,17 @@ mod tests {
             })
             .collect();
         let tail = format!("{long}\n").repeat(500);
-        let message = chat_message(
-            &long,
-            &long,
-            &long,
-            &long,
-            &long,
-            i64::MAX,
-            &services,
-            Some(&tail),
-            Some(&long),
-        );
+        let message = chat_message(&FinishedJob {
+            project: &long,
+            git_ref: &long,
+            sha: &long,
+            pusher: &long,
+            result: &long,
+            seconds: i64::MAX,
+            services: &services,
+            failure_tail: Some(&tail),
+            link: Some(&long),
+        });
         let Report::Chat { message } = message else {
             panic!("not a chat message")
         };
@@ -295,7 +294,17 @@ mod tests {
 
     #[test]
     fn a_chat_message_asks_for_no_mentions_by_name_and_no_previews() {
-        let message = chat_message("p", "main", "abc", "a", "success", 1, &[], None, None);
+        let message = chat_message(&FinishedJob {
+            project: "p",
+            git_ref: "main",
+            sha: "abc",
+            pusher: "a",
+            result: "success",
+            seconds: 1,
+            services: &[],
+            failure_tail: None,
+            link: None,
+        });
         let Report::Chat { message } = message else {
             panic!("not a chat message")
         };

@@ -100,17 +100,17 @@ impl Reporter {
         channels
             .iter()
             .map(|name| {
-                let message = text::chat_message(
-                    &self.project,
-                    ref_name,
-                    &self.sha,
-                    &self.pusher,
-                    result.as_str(),
+                let message = text::chat_message(&text::FinishedJob {
+                    project: &self.project,
+                    git_ref: ref_name,
+                    sha: &self.sha,
+                    pusher: &self.pusher,
+                    result: result.as_str(),
                     seconds,
-                    &services,
-                    tail,
-                    link.as_deref(),
-                );
+                    services: &services,
+                    failure_tail: tail,
+                    link: link.as_deref(),
+                });
                 message.queued(&self.project, format!("chat:{name}"), Some(self.job))
             })
             .collect()
