@@ -139,9 +139,7 @@ impl Jobs {
         f: impl FnOnce(&Jobs) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let jobs = self.clone();
-        tokio::task::spawn_blocking(move || f(&jobs))
-            .await
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&jobs)).await?
     }
 
     /// A store of its own in `data_dir`, schema included (unit tests of code that records).

@@ -59,6 +59,13 @@ pub enum StoreError {
     Closed,
     #[error("store: {0}")]
     Corrupt(String),
+    /// A store call on a blocking thread did not return (it panicked, or the runtime is
+    /// shutting down).
+    #[error("store: a store call stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The group commit this request was part of failed; every request in it hears why.
+    #[error("store: the batch this was in failed: {0}")]
+    Batch(#[source] std::sync::Arc<StoreError>),
     /// A value in a column that deploybot never writes there.
     #[error("store: column {column}: {source}")]
     Column {

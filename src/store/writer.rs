@@ -225,10 +225,11 @@ impl Writer {
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "Store batch failed; every delivery in it is refused");
         }
+        let outcome = outcome.map_err(std::sync::Arc::new);
         for probe in probes {
             let _ = probe.send(match &outcome {
                 Ok(_) => Ok(()),
-                Err(e) => Err(StoreError::Corrupt(e.to_string())),
+                Err(e) => Err(StoreError::Batch(e.clone())),
             });
         }
         match outcome {
@@ -239,7 +240,7 @@ impl Writer {
             }
             Err(e) => {
                 for (_, reply) in records {
-                    let _ = reply.send(Err(StoreError::Corrupt(e.to_string())));
+                    let _ = reply.send(Err(StoreError::Batch(e.clone())));
                 }
             }
         }

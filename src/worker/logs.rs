@@ -168,9 +168,7 @@ impl JobLog {
             Ok::<_, crate::store::StoreError>(())
         })
         .await;
-        if let Ok(Err(e)) | Err(e) =
-            written.map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))
-        {
+        if let Ok(Err(e)) | Err(e) = written.map_err(crate::store::StoreError::from) {
             tracing::warn!(job, error = %e, "Could not store build log lines");
         }
     }
