@@ -1,6 +1,6 @@
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ParseError;
 
@@ -49,7 +49,7 @@ impl fmt::Display for CommitSha {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RefKind {
     Branch,
@@ -136,6 +136,22 @@ impl fmt::Display for GitRef {
 impl Serialize for GitRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.full)
+    }
+}
+
+/// Stored values parse again on the way in: a stored event with a ref or commit id that does
+/// not parse is an error, not a string taken on trust.
+impl<'de> Deserialize<'de> for GitRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        GitRef::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for CommitSha {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        CommitSha::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 

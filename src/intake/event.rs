@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::domain::{DeliveryId, ProjectName, RefKind};
+use crate::domain::{CommitSha, DeliveryId, GitRef, ProjectName, RefKind};
 use crate::forge::{ForgeKind, Push};
 
 /// One accepted push, in deploybot's own terms: what the worker builds from. Stored as JSON
@@ -12,11 +12,12 @@ pub struct PushEvent {
     pub project: String,
     pub repository: String,
     #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub kind: String,
+    pub git_ref: GitRef,
+    pub kind: RefKind,
+    /// The branch or tag name (also in `git_ref`; kept in the stored format).
     pub name: String,
-    pub sha: String,
-    pub before: String,
+    pub sha: CommitSha,
+    pub before: CommitSha,
     pub pusher: String,
     pub clone_url: String,
     pub head_commit_message: Option<String>,
@@ -37,14 +38,11 @@ impl PushEvent {
             forge: forge.as_str().to_owned(),
             project: project.to_string(),
             repository: push.repository.to_string(),
-            kind: match push.git_ref.kind() {
-                RefKind::Branch => "branch".into(),
-                RefKind::Tag => "tag".into(),
-            },
+            kind: push.git_ref.kind(),
             name: push.git_ref.name().to_owned(),
-            git_ref: push.git_ref.to_string(),
-            sha: push.sha.to_string(),
-            before: push.before.to_string(),
+            git_ref: push.git_ref,
+            sha: push.sha,
+            before: push.before,
             pusher: push.pusher,
             clone_url: push.clone_url,
             head_commit_message: push.head_commit_message,

@@ -32,8 +32,8 @@ impl Reporter {
             project: event.project.clone(),
             statuses,
             repository: event.repository.clone(),
-            sha: event.sha.clone(),
-            git_ref: event.git_ref.clone(),
+            sha: event.sha.to_string(),
+            git_ref: event.git_ref.to_string(),
             pusher: event.pusher.clone(),
             base_url: settings.report.base_url.clone(),
             job,
@@ -208,6 +208,7 @@ fn service_lines(detail: &JobDetail) -> Vec<ServiceLine> {
 mod tests {
     use super::*;
     use crate::config::Sources;
+    use crate::domain::{CommitSha, GitRef, RefKind};
     use crate::store::{JobRow, StageRow};
 
     const CONFIG: &str = r#"
@@ -237,11 +238,11 @@ webhook_url = "https://chat.example/hooks/x"
             forge: "github".into(),
             project: "myevents".into(),
             repository: "bradrydzewski/drone-test-go".into(),
-            git_ref: "refs/heads/<!channel>".into(),
-            kind: "branch".into(),
+            git_ref: GitRef::parse("refs/heads/<!channel>").unwrap(),
+            kind: RefKind::Branch,
             name: "<!channel>".into(),
-            sha: "d2b75aa7797ec26b088fa2dd527e9d2c052fcedd".into(),
-            before: "0000000000000000000000000000000000000000".into(),
+            sha: CommitSha::parse("d2b75aa7797ec26b088fa2dd527e9d2c052fcedd").unwrap(),
+            before: CommitSha::parse("0000000000000000000000000000000000000000").unwrap(),
             pusher: "<https://evil.example|deploybot> ```".into(),
             clone_url: "https://github.com/bradrydzewski/drone-test-go.git".into(),
             head_commit_message: None,
