@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use super::raw::{RawEnvironment, RawSettings};
 use super::Problem;
-use crate::domain::{GitRef, RefKind};
+use crate::domain::{DnsLabel, GitRef, RefKind};
 use crate::pipeline::Pattern;
 
 /// How long a rollout may take when the environment does not say.
@@ -19,7 +19,7 @@ const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct Environment {
     pub name: String,
-    pub namespace: String,
+    pub namespace: DnsLabel,
     pub tags: Vec<Pattern>,
     pub branches: Vec<Pattern>,
     pub projects: Vec<String>,
@@ -104,13 +104,15 @@ fn environment(
     if name.is_empty() {
         problem(("name", "missing (e.g. production)".into()));
     }
-    let namespace = raw.namespace.clone().unwrap_or_else(|| "default".into());
-    if !is_dns_label(&namespace) {
-        problem((
-            "namespace",
-            format!("\"{namespace}\" is not a Kubernetes namespace name"),
-        ));
-    }
+    let namespace_text = raw.namespace.as_deref().unwrap_or("default");
+    let namespace = DnsLabel::parse(namespace_text)
+        .map_err(|_| {
+            problem((
+                "namespace",
+                format!("\"{namespace_text}\" is not a Kubernetes namespace name"),
+            ))
+        })
+        .ok();
     let order = order(raw)
         .map_err(&mut problem)
         .unwrap_or(DeployOrder::Semver);
@@ -151,7 +153,7 @@ fn environment(
     }
     Some(Environment {
         name,
-        namespace,
+        namespace: namespace?,
         tags,
         branches,
         projects: raw.projects.clone(),
@@ -248,17 +250,6 @@ fn kubeconfig_tokens(path: &std::path::Path) -> Vec<SecretString> {
         .flatten()
         .filter(|token| !secrecy::ExposeSecret::expose_secret(token).is_empty())
         .collect()
-}
-
-/// RFC 1123 label: what Kubernetes accepts as a namespace (and a Deployment) name.
-pub fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 #[cfg(test)]

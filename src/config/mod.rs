@@ -24,7 +24,7 @@ use secrecy::SecretString;
 use crate::domain::{ProjectName, RepoSlug};
 use crate::forge::ForgeKind;
 
-pub use environment::{is_dns_label, ClusterAccess, DeployOrder, Environment};
+pub use environment::{ClusterAccess, DeployOrder, Environment};
 
 /// The embedded defaults (`config/default.toml`), compiled into the binary.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");

@@ -36,6 +36,56 @@ impl fmt::Display for ProjectName {
     }
 }
 
+/// A DNS-1123 label: lowercase letters, digits and `-`, at most 63, not starting or ending
+/// with `-`. Kubernetes names Deployments, containers and namespaces this way, and a service's
+/// name becomes a Deployment's, so all four are this type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct DnsLabel(String);
+
+impl DnsLabel {
+    pub fn parse(s: &str) -> Result<DnsLabel, ParseError> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if !ok {
+            return Err(ParseError(format!(
+                "\"{}\" is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+                s.chars().take(80).collect::<String>()
+            )));
+        }
+        Ok(DnsLabel(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A label reads as the text it is wherever a name is wanted (stage rows, messages, paths).
+impl std::ops::Deref for DnsLabel {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for DnsLabel {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DnsLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A repository's path on its forge: GitHub's `full_name` (`owner/name`) or GitLab's
 /// `path_with_namespace` (`group/subgroup/name`). Forges treat it case-insensitively.
 #[derive(Debug, Clone)]
@@ -89,6 +139,24 @@ impl fmt::Display for RepoSlug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_labels_are_what_kubernetes_accepts_as_names() {
+        for good in ["web", "event-service", "a", "x1", &"a".repeat(63)] {
+            assert!(DnsLabel::parse(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "Web",
+            "event_service",
+            "-web",
+            "web-",
+            "a.b",
+            &"a".repeat(64),
+        ] {
+            assert!(DnsLabel::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn project_names_are_url_segments() {

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::glob::Pattern;
+use crate::domain::DnsLabel;
 
 pub const FILE_NAME: &str = ".deploybot.toml";
 
@@ -49,15 +50,16 @@ pub struct PushPolicy {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
-    pub name: String,
+    /// It names the image and, often, the Deployment.
+    pub name: DnsLabel,
     /// Build context, relative to the repository root (no `..`, not absolute).
     pub context: String,
     /// Dockerfile path, relative to the context.
     pub dockerfile: String,
     /// Image repository (without registry and tag), e.g. `myevents/eventservice`.
     pub image: String,
-    pub deployment: Option<String>,
-    pub container: Option<String>,
+    pub deployment: Option<DnsLabel>,
+    pub container: Option<DnsLabel>,
     pub steps: Vec<Step>,
 }
 
@@ -215,15 +217,7 @@ fn service(
         field: format!("services[{index}].{name}"),
         message,
     };
-    if !is_dns_label(&raw.name) {
-        return Err(fail(
-            "name",
-            format!(
-                "\"{}\" is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
-                raw.name
-            ),
-        ));
-    }
+    let name = DnsLabel::parse(&raw.name).map_err(|e| fail("name", e.to_string()))?;
     if !names.insert(raw.name.clone()) {
         return Err(fail(
             "name",
@@ -241,14 +235,17 @@ fn service(
             format!("\"{image}\" is not an image repository like team/service"),
         ));
     }
-    for (key, value) in [
-        ("deployment", &raw.deployment),
-        ("container", &raw.container),
-    ] {
-        if let Some(value) = value.as_deref().filter(|v| !is_dns_label(v)) {
-            return Err(fail(key, format!("\"{value}\" is not a DNS-1123 label")));
-        }
-    }
+    let label = |key: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| {
+                DnsLabel::parse(v)
+                    .map_err(|_| fail(key, format!("\"{v}\" is not a DNS-1123 label")))
+            })
+            .transpose()
+    };
+    let deployment = label("deployment", &raw.deployment)?;
+    let container = label("container", &raw.container)?;
     let steps = raw
         .steps
         .into_iter()
@@ -256,12 +253,12 @@ fn service(
         .map(|(step_index, spanned)| step(text, (index, step_index), spanned, &context))
         .collect::<Result<_, _>>()?;
     Ok(Service {
-        name: raw.name,
+        name,
         context,
         dockerfile,
         image,
-        deployment: raw.deployment,
-        container: raw.container,
+        deployment,
+        container,
         steps,
     })
 }
@@ -327,15 +324,6 @@ fn patterns(raw: Vec<String>, field: &str) -> Result<Vec<Pattern>, DefinitionErr
             })
         })
         .collect()
-}
-
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 fn is_image_repository(s: &str) -> bool {

@@ -81,7 +81,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 Vec::new(),
             )
             .await;
-            return vec![(service.name.clone(), Outcome::Failed { reason })];
+            return vec![(service.name.to_string(), Outcome::Failed { reason })];
         };
         let rollout = ServiceRollout {
             service: &service.name,
@@ -97,7 +97,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 return outcomes;
             };
             let stop = matches!(outcome, Outcome::Failed { .. } | Outcome::RolledBack { .. });
-            outcomes.push((service.name.clone(), outcome));
+            outcomes.push((service.name.to_string(), outcome));
             if stop {
                 break;
             }

@@ -130,7 +130,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             .collect();
         StepSpec {
             job: job.id,
-            service: service.name.clone(),
+            service: service.name.to_string(),
             image: toolchain.image.clone(),
             commands: step.commands.clone(),
             workspace: cx.workspace.to_path_buf(),

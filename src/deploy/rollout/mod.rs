@@ -189,7 +189,7 @@ impl<C: Cluster> Deployer<C> {
     ) -> Outcome {
         let environment = request.environment;
         let target = DeploymentRef {
-            namespace: environment.namespace.clone(),
+            namespace: environment.namespace.to_string(),
             name: request.deployment.to_owned(),
         };
         debug_assert!(turn.is_on(&environment.name, &target.name));

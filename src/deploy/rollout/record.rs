@@ -68,7 +68,7 @@ impl<C: Cluster> Deployer<C> {
             project: request.project.to_owned(),
             service: request.service.to_owned(),
             environment: request.environment.name.clone(),
-            namespace: request.environment.namespace.clone(),
+            namespace: request.environment.namespace.to_string(),
             deployment: request.deployment.to_owned(),
             container: request.container.to_owned(),
             tag: request.tag.to_owned(),

@@ -100,7 +100,7 @@ impl Cluster for Fake {
 fn environment() -> Environment {
     Environment {
         name: "production".into(),
-        namespace: "default".into(),
+        namespace: crate::domain::DnsLabel::parse("default").unwrap(),
         tags: Vec::new(),
         branches: Vec::new(),
         projects: Vec::new(),

@@ -61,7 +61,7 @@ impl<C: Cluster> Deployer<C> {
         note: Note<'_>,
     ) -> Result<Turn, StoreError> {
         let target = DeploymentRef {
-            namespace: environment.namespace.clone(),
+            namespace: environment.namespace.to_string(),
             name: deployment.to_owned(),
         };
         let local = self
