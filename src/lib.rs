@@ -1,21 +1,21 @@
 //! deploybot: turns a signed `git push` or tag into built images, rolled-out Deployments and
 //! status reports. See ARCHITECTURE.md for the map; this crate root only lists the modules.
 
-pub mod checkout;
+pub(crate) mod checkout;
 pub mod cli;
 pub mod config;
-pub mod deploy;
+pub(crate) mod deploy;
 pub mod docker;
 pub mod domain;
 pub mod forge;
-pub mod intake;
-pub mod keyed_lock;
-pub mod metrics;
-pub mod pipeline;
+pub(crate) mod intake;
+pub(crate) mod keyed_lock;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
 pub mod report;
-pub mod retention;
+pub(crate) mod retention;
 pub mod startup;
 pub mod store;
-pub mod telemetry;
-pub mod web;
-pub mod worker;
+pub(crate) mod telemetry;
+pub(crate) mod web;
+pub(crate) mod worker;

@@ -9,7 +9,7 @@
 mod dockerignore;
 mod tree;
 
-pub use tree::{Tree, TreeError};
+pub use tree::Tree;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

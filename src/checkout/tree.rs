@@ -41,8 +41,6 @@ pub enum TreeError {
     Outside { path: String, why: String },
     #[error("{path}: larger than {limit} bytes")]
     TooLarge { path: String, limit: u64 },
-    #[error("{path}: not a regular file")]
-    NotAFile { path: String },
     #[error("{path}: {reason}")]
     Io { path: String, reason: String },
     #[error("{path}: {source}")]

@@ -13,7 +13,9 @@ mod order;
 mod rollout;
 
 pub use by_hand::{roll_back, RollbackAsk, RollbackError};
-pub use cluster::{Changes, Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
+pub use cluster::Cluster;
+#[cfg(test)]
+pub(crate) use cluster::{Changes, ClusterError, DeploymentRef, ImageChange, Observed};
 pub use kube::KubeCluster;
 pub(crate) use rollout::Request;
 pub use rollout::{Deployer, Note, Outcome};

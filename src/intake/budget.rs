@@ -63,7 +63,8 @@ impl BodyBudget {
     }
 
     /// Room held now, in bytes (rounded to the unit).
-    pub fn reserved(reservation: &Reservation) -> usize {
+    #[cfg(test)]
+    fn reserved(reservation: &Reservation) -> usize {
         reservation.permit.as_ref().map_or(0, |p| p.num_permits()) * UNIT
     }
 }

@@ -61,7 +61,7 @@ impl Dockerfile {
 
     /// The images built `FROM`, with `ARG` defaults substituted; earlier stages (`AS name`)
     /// and `scratch` are not images. None when a reference cannot be resolved.
-    pub fn from_images(&self) -> Option<Vec<String>> {
+    pub fn base_images(&self) -> Option<Vec<String>> {
         let mut args: Vec<(String, String)> = Vec::new();
         let mut stages: Vec<String> = Vec::new();
         let mut images = Vec::new();
@@ -134,14 +134,14 @@ mod tests {
     fn from_lines_resolve_arg_defaults_and_skip_stages_and_scratch() {
         let dockerfile = "ARG BASE=deploybot-local/static:latest\nFROM golang:1.19 AS build\nRUN go build\nFROM scratch\nFROM ${BASE}\nCOPY --from=build /app /app\nFROM build\n";
         assert_eq!(
-            Dockerfile::parse(dockerfile).from_images().unwrap(),
+            Dockerfile::parse(dockerfile).base_images().unwrap(),
             ["golang:1.19", "deploybot-local/static:latest"]
         );
     }
 
     #[test]
     fn an_unresolvable_from_gives_no_images() {
-        assert_eq!(Dockerfile::parse("FROM ${UNSET}\n").from_images(), None);
+        assert_eq!(Dockerfile::parse("FROM ${UNSET}\n").base_images(), None);
     }
 
     #[test]

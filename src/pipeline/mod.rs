@@ -6,5 +6,5 @@ pub mod definition;
 pub mod dockerfile;
 mod glob;
 
-pub use definition::{Definition, DefinitionError, Service, Stage, Step};
+pub use definition::{Definition, Service, Stage, Step};
 pub use glob::Pattern;

@@ -52,7 +52,7 @@ pub async fn build_input<E: Executor>(
             hasher.update(format!("toolchain {toolchain:?} {id}\n"));
         }
     }
-    for base in Dockerfile::parse(dockerfile).from_images()? {
+    for base in Dockerfile::parse(dockerfile).base_images()? {
         let id = executor.image_id(&base).await.ok()??;
         hasher.update(format!("from {base} {id}\n"));
     }
