@@ -18,7 +18,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-pub use engine::DockerEngine;
+pub(crate) use engine::DockerEngine;
 
 /// The label every deploybot container and image carries, with the job id as value.
 pub const JOB_LABEL: &str = "deploybot.job";

@@ -14,10 +14,12 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 pub use error::HookError;
-pub use github::GitHub;
-pub use gitlab::GitLab;
-pub use secrets::{GivenSecrets, SecretsProblem, WebhookSecrets};
-pub use signature::{github_signature, standard_webhooks_signature, token_matches, SigningKey};
+pub(crate) use github::GitHub;
+pub(crate) use gitlab::GitLab;
+pub use secrets::WebhookSecrets;
+pub(crate) use secrets::{GivenSecrets, SecretsProblem};
+pub(crate) use signature::token_matches;
+pub use signature::{github_signature, standard_webhooks_signature, SigningKey};
 
 use crate::domain::{CommitSha, DeliveryId, GitRef, ParseError, RepoSlug};
 

@@ -13,7 +13,7 @@ mod chat;
 mod github;
 mod gitlab;
 mod mrkdwn;
-pub mod sender;
+pub(crate) mod sender;
 pub mod text;
 
 use std::future::Future;
@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{NewReport, OutboxRow};
 
-pub use chat::SlackWebhook;
-pub use github::GitHubStatuses;
-pub use gitlab::GitLabStatuses;
+pub(crate) use chat::SlackWebhook;
+pub(crate) use github::GitHubStatuses;
+pub(crate) use gitlab::GitLabStatuses;
 
 /// A commit status's state, in deploybot's terms (each forge maps it to its own words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

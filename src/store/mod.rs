@@ -28,11 +28,13 @@ use tokio::sync::{mpsc, oneshot};
 pub use deploys::{DeployRow, RolloutCause, RolloutState, UnexpectedValue};
 pub(crate) use deploys::{DeployUpdate, NewDeploy};
 pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow, StageUpdate};
-pub use outbox::{NewReport, Outbox, OutboxCounts, OutboxRow};
+pub use outbox::NewReport;
+pub(crate) use outbox::{Outbox, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
-pub use retention::{RetentionLimits, Sweeper, Swept};
-pub use turns::TurnClaim;
-pub use writer::WriterStats;
+pub use retention::RetentionLimits;
+pub(crate) use retention::{Sweeper, Swept};
+pub(crate) use turns::TurnClaim;
+pub(crate) use writer::WriterStats;
 
 use crate::domain::RefKind;
 
