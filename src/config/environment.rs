@@ -257,17 +257,7 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
-    fn problems(toml: &str) -> Vec<String> {
-        let sources = super::super::Sources {
-            file: None,
-            inline_toml: Some(toml),
-            env: Default::default(),
-        };
-        match super::super::Settings::from_sources(sources) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems(),
-        }
-    }
+    use super::super::problems;
 
     #[test]
     fn every_environment_problem_is_named_by_its_field() {

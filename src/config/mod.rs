@@ -315,3 +315,18 @@ impl Settings {
         validate::settings(raw, &|name| sources.env.get(name).cloned())
     }
 }
+
+/// Every problem a configuration (TOML over the embedded defaults, no environment) has; none
+/// when it loads. For the tests of each part of the configuration.
+#[cfg(test)]
+fn problems(toml: &str) -> Vec<String> {
+    let sources = Sources {
+        file: None,
+        inline_toml: Some(toml),
+        env: HashMap::new(),
+    };
+    match Settings::from_sources(sources) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems(),
+    }
+}

@@ -327,17 +327,7 @@ mod tests {
         );
     }
 
-    fn problems(toml: &str) -> Vec<String> {
-        let sources = super::super::Sources {
-            file: None,
-            inline_toml: Some(toml),
-            env: Default::default(),
-        };
-        match super::super::Settings::from_sources(sources) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems(),
-        }
-    }
+    use super::super::problems;
 
     #[test]
     fn body_timeouts_of_zero_are_named_by_their_field() {

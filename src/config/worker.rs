@@ -205,17 +205,7 @@ mod tests {
         assert_eq!(cpus_to_nanos(f64::NAN), None);
     }
 
-    fn problems(toml: &str) -> Vec<String> {
-        let sources = super::super::Sources {
-            file: None,
-            inline_toml: Some(toml),
-            env: Default::default(),
-        };
-        match super::super::Settings::from_sources(sources) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems(),
-        }
-    }
+    use super::super::problems;
 
     #[test]
     fn a_toolchain_without_a_user_is_refused_naming_its_field() {

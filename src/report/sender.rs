@@ -171,23 +171,14 @@ impl Sender {
                 "no destination configured for {} {}",
                 row.project, row.channel
             );
-            tracing::error!(report = id, %reason, "Report given up");
-            self.count(kind, "failed");
-            let _ = self
-                .blocking(move |o| o.finish(id, "failed", Some(&reason)))
-                .await;
-            return;
+            return self.give_up(id, kind, reason).await;
         };
         let report = match crate::report::Report::from_outbox(&row) {
             Ok(report) => report,
             Err(e) => {
-                let reason = format!("unreadable report: {e}");
-                tracing::error!(report = id, %reason, "Report given up");
-                self.count(kind, "failed");
-                let _ = self
-                    .blocking(move |o| o.finish(id, "failed", Some(&reason)))
-                    .await;
-                return;
+                return self
+                    .give_up(id, kind, format!("unreadable report: {e}"))
+                    .await
             }
         };
         match destination.deliver(&report).await {
@@ -197,6 +188,15 @@ impl Sender {
             }
             Err(error) => self.failed(&row, kind, error).await,
         }
+    }
+
+    /// Ends a report that no attempt can deliver, visibly (log, metric, its row's reason).
+    async fn give_up(&self, id: i64, kind: &'static str, reason: String) {
+        tracing::error!(report = id, %reason, "Report given up");
+        self.count(kind, "failed");
+        let _ = self
+            .blocking(move |o| o.finish(id, "failed", Some(&reason)))
+            .await;
     }
 
     async fn failed(&self, row: &OutboxRow, kind: &'static str, error: DeliveryError) {
