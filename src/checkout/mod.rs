@@ -201,13 +201,23 @@ impl Checkouts {
         Ok(workspace)
     }
 
-    /// The id of the commit's root tree: equal trees mean byte-identical checkouts.
-    pub async fn tree_id(&self, project: &str, sha: &str) -> Result<String, CheckoutError> {
+    /// The id of what `path` (a directory or file of the commit, `.` for its root) holds at
+    /// commit `sha`: equal ids mean byte-identical contents.
+    pub async fn object_id(
+        &self,
+        project: &str,
+        sha: &str,
+        path: &str,
+    ) -> Result<String, CheckoutError> {
         let mirror = self.mirrors.join(format!("{project}.git"));
+        let revision = match path {
+            "." | "" => format!("{sha}^{{tree}}"),
+            path => format!("{sha}:{path}"),
+        };
         let output = Command::new("git")
             .arg("-C")
             .arg(&mirror)
-            .args(["rev-parse", &format!("{sha}^{{tree}}")])
+            .args(["rev-parse", "--verify", "--quiet", &revision])
             .stdin(Stdio::null())
             .output()
             .await

@@ -13,6 +13,7 @@
 //! image = "myevents/eventservice"      # repository under the configured registry
 //! deployment = "eventservice"          # for the deploy stage
 //! container = "api"
+//! inputs = ["go.mod", "pkg/shared"]   # paths outside the context the build also reads
 //!
 //! [[services.steps]]
 //! stage = "check"          # check | compile
@@ -60,6 +61,9 @@ pub struct Service {
     pub image: String,
     pub deployment: Option<DnsLabel>,
     pub container: Option<DnsLabel>,
+    /// Paths outside the context its build also depends on (a shared module, `go.mod`):
+    /// with the context, they decide whether an unchanged service is rebuilt.
+    pub inputs: Vec<String>,
     pub steps: Vec<Step>,
 }
 
@@ -136,6 +140,8 @@ struct RawService {
     image: Option<String>,
     deployment: Option<String>,
     container: Option<String>,
+    #[serde(default)]
+    inputs: Vec<String>,
     #[serde(default)]
     steps: Vec<Spanned<RawStep>>,
 }
@@ -246,6 +252,11 @@ fn service(
     };
     let deployment = label("deployment", &raw.deployment)?;
     let container = label("container", &raw.container)?;
+    let inputs = raw
+        .inputs
+        .iter()
+        .map(|p| relative_path(p).map_err(|m| fail("inputs", m)))
+        .collect::<Result<_, _>>()?;
     let steps = raw
         .steps
         .into_iter()
@@ -259,6 +270,7 @@ fn service(
         image,
         deployment,
         container,
+        inputs,
         steps,
     })
 }

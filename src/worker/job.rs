@@ -195,11 +195,6 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             job,
             project,
             reporter,
-            root_tree: self
-                .checkouts
-                .tree_id(&job.project, job.sha.as_ref())
-                .await
-                .ok(),
             event: &event,
             workspace: &workspace,
             tree,
@@ -433,24 +428,31 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
 
     /// The digest of everything the service's image is built from, when it can be pinned.
     async fn build_input(&self, cx: &JobContext<'_>, service: &Service) -> Option<String> {
-        let root_tree = cx.root_tree.as_deref()?;
         let path = format!("{}/{}", service.context, service.dockerfile);
         let dockerfile = cx
             .tree
             .read_text(&path, super::policy::MAX_DEFINITION_BYTES)
             .ok()
             .flatten()?;
-        let commit = reuse::Commit {
+        let mut paths = Vec::new();
+        for path in reuse::paths_read(service) {
+            let id = self
+                .checkouts
+                .object_id(&cx.job.project, cx.job.sha.as_ref(), &path)
+                .await
+                .ok()?;
+            paths.push((path, id));
+        }
+        let inputs = reuse::Inputs {
             project: &cx.job.project,
             caches: cx.caches(),
             source: &cx.project.clone_url,
-            sha: cx.job.sha.as_ref(),
-            tree: root_tree,
+            paths,
         };
         reuse::build_input(
             &*self.executor,
             &self.settings,
-            &commit,
+            &inputs,
             service,
             &dockerfile,
         )

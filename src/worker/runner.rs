@@ -39,8 +39,6 @@ pub(super) struct JobContext<'a> {
     pub(super) job: &'a ClaimedJob,
     pub(super) project: &'a Project,
     pub(super) reporter: Option<&'a Reporter>,
-    /// The commit's root tree id, when known: the key to reusing unchanged images.
-    pub(super) root_tree: Option<String>,
     pub(super) event: &'a PushEvent,
     pub(super) workspace: &'a std::path::Path,
     /// The checkout, read only through this (nothing outside it can be reached).

@@ -89,6 +89,13 @@ impl Repository {
     fn tag(&self, tag: &str) {
         git(self.dir.path(), &["tag", "--force", tag]);
     }
+
+    /// Commits a change to `path` (relative to the repository); the new commit is `sha`.
+    fn change(&mut self, path: &str, text: &str) {
+        std::fs::write(self.dir.path().join(path), text).unwrap();
+        git(self.dir.path(), &["commit", "--quiet", "-am", "change"]);
+        self.sha = CommitSha::parse(&git(self.dir.path(), &["rev-parse", "HEAD"])).unwrap();
+    }
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -433,6 +440,34 @@ async fn an_unchanged_tag_tags_the_image_deploybot_recorded_instead_of_building(
     assert!(events.iter().any(|e| matches!(e,
         Event::Tagged { reference, .. } if reference == "registry.test/app/api:v1.0.1")));
     assert_eq!(stage(&detail, "api", StageName::Check), StageState::Skipped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_commit_that_touches_only_one_service_rebuilds_only_that_one() {
+    let mut harness = Harness::start();
+    compiles(&harness.executor);
+    harness.repository.tag("v1.0.0");
+    let first = harness.push("refs/tags/v1.0.0");
+    harness.finished(first).await;
+
+    harness.repository.change(
+        "web/Dockerfile",
+        &format!("FROM {BASE_IMAGE}\nCOPY . /www\n"),
+    );
+    harness.repository.tag("v1.1.0");
+    let second = harness.push("refs/tags/v1.1.0");
+    let detail = harness.finished(second).await;
+
+    let events = harness.executor.events();
+    let built = |tag: &str| {
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Built { tag: t, .. } if t == tag))
+    };
+    assert!(built("registry.test/app/web:v1.1.0"), "{events:#?}");
+    assert!(!built("registry.test/app/api:v1.1.0"), "{events:#?}");
+    assert_eq!(stage(&detail, "api", StageName::Check), StageState::Skipped);
+    assert_eq!(stage(&detail, "web", StageName::Check), StageState::Success);
 }
 
 #[tokio::test(start_paused = true)]

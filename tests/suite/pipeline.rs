@@ -481,6 +481,55 @@ async fn a_tag_moved_to_another_commit_is_never_pushed_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_touches_only_the_frontend_rebuilds_only_the_frontend() {
+    let Some(build) = Build::start().await else {
+        return;
+    };
+    build.git.tag("v6.0.0", &build.sha);
+    let first = build
+        .finished(build.send("refs/tags/v6.0.0", &build.sha).await)
+        .await;
+    assert_eq!(first.job.state, "success", "{first:#?}");
+
+    let sha = build
+        .git
+        .commit("frontend only", "master", Some("v6.1.0"), |dir| {
+            let page = dir.join("src/frontend/index.html");
+            let text = std::fs::read_to_string(&page).unwrap();
+            std::fs::write(page, text.replace("</body>", "<!-- v6.1 --></body>")).unwrap();
+        });
+    let second = build
+        .finished(build.send("refs/tags/v6.1.0", &sha).await)
+        .await;
+
+    assert_eq!(second.job.state, "success", "{second:#?}");
+    assert_eq!(stage(&second, "frontend", "compile").state, "success");
+    for service in ["eventservice", "bookingservice"] {
+        assert_eq!(
+            stage(&second, service, "compile").state,
+            "skipped",
+            "{service}"
+        );
+        let old = build
+            .registry
+            .digest(&format!("myevents/{service}"), "v6.0.0")
+            .await;
+        let new = build
+            .registry
+            .digest(&format!("myevents/{service}"), "v6.1.0")
+            .await;
+        assert!(new.is_some());
+        assert_eq!(
+            new, old,
+            "{service}: unchanged, so the same image under the new tag"
+        );
+    }
+    let old = build.registry.digest("myevents/frontend", "v6.0.0").await;
+    let new = build.registry.digest("myevents/frontend", "v6.1.0").await;
+    assert_ne!(new, old, "the frontend changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_tag_reuses_every_image_instead_of_rebuilding() {
     let Some(build) = Build::start().await else {
         return;
