@@ -49,7 +49,7 @@ seed_run() {
 
 # Cold: no dependency caches and no image layers from an earlier build of the sample.
 make_cold() {
-  docker volume rm -f deploybot-cache-bench-go deploybot-cache-bench-npm-cache seed-gocache seed-npmcache >/dev/null 2>&1 || true
+  docker volume ls -q | grep -E '^(deploybot-cache-bench-|seed-gocache$|seed-npmcache$)' | xargs -r docker volume rm -f >/dev/null 2>&1 || true
   docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '(^|/)myevents/' | xargs -r docker rmi -f >/dev/null 2>&1 || true
   docker image prune -f >/dev/null 2>&1 || true
 }
