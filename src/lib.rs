@@ -12,6 +12,7 @@ pub(crate) mod intake;
 pub(crate) mod keyed_lock;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
+pub(crate) mod registry;
 pub mod report;
 pub(crate) mod retention;
 pub mod startup;
@@ -19,3 +20,10 @@ pub mod store;
 pub(crate) mod telemetry;
 pub(crate) mod web;
 pub(crate) mod worker;
+
+/// For the integration tests only (`tests/suite/registry.rs`): the registry client, which
+/// the rest of deploybot reaches as `crate::registry`. Not an API for other crates.
+#[doc(hidden)]
+pub mod test_hooks {
+    pub use crate::registry::{RegistryClient, RegistryError, Step, Target};
+}

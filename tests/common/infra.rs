@@ -139,6 +139,28 @@ impl Registry {
         })
     }
 
+    /// Pushes the local `image` as `repository:tag` with the docker CLI and returns the digest
+    /// the registry holds it under. The CLI logs in with the password on stdin and a docker
+    /// config of its own (nobody's `~/.docker` is touched); the local tag is removed again.
+    pub async fn push(&self, image: &str, repository: &str, tag: &str) -> String {
+        let config = tempfile::tempdir().expect("docker config dir");
+        let remote = format!("{}/{repository}:{tag}", self.address);
+        let login = [
+            "login",
+            "--username",
+            &self.username,
+            "--password-stdin",
+            &self.address,
+        ];
+        docker_cli(config.path(), &login, Some(&self.password));
+        docker_cli(config.path(), &["tag", image, &remote], None);
+        docker_cli(config.path(), &["push", &remote], None);
+        docker_cli(config.path(), &["rmi", &remote], None);
+        self.digest(repository, tag)
+            .await
+            .unwrap_or_else(|| panic!("{remote} was pushed but the registry has no such tag"))
+    }
+
     /// The digest the registry serves for `repository:tag` (None when it has no such tag).
     pub async fn digest(&self, repository: &str, tag: &str) -> Option<String> {
         let response = reqwest::Client::new()
@@ -161,6 +183,33 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     }
+}
+
+/// Runs the docker CLI with `config` as its config directory, `stdin` written to it; panics
+/// with its output when it fails.
+fn docker_cli(config: &Path, args: &[&str], stdin: Option<&str>) {
+    let mut child = Command::new("docker")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker CLI runs");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(stdin) = stdin {
+        input.write_all(stdin.as_bytes()).expect("stdin written");
+    }
+    drop(input);
+    let output = child.wait_with_output().expect("docker CLI ends");
+    assert!(
+        output.status.success(),
+        "docker {}: {}{}",
+        args[0],
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl Drop for Registry {

@@ -18,6 +18,7 @@ mod idempotency;
 mod intake_limits;
 mod operations;
 mod pipeline;
+mod registry;
 mod report;
 mod retention;
 mod trust;
