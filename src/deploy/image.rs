@@ -12,6 +12,16 @@ pub(crate) fn content(reference: &str) -> Option<String> {
     Some(format!("{}@{digest}", repository(named)))
 }
 
+/// Whether `a` and `b` run the same image: the same digest from the same repository, whatever
+/// their tags. A digest alone is not enough: pods pull from the repository the reference
+/// names, and a move to another one must reach the pod template.
+pub(crate) fn same_content(a: &str, b: &str) -> bool {
+    match (content(a), content(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// `named` without its tag: the tag is what follows the last `:` after the last `/` (a `:`
 /// before it is a registry's port).
 fn repository(named: &str) -> &str {
@@ -58,6 +68,27 @@ mod tests {
             "web@:abc",
         ] {
             assert_eq!(content(reference), None, "{reference}");
+        }
+    }
+
+    #[test]
+    fn two_tags_of_one_digest_in_one_repository_are_the_same_content() {
+        assert!(same_content(
+            &format!("registry:5000/web:v1.0.0@{DIGEST}"),
+            &format!("registry:5000/web:v1.0.1@{DIGEST}")
+        ));
+    }
+
+    #[test]
+    fn another_digest_another_repository_or_no_digest_is_not_the_same_content() {
+        let ours = format!("registry:5000/web:v1@{DIGEST}");
+        let cases = [
+            "registry:5000/web:v1@sha256:ffff".to_owned(),
+            format!("other:5000/web:v1@{DIGEST}"),
+            "registry:5000/web:v1".to_owned(),
+        ];
+        for theirs in cases {
+            assert!(!same_content(&ours, &theirs), "{theirs}");
         }
     }
 }
