@@ -401,6 +401,13 @@ fn rollback(settings: Settings, ask: crate::deploy::RollbackAsk) -> anyhow::Resu
                 println!("rolled back: {} runs {image}", ask.service);
                 Ok(0)
             }
+            Ok((_, crate::deploy::Outcome::Unchanged { running })) => {
+                println!(
+                    "rolled back: {} already runs {running} (the same digest); only its annotations changed",
+                    ask.service
+                );
+                Ok(0)
+            }
             Ok((_, other)) => {
                 eprintln!("rollback {}", masker.mask(&other.to_string()));
                 Ok(1)

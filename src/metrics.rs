@@ -40,8 +40,8 @@ pub struct Metrics {
     pub queue_wait_seconds: Histogram,
     /// Seconds each stage took, by stage and result.
     pub stage_seconds: HistogramVec,
-    /// Rollouts by environment and outcome (deployed, rolled_back, skipped, failed): the
-    /// rolled_back series counts automatic rollbacks.
+    /// Rollouts by environment and outcome (deployed, unchanged, rolled_back, skipped,
+    /// failed): the rolled_back series counts automatic rollbacks.
     pub deploys: IntCounterVec,
     /// Rollbacks by hand (`deploybot rollback`, the rollback action), by environment.
     pub rollbacks_by_hand: IntCounterVec,

@@ -55,6 +55,8 @@ fn choose(history: &[DeployRow], ask: &RollbackAsk) -> Result<Choice, RollbackEr
         .iter()
         .filter(|r| r.environment == environment)
         .collect();
+    // The image in place is the one the newest `deployed` rollout set: an `unchanged` one
+    // left it as it was (the same digest), so it is not a different image to go back from.
     let current = rows
         .iter()
         .find(|r| r.state == RolloutState::Deployed)
@@ -236,6 +238,64 @@ mod tests {
             ("web@1", "v1")
         );
         assert_eq!(choice.current.tag, "v2");
+    }
+
+    #[test]
+    fn an_unchanged_rollout_in_between_is_not_what_ran_before_the_current_image() {
+        let history = [
+            row(
+                3,
+                "v2",
+                "web:v2@B",
+                Some("web:v1.0@A"),
+                RolloutState::Deployed,
+            ),
+            row(
+                2,
+                "v1.1",
+                "web:v1.1@A",
+                Some("web:v1.0@A"),
+                RolloutState::Unchanged,
+            ),
+            row(
+                1,
+                "v1.0",
+                "web:v1.0@A",
+                Some("init"),
+                RolloutState::Deployed,
+            ),
+        ];
+        let choice = choose(&history, &ask(None)).unwrap();
+        assert_eq!(
+            (choice.image.as_str(), choice.tag.as_str()),
+            ("web:v1.0@A", "v1.0")
+        );
+    }
+
+    #[test]
+    fn the_newest_rollout_unchanged_goes_back_past_the_image_it_left_running() {
+        let history = [
+            row(
+                2,
+                "v1.1",
+                "web:v1.1@A",
+                Some("web:v1.0@A"),
+                RolloutState::Unchanged,
+            ),
+            row(
+                1,
+                "v1.0",
+                "web:v1.0@A",
+                Some("init"),
+                RolloutState::Deployed,
+            ),
+        ];
+        let choice = choose(&history, &ask(None)).unwrap();
+        assert_eq!(
+            choice.image, "init",
+            "not web:v1.0@A, the same digest again"
+        );
+        assert_eq!(choice.current.tag, "v1.0");
     }
 
     #[test]

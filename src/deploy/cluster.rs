@@ -1,6 +1,6 @@
 //! What the rollout logic needs from a cluster, and nothing more: read a Deployment, set one
-//! container's image (optimistically, against the version read), follow its changes, and say
-//! why the pods of a failed rollout were not ready.
+//! container's image or only its own annotations (optimistically, against the version read),
+//! follow its changes, and say why the pods of a failed rollout were not ready.
 //! `kube.rs` implements it with kube-rs; a fake or another orchestrator would be one more file.
 
 use std::collections::BTreeMap;
@@ -105,6 +105,16 @@ pub trait Cluster: Send + Sync + 'static {
         &self,
         target: &DeploymentRef,
         change: ImageChange<'_>,
+    ) -> impl Future<Output = Result<Observed, ClusterError>> + Send;
+
+    /// Sets `annotations` on the Deployment's own metadata, against `resource_version` (a newer
+    /// one on the server is a conflict), and nothing else: its pod template stays as it is, so
+    /// no new ReplicaSet is made and no pod restarts. Returns the Deployment as stored.
+    fn annotate(
+        &self,
+        target: &DeploymentRef,
+        annotations: &BTreeMap<String, String>,
+        resource_version: &str,
     ) -> impl Future<Output = Result<Observed, ClusterError>> + Send;
 
     /// The Deployment after each change since `resource_version`; the stream may end (a

@@ -1,6 +1,7 @@
 //! [`Cluster`] on the Kubernetes API, through kube-rs: `apps/v1` Deployments (get, watch,
-//! patch) and, only to say why a failed rollout's pods were not ready, a list of its pods: the
-//! calls the Role in `k8s/rbac.yaml` allows.
+//! patch: an image, or only the Deployment's own annotations) and, only to say why a failed
+//! rollout's pods were not ready, a list of its pods: the calls the Role in `k8s/rbac.yaml`
+//! allows.
 
 use std::collections::BTreeMap;
 
@@ -84,6 +85,24 @@ impl KubeCluster {
     fn api(&self, target: &DeploymentRef) -> Api<Deployment> {
         Api::namespaced(self.client.clone(), &target.namespace)
     }
+
+    /// Sends a strategic merge `patch` as deploybot's field manager.
+    async fn patch(
+        &self,
+        target: &DeploymentRef,
+        patch: serde_json::Value,
+    ) -> Result<Observed, ClusterError> {
+        let params = PatchParams {
+            field_manager: Some("deploybot".into()),
+            ..PatchParams::default()
+        };
+        let deployment = self
+            .api(target)
+            .patch(&target.name, &params, &Patch::Strategic(patch))
+            .await
+            .map_err(|e| named(e, "patch", target))?;
+        Ok(observe(&deployment))
+    }
 }
 
 impl Cluster for KubeCluster {
@@ -113,16 +132,26 @@ impl Cluster for KubeCluster {
                 {"name": change.container, "image": change.image}
             ]}}}
         });
-        let params = PatchParams {
-            field_manager: Some("deploybot".into()),
-            ..PatchParams::default()
-        };
-        let deployment = self
-            .api(target)
-            .patch(&target.name, &params, &Patch::Strategic(patch))
-            .await
-            .map_err(|e| named(e, "patch", target))?;
-        Ok(observe(&deployment))
+        self.patch(target, patch).await
+    }
+
+    async fn annotate(
+        &self,
+        target: &DeploymentRef,
+        annotations: &BTreeMap<String, String>,
+        resource_version: &str,
+    ) -> Result<Observed, ClusterError> {
+        // Metadata only: with the pod template as it was, the controller makes no new
+        // ReplicaSet and replaces no pod. (The generation still moves: the API server counts a
+        // Deployment's annotations, which the controller copies to its current ReplicaSet,
+        // where `kubectl rollout history` reads the change-cause.)
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": resource_version,
+                "annotations": annotations,
+            },
+        });
+        self.patch(target, patch).await
     }
 
     async fn follow(

@@ -3,11 +3,13 @@
 //! The worker (and `deploybot rollback`) hand a [`Request`] to the [`Deployer`], which records
 //! each step in the store and drives the rollout on a [`Cluster`]: `kube.rs` implements that
 //! on the Kubernetes API with kube-rs. `health.rs` says when a rollout is done, as `kubectl
-//! rollout status` does; `order.rs` says which of two tags is the newer.
+//! rollout status` does; `order.rs` says which of two tags is the newer; `image.rs` which part of a pinned image
+//! reference names its content.
 
 mod by_hand;
 mod cluster;
 mod health;
+pub(crate) mod image;
 mod kube;
 mod order;
 mod rollout;

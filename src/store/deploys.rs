@@ -1,7 +1,8 @@
 //! Rollouts as the deploy code records them, step by step, so that a process killed at any
 //! point resumes where it was: `planned` (previous image recorded) → `patched` (the change is
 //! on the server, with the generation it produced) → `deployed`, or → `rolling_back` →
-//! `rolled_back`; `failed` and `skipped` end it too. Calls block: use [`Jobs::call`].
+//! `rolled_back`; `failed` and `skipped` end it too, and so does `unchanged` (the Deployment
+//! already ran the digest: only its annotations were changed). Calls block: use [`Jobs::call`].
 //!
 //! The states and causes are types everywhere else; their stored text is mapped here only,
 //! and a stored value deploybot does not write is an error naming its column, never a guess.
@@ -26,10 +27,13 @@ pub enum RolloutState {
     Failed,
     /// Not rolled out, by policy (a newer version is in place).
     Skipped,
+    /// The Deployment already ran the image's digest: the release was written on its own
+    /// annotations, its pod template left alone (no pod restarted).
+    Unchanged,
 }
 
 impl RolloutState {
-    const ALL: [RolloutState; 7] = [
+    const ALL: [RolloutState; 8] = [
         RolloutState::Planned,
         RolloutState::Patched,
         RolloutState::Deployed,
@@ -37,6 +41,7 @@ impl RolloutState {
         RolloutState::RolledBack,
         RolloutState::Failed,
         RolloutState::Skipped,
+        RolloutState::Unchanged,
     ];
 
     /// The stored text, which pages, the command line and the API show too.
@@ -49,6 +54,7 @@ impl RolloutState {
             RolloutState::RolledBack => "rolled_back",
             RolloutState::Failed => "failed",
             RolloutState::Skipped => "skipped",
+            RolloutState::Unchanged => "unchanged",
         }
     }
 
@@ -60,6 +66,7 @@ impl RolloutState {
                 | RolloutState::RolledBack
                 | RolloutState::Failed
                 | RolloutState::Skipped
+                | RolloutState::Unchanged
         )
     }
 
@@ -387,7 +394,8 @@ impl Jobs {
     }
 
     /// What is in place on a Deployment by deploybot's record: its newest finished rollout
-    /// that left an image running.
+    /// that left an image running (`deployed`, or `unchanged`: the release that now names an
+    /// image already running).
     pub(crate) fn in_place(
         &self,
         environment: &str,
@@ -398,14 +406,16 @@ impl Jobs {
             &self.conn(),
             &format!(
                 "SELECT {COLUMNS} FROM deploys
-                 WHERE environment = ?1 AND namespace = ?2 AND deployment = ?3 AND state = ?4
+                 WHERE environment = ?1 AND namespace = ?2 AND deployment = ?3
+                   AND state IN (?4, ?5)
                  ORDER BY finished_at DESC, id DESC LIMIT 1"
             ),
             params![
                 environment,
                 namespace,
                 deployment,
-                RolloutState::Deployed.as_str()
+                RolloutState::Deployed.as_str(),
+                RolloutState::Unchanged.as_str()
             ],
         )
     }

@@ -162,6 +162,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;",
     // 7: bounded rejections and retention; see BOUNDED_REJECTIONS.
     BOUNDED_REJECTIONS,
+    // 8: a rollout may end `unchanged`; see UNCHANGED_ROLLOUTS.
+    UNCHANGED_ROLLOUTS,
 ];
 
 /// A rejection keeps the source it came from (the client address, or its IPv6 /64), and
@@ -179,7 +181,54 @@ const BOUNDED_REJECTIONS: &str = "
         WHERE body_segment IS NOT NULL;
     CREATE INDEX log_chunks_by_time ON log_chunks (at);";
 
+/// `deploys.state` may be `unchanged` (the Deployment already ran the digest). SQLite cannot
+/// change a CHECK in place, so the table is rebuilt as its documentation says: a new table
+/// with the new CHECK and the same columns in the same order, every row copied, the old one
+/// dropped, the new one renamed, its indexes made again. Nothing references `deploys`, so
+/// foreign keys (on for every connection) have nothing to object to.
+const UNCHANGED_ROLLOUTS: &str = "
+    CREATE TABLE deploys_new (
+        id             INTEGER PRIMARY KEY,
+        job            INTEGER REFERENCES jobs (id),
+        project        TEXT NOT NULL,
+        service        TEXT NOT NULL,
+        environment    TEXT NOT NULL,
+        namespace      TEXT NOT NULL,
+        deployment     TEXT NOT NULL,
+        container      TEXT NOT NULL,
+        tag            TEXT NOT NULL,
+        pushed_at      TEXT NOT NULL,
+        image          TEXT NOT NULL,
+        previous_image TEXT,
+        generation     INTEGER,
+        kind           TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback')),
+        state          TEXT NOT NULL CHECK (state IN ('planned', 'patched', 'deployed',
+                           'rolling_back', 'rolled_back', 'failed', 'skipped', 'unchanged')),
+        reason         TEXT,
+        retired        INTEGER NOT NULL DEFAULT 0,
+        created_at     TEXT NOT NULL,
+        patched_at     TEXT,
+        finished_at    TEXT
+    );
+    INSERT INTO deploys_new (id, job, project, service, environment, namespace, deployment,
+            container, tag, pushed_at, image, previous_image, generation, kind, state, reason,
+            retired, created_at, patched_at, finished_at)
+        SELECT id, job, project, service, environment, namespace, deployment,
+            container, tag, pushed_at, image, previous_image, generation, kind, state, reason,
+            retired, created_at, patched_at, finished_at
+        FROM deploys;
+    DROP TABLE deploys;
+    ALTER TABLE deploys_new RENAME TO deploys;
+    CREATE UNIQUE INDEX deploys_once ON deploys (job, service, environment)
+        WHERE job IS NOT NULL AND retired = 0;
+    CREATE INDEX deploys_by_target ON deploys (environment, namespace, deployment, state);";
+
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Moves the schema up to version `target` (tests start from an older store this way).
+fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
     let current: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > MIGRATIONS.len() {
         return Err(StoreError::Corrupt(format!(
@@ -187,11 +236,120 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+    for (index, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::types::Value;
+
+    /// A store as deploybot left it before rollouts could end `unchanged` (version 7): a job
+    /// and three rollouts (a release, a retired one, a rollback by hand).
+    fn store_at_version_7(path: &std::path::Path) -> Connection {
+        let mut conn = super::super::connection::open_connection(path).unwrap();
+        migrate_to(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO deliveries (id, project, outcome, received_at)
+                 VALUES (1, 'myevents', 'queued', '2026-01-01T00:00:00Z');
+             INSERT INTO jobs (id, delivery, project, git_ref, ref_kind, ref_name, sha, state,
+                     created_at, updated_at)
+                 VALUES (1, 1, 'myevents', 'refs/tags/v2', 'tag', 'v2', 'abc', 'deployed',
+                     '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z');
+             INSERT INTO deploys (id, job, project, service, environment, namespace, deployment,
+                     container, tag, pushed_at, image, previous_image, generation, kind, state,
+                     reason, retired, created_at, patched_at, finished_at)
+                 VALUES
+                 (1, 1, 'myevents', 'web', 'production', 'default', 'web', 'api', 'v1', 't0',
+                  'web:1', 'init', 2, 'deploy', 'rolled_back', 'stalled', 1, 't1', 't2', 't3'),
+                 (2, 1, 'myevents', 'web', 'production', 'default', 'web', 'api', 'v2', 't0',
+                  'web:2', 'web:1', 3, 'deploy', 'deployed', NULL, 0, 't4', 't5', 't6'),
+                 (3, NULL, 'myevents', 'web', 'production', 'default', 'web', 'api', 'v1', 't7',
+                  'web:1', 'web:2', 4, 'rollback', 'deployed', NULL, 0, 't7', 't8', 't9');",
+        )
+        .unwrap();
+        conn
+    }
+
+    fn every_deploy(conn: &Connection) -> Vec<Vec<Value>> {
+        let mut statement = conn.prepare("SELECT * FROM deploys ORDER BY id").unwrap();
+        let width = statement.column_count();
+        statement
+            .query_map([], |row| (0..width).map(|i| row.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_from_before_unchanged_rollouts_migrates_keeping_every_deploy_and_its_indexes() {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = store_at_version_7(&dir.path().join("store.db"));
+        let before = every_deploy(&conn);
+
+        // Act
+        migrate(&mut conn).unwrap();
+
+        // Assert
+        assert_eq!(every_deploy(&conn), before, "every row, every column");
+        let version: usize = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deploys' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["deploys_by_target", "deploys_once"]);
+        let broken: Vec<String> = conn
+            .prepare("PRAGMA foreign_key_check")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(broken.is_empty(), "no row lost its job: {broken:?}");
+    }
+
+    #[test]
+    fn after_the_migration_a_rollout_may_end_unchanged_and_the_state_is_still_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = store_at_version_7(&dir.path().join("store.db"));
+        let set_state = |conn: &Connection, state: &str| {
+            conn.execute("UPDATE deploys SET state = ?1 WHERE id = 2", [state])
+        };
+        assert!(set_state(&conn, "unchanged").is_err(), "refused before");
+
+        migrate(&mut conn).unwrap();
+
+        set_state(&conn, "unchanged").unwrap();
+        assert!(set_state(&conn, "paused").is_err(), "still checked");
+    }
+
+    #[test]
+    fn after_the_migration_a_job_still_has_one_live_rollout_per_service_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = store_at_version_7(&dir.path().join("store.db"));
+
+        migrate(&mut conn).unwrap();
+
+        let again = conn.execute(
+            "INSERT INTO deploys (job, project, service, environment, namespace, deployment,
+                 container, tag, pushed_at, image, kind, state, created_at)
+             SELECT job, project, service, environment, namespace, deployment, container, tag,
+                 pushed_at, image, kind, state, created_at FROM deploys WHERE id = 2",
+            [],
+        );
+        assert!(again.is_err(), "deploys_once still holds");
+    }
 }

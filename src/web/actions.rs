@@ -169,7 +169,7 @@ pub async fn rollback(
     rollbacks: web::Data<Rollbacks>,
     body: web::Bytes,
 ) -> HttpResponse {
-    use crate::deploy::{Outcome, RollbackAsk, RollbackError};
+    use crate::deploy::{RollbackAsk, RollbackError};
     if let Err(refused) = authorize(&request, &token) {
         return refused.response();
     }
@@ -182,21 +182,34 @@ pub async fn rollback(
     let outcome =
         crate::deploy::roll_back(&rollbacks.deployer, &rollbacks.settings, &ask, &note).await;
     match outcome {
-        Ok((environment, Outcome::Deployed { image })) => {
-            rollbacks
-                .metrics
-                .rollbacks_by_hand
-                .with_label_values(&[environment.as_str()])
-                .inc();
-            tracing::info!(project = %ask.project, service = %ask.service, %image, "Rolled back by hand");
-            HttpResponse::Ok().json(serde_json::json!({
-                "project": ask.project, "service": ask.service, "environment": environment,
-                "state": "deployed", "image": image
-            }))
-        }
-        Ok((_, other)) => error(502, &masker.mask(&format!("rollback {other}"))),
+        Ok((environment, outcome)) => match rolled_back_to(&outcome) {
+            Some((state, image)) => {
+                rollbacks
+                    .metrics
+                    .rollbacks_by_hand
+                    .with_label_values(&[environment.as_str()])
+                    .inc();
+                tracing::info!(project = %ask.project, service = %ask.service, %image, state, "Rolled back by hand");
+                HttpResponse::Ok().json(serde_json::json!({
+                    "project": ask.project, "service": ask.service, "environment": environment,
+                    "state": state, "image": image
+                }))
+            }
+            None => error(502, &masker.mask(&format!("rollback {outcome}"))),
+        },
         Err(e @ RollbackError::Unknown(_)) => error(404, &e.to_string()),
         Err(e @ RollbackError::NoTarget(_)) => error(409, &e.to_string()),
         Err(e @ RollbackError::Store(_)) => error(500, &e.to_string()),
+    }
+}
+
+/// The state and image of a rollback that is done: deployed, or unchanged (the Deployment
+/// already ran that digest, so only its annotations changed); None for one that is not.
+fn rolled_back_to(outcome: &crate::deploy::Outcome) -> Option<(&'static str, &str)> {
+    use crate::deploy::Outcome;
+    match outcome {
+        Outcome::Deployed { image } => Some(("deployed", image)),
+        Outcome::Unchanged { running } => Some(("unchanged", running)),
+        Outcome::RolledBack { .. } | Outcome::Skipped { .. } | Outcome::Failed { .. } => None,
     }
 }

@@ -28,6 +28,8 @@ struct ServiceRollout<'a> {
 struct StageEnd {
     /// The stage's state: success, rolled back, skipped or failed.
     state: StageState,
+    /// The rollout's outcome, as the deploys metric labels it.
+    outcome: &'static str,
     detail: String,
     status: StatusState,
     /// The commit status's words.
@@ -158,13 +160,9 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
     ) {
         let detail = cx.log.masker().mask(&end.detail);
         let words = cx.log.masker().mask(&end.words);
-        let label = match end.state {
-            StageState::Success => "deployed",
-            other => other.as_str(),
-        };
         self.metrics
             .deploys
-            .with_label_values(&[environment.name.as_str(), label])
+            .with_label_values(&[environment.name.as_str(), end.outcome])
             .inc();
         let reports = cx.status(service, end.status, &words);
         self.set_deploy_stage(cx, service, end.state, Some(&detail), reports)
@@ -207,28 +205,46 @@ fn stage_end(outcome: &Outcome, environment: &Environment, deployment: &str) -> 
     match outcome {
         Outcome::Deployed { image } => StageEnd {
             state: StageState::Success,
+            outcome: "deployed",
             detail: format!("deployed {image} to {place}"),
             status: StatusState::Success,
             words: format!("Deployed to {name}: {image}"),
         },
+        Outcome::Unchanged { running } => unchanged(running, &place, name),
         Outcome::RolledBack { reason, previous } => StageEnd {
             state: StageState::RolledBack,
+            outcome: "rolled_back",
             detail: format!("rolled back to {previous} in {place}: {reason}"),
             status: StatusState::Failure,
             words: format!("Rolled back in {name}: {reason}"),
         },
         Outcome::Skipped { reason } => StageEnd {
             state: StageState::Skipped,
+            outcome: "skipped",
             detail: reason.clone(),
             status: StatusState::Success,
             words: format!("Not deployed: {reason}"),
         },
         Outcome::Failed { reason } => StageEnd {
             state: StageState::Failed,
+            outcome: "failed",
             detail: format!("{place}: {reason}"),
             status: StatusState::Failure,
             words: format!("Deploy to {name} failed: {reason}"),
         },
+    }
+}
+
+/// A rollout that found `running` (the same digest) in place: a success that says so.
+fn unchanged(running: &str, place: &str, name: &str) -> StageEnd {
+    // The digest is what runs; the tag in the running reference is only an older label.
+    let content = crate::deploy::image::content(running).unwrap_or_else(|| running.to_owned());
+    StageEnd {
+        state: StageState::Success,
+        outcome: "unchanged",
+        detail: format!("Unchanged in {place}: already runs {content}"),
+        status: StatusState::Success,
+        words: format!("Unchanged in {name}: already runs {content}"),
     }
 }
 
@@ -240,7 +256,8 @@ fn deployed(ends: impl IntoIterator<Item = (String, Outcome)>) -> Deployed {
     let mut deployed = false;
     for (service, outcome) in ends {
         match outcome {
-            Outcome::Deployed { .. } => deployed = true,
+            // Already running is as good as deployed for the job; the stage says which.
+            Outcome::Deployed { .. } | Outcome::Unchanged { .. } => deployed = true,
             Outcome::RolledBack { reason, .. } => {
                 rolled_back.push(format!("{service} rolled back: {reason}"))
             }
@@ -290,6 +307,44 @@ mod tests {
         assert_eq!(
             reason,
             "api deploy failed: forbidden; web rolled back: stalled"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_rollout_deploys_for_the_job_and_says_it_was_unchanged() {
+        let running = "registry:5000/myevents/web:v1.0.0@sha256:aaaa";
+        let unchanged = Outcome::Unchanged {
+            running: running.into(),
+        };
+        let environment = Environment {
+            name: "production".into(),
+            namespace: crate::domain::DnsLabel::parse("default").unwrap(),
+            tags: Vec::new(),
+            branches: Vec::new(),
+            projects: Vec::new(),
+            order: crate::config::DeployOrder::Semver,
+            rollout_timeout: std::time::Duration::from_secs(1),
+            cluster: crate::config::ClusterAccess::InCluster,
+            tokens: Vec::new(),
+        };
+
+        let end = stage_end(&unchanged, &environment, "web");
+
+        assert!(matches!(
+            deployed([("web".to_owned(), unchanged)]),
+            Deployed::All
+        ));
+        assert_eq!(
+            (end.state, end.status, end.outcome),
+            (StageState::Success, StatusState::Success, "unchanged")
+        );
+        assert_eq!(
+            end.words,
+            "Unchanged in production: already runs registry:5000/myevents/web@sha256:aaaa"
+        );
+        assert_eq!(
+            end.detail,
+            "Unchanged in production (default/web): already runs registry:5000/myevents/web@sha256:aaaa"
         );
     }
 

@@ -168,6 +168,15 @@ impl Cluster for NeverReady {
         Ok(observed.clone())
     }
 
+    async fn annotate(
+        &self,
+        _: &DeploymentRef,
+        _: &BTreeMap<String, String>,
+        _: &str,
+    ) -> Result<Observed, ClusterError> {
+        Ok(self.observed.lock().unwrap().clone())
+    }
+
     async fn follow(&self, _: &DeploymentRef, _: &str) -> Result<Changes, ClusterError> {
         Ok(Box::pin(futures_util::stream::pending()))
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -211,6 +211,63 @@ impl TestCluster {
             })
             .filter(|c| c.ready)
             .map(|c| c.image_id)
+            .collect()
+    }
+
+    /// The pods of `name` not being deleted, as (name, uid): the same pair before and after a
+    /// change means no pod was replaced.
+    pub async fn pods(&self, name: &str) -> Vec<(String, String)> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={name}")))
+            .await
+            .unwrap();
+        let mut pods: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| (p.metadata.name.unwrap(), p.metadata.uid.unwrap()))
+            .collect();
+        pods.sort();
+        pods
+    }
+
+    /// The names of `name`'s ReplicaSets: a new one means the pod template changed.
+    pub async fn replica_sets(&self, name: &str) -> Vec<String> {
+        let sets: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = sets
+            .list(&ListParams::default().labels(&format!("app={name}")))
+            .await
+            .unwrap();
+        let mut names: Vec<String> = list
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// `kubectl rollout history`: each ReplicaSet's revision and change-cause.
+    pub async fn rollout_history(&self, name: &str) -> BTreeMap<i64, String> {
+        let sets: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = sets
+            .list(&ListParams::default().labels(&format!("app={name}")))
+            .await
+            .unwrap();
+        list.items
+            .into_iter()
+            .map(|set| {
+                let annotations = set.metadata.annotations.unwrap_or_default();
+                let revision = annotations["deployment.kubernetes.io/revision"]
+                    .parse()
+                    .unwrap();
+                let cause = annotations
+                    .get("kubernetes.io/change-cause")
+                    .cloned()
+                    .unwrap_or_default();
+                (revision, cause)
+            })
             .collect()
     }
 

@@ -214,6 +214,124 @@ async fn a_tag_push_rolls_the_image_out_pinned_by_digest_and_the_job_is_deployed
     deploy.finish().await;
 }
 
+/// A second tag on the same commit reuses its image (the same digest): deploybot writes the
+/// new release on the Deployment's own annotations and leaves its pod template, and so its
+/// pods, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_tag_on_the_same_digest_changes_only_the_deployments_annotations_and_restarts_no_pod()
+{
+    use crate::common::forge_double::{ForgeDouble, STATUS_TOKEN};
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let statuses = format!(
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nretry_base_ms = 20\n",
+        github.server.uri()
+    );
+    let Some(deploy) = Deploy::start_with("hello", &["web"], 30, None, &statuses).await else {
+        return;
+    };
+    // Arrange: v1.0.0 runs.
+    let first = deploy.released("v1.0.0", &deploy.build.sha).await;
+    let running = Deploy::pinned(&first, "web");
+    let generation = deploy
+        .cluster
+        .deployment("web")
+        .await
+        .metadata
+        .generation
+        .unwrap();
+    let pods = deploy.cluster.pods("web").await;
+    let replica_sets = deploy.cluster.replica_sets("web").await;
+    let revisions: Vec<i64> = deploy
+        .cluster
+        .rollout_history("web")
+        .await
+        .into_keys()
+        .collect();
+
+    // Act: v1.0.1 on the same commit.
+    let detail = deploy.push_tag("v1.0.1", &deploy.build.sha).await;
+
+    // Assert: the same digest, recorded as unchanged; nothing restarted.
+    assert_eq!(detail.job.state, "deployed", "{}", deploy.explain(&detail));
+    let pinned = Deploy::pinned(&detail, "web");
+    let digest = |image: &str| image.rsplit('@').next().unwrap().to_owned();
+    assert!(pinned.contains(":v1.0.1@sha256:"), "{pinned}");
+    assert_eq!(digest(&pinned), digest(&running), "the image is reused");
+    let record = &detail.deploys[0];
+    assert_eq!(
+        (record.state.as_str(), record.previous_image.as_deref()),
+        ("unchanged", Some(running.as_str())),
+        "{}",
+        deploy.explain(&detail)
+    );
+    assert_eq!(
+        deploy.cluster.image("web").await,
+        running,
+        "the same template"
+    );
+    // The controller has seen the change before the cluster is looked at.
+    deploy.cluster.wait_available("web").await;
+    assert_eq!(
+        deploy
+            .cluster
+            .deployment("web")
+            .await
+            .metadata
+            .generation
+            .unwrap(),
+        generation + 1,
+        "the API server counts a Deployment's annotations in its generation (the controller \
+         copies them to the ReplicaSet); the revision, ReplicaSets and pods show no rollout"
+    );
+    assert_eq!(deploy.cluster.replica_sets("web").await, replica_sets);
+    assert_eq!(deploy.cluster.pods("web").await, pods, "the same pod runs");
+    let history = deploy.cluster.rollout_history("web").await;
+    assert_eq!(history.keys().copied().collect::<Vec<_>>(), revisions);
+    let (_, now) = history.last_key_value().unwrap();
+    assert!(
+        now.contains("v1.0.1"),
+        "rollout history names the release: {history:?}"
+    );
+    let deploy_stage = stage(&detail, "web", "deploy");
+    assert_eq!(deploy_stage.state, "success");
+    let said = deploy_stage.detail.clone().unwrap_or_default();
+    assert!(
+        said.starts_with("Unchanged in production") && said.contains(&digest(&running)),
+        "{said}"
+    );
+    let annotations = deploy.cluster.annotations("web").await;
+    assert_eq!(annotations["deploybot.dev/tag"], "v1.0.1");
+    assert_eq!(
+        annotations["deploybot.dev/job"],
+        detail.job.id.to_string(),
+        "{annotations:?}"
+    );
+    assert!(
+        annotations["kubernetes.io/change-cause"].contains("v1.0.1"),
+        "{annotations:?}"
+    );
+    let says_unchanged = |seen: &[crate::common::forge_double::Seen]| {
+        seen.iter().any(|s| {
+            s.body["context"] == "deploybot/web"
+                && s.body["description"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("Unchanged in production: already runs"))
+        })
+    };
+    let seen = github.wait_until(30, says_unchanged).await;
+    assert!(
+        says_unchanged(&seen),
+        "the commit status says so: {seen:#?}"
+    );
+    let metrics = deploy.build.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .contains(r#"deploybot_deploys_total{environment="production",outcome="unchanged"} 1"#),
+        "{metrics}"
+    );
+    deploy.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_myevents_tag_push_ends_with_all_three_deployments_running_the_new_images() {
     let Some(deploy) = Deploy::start("myevents", &SERVICES, 60).await else {

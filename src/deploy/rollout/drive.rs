@@ -1,9 +1,11 @@
 //! A rollout from where its record says it is to an end: a change already sent is waited for,
 //! a rollback under way is finished, anything else is checked against what is in place and
-//! patched; then the wait, and on failure the rollback.
+//! patched (or, for the digest already running, only annotated: the end); then the wait, and
+//! on failure the rollback.
 
 use tokio::time::Instant;
 
+use super::patch::Sent;
 use super::wait::{replaced, Waited};
 use super::{Outcome, Rollout};
 use crate::deploy::cluster::{Cluster, ClusterError};
@@ -18,7 +20,7 @@ enum Start {
         since: Since,
         previous: Option<String>,
     },
-    /// It ended before any wait (skipped, a rollback finished, a failed patch).
+    /// It ended before any wait (skipped, unchanged, a rollback finished, a failed patch).
     Ended { id: Option<i64>, outcome: Outcome },
 }
 
@@ -99,10 +101,18 @@ impl<C: Cluster> Rollout<'_, C> {
                     }
                 }
                 match self.change_image(record.as_ref()).await {
-                    Ok((id, since, previous)) => Start::Wait {
+                    Ok(Sent::Image {
                         id,
                         since,
                         previous,
+                    }) => Start::Wait {
+                        id,
+                        since,
+                        previous,
+                    },
+                    Ok(Sent::Annotations { id, running }) => Start::Ended {
+                        id: Some(id),
+                        outcome: Outcome::Unchanged { running },
                     },
                     Err((id, e)) => Start::Ended {
                         id,

@@ -55,6 +55,11 @@ pub enum Outcome {
     Deployed {
         image: String,
     },
+    /// The Deployment already ran the image's digest (`running`, under another tag): the
+    /// release was written on its annotations only, so no pod restarted.
+    Unchanged {
+        running: String,
+    },
     /// The new image did not become healthy; the previous one runs again.
     RolledBack {
         reason: String,
@@ -73,6 +78,7 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Deployed { image } => write!(f, "deployed {image}"),
+            Outcome::Unchanged { running } => write!(f, "unchanged: already runs {running}"),
             Outcome::RolledBack { reason, previous } => {
                 write!(f, "rolled back to {previous}: {reason}")
             }

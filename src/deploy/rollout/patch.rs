@@ -1,27 +1,42 @@
 //! The change itself: read the Deployment, record what runs now as the previous image, then
 //! set the container's image conditionally on the version read (a 409 is read again and
-//! retried), with annotations that say what the change is and why.
+//! retried), with annotations that say what the change is and why; or, when the container
+//! already runs the image's digest under another tag, set only those annotations.
 
 use std::collections::BTreeMap;
 
 use super::{Request, Rollout};
 use crate::deploy::cluster::{Cluster, ClusterError, DeploymentRef, ImageChange, Observed};
 use crate::deploy::health::Since;
+use crate::deploy::image::same_content;
 use crate::store::{DeployRow, DeployUpdate, RolloutCause, RolloutState};
 
 /// How often a 409 conflict is retried with a fresh read before the rollout fails.
 pub(super) const CONFLICT_RETRIES: usize = 5;
 
+/// What a rollout sent to the Deployment.
+pub(super) enum Sent {
+    /// The new image is on the server (sent now, or found in place): wait for it. With the
+    /// record's id, what to wait for and the image that ran before.
+    Image {
+        id: i64,
+        since: Since,
+        previous: Option<String>,
+    },
+    /// The Deployment already ran the image's digest (`running`, under another tag): only its
+    /// own annotations were changed, so there is nothing to wait for.
+    Annotations { id: i64, running: String },
+}
+
 impl<C: Cluster> Rollout<'_, C> {
     /// Reads the Deployment, records the rollout with the image it runs now (the previous
-    /// image is on record before the change is sent: one write), then sets the new image
+    /// image is on record before the change is sent: one write), then sends the change
     /// against the version read. A 409 means someone changed the Deployment in between: read
-    /// again, record again, retry. Answers the record's id, what to wait for and the previous
-    /// image; an error comes with the record's id if there is one.
+    /// again, record again, retry. An error comes with the record's id if there is one.
     pub(super) async fn change_image(
         &self,
         record: Option<&DeployRow>,
-    ) -> Result<(i64, Since, Option<String>), (Option<i64>, ClusterError)> {
+    ) -> Result<Sent, (Option<i64>, ClusterError)> {
         let mut id = record.map(|r| r.id);
         // What ran before, as recorded before a patch that a restart interrupted.
         let recorded_previous = record.and_then(|r| r.previous_image.clone());
@@ -43,18 +58,14 @@ impl<C: Cluster> Rollout<'_, C> {
                     stale_verdict: None,
                 };
                 let previous = recorded_previous.or(Some(current));
-                return Ok((recorded, since, previous));
+                return Ok(Sent::Image {
+                    id: recorded,
+                    since,
+                    previous,
+                });
             }
-            match self.patch(&observed, &current).await {
-                Ok(after) => {
-                    let update = DeployUpdate {
-                        generation: Some(after.generation),
-                        patched: true,
-                        ..DeployUpdate::to(RolloutState::Patched)
-                    };
-                    self.deployer.update(recorded, update).await;
-                    return Ok((recorded, Since::change(&after), Some(current)));
-                }
+            match self.send(recorded, &observed, &current).await {
+                Ok(sent) => return Ok(sent),
                 Err(ClusterError::Conflict(_)) if attempt < CONFLICT_RETRIES => {
                     self.note(&format!(
                         "{} changed since it was read (409); reading again",
@@ -64,6 +75,34 @@ impl<C: Cluster> Rollout<'_, C> {
                 Err(e) => return Err((id, e)),
             }
         }
+    }
+
+    /// Sends the change against the version `observed`, over `current`: only the annotations
+    /// when `current` is the same image under another tag (a new tag in the pod template
+    /// would restart every pod for nothing), else the new image, recorded as `patched`.
+    async fn send(
+        &self,
+        id: i64,
+        observed: &Observed,
+        current: &str,
+    ) -> Result<Sent, ClusterError> {
+        if same_content(current, self.request.image) {
+            self.annotate(observed, current).await?;
+            let running = current.to_owned();
+            return Ok(Sent::Annotations { id, running });
+        }
+        let after = self.patch(observed, current).await?;
+        let update = DeployUpdate {
+            generation: Some(after.generation),
+            patched: true,
+            ..DeployUpdate::to(RolloutState::Patched)
+        };
+        self.deployer.update(id, update).await;
+        Ok(Sent::Image {
+            id,
+            since: Since::change(&after),
+            previous: Some(current.to_owned()),
+        })
     }
 
     /// Records what was read, before anything is sent: `planned` with the image running now as
@@ -104,6 +143,20 @@ impl<C: Cluster> Rollout<'_, C> {
                     .await
             }
         }
+    }
+
+    /// Writes this release on the Deployment's own annotations, against the version
+    /// `observed`, leaving its pod template (which runs `current`) as it is.
+    async fn annotate(&self, observed: &Observed, current: &str) -> Result<(), ClusterError> {
+        self.note(&format!(
+            "{} already runs {current} (the same digest); writing {} on its annotations, not on its pods",
+            self.target, self.request.tag
+        ));
+        let annotations = annotations(self.request, current);
+        self.cluster
+            .annotate(self.target, &annotations, &observed.resource_version)
+            .await?;
+        Ok(())
     }
 
     /// Sets the new image in place of `current`, against the version `observed`.

@@ -20,6 +20,14 @@ impl Outcome {
                 reason,
                 previous: row.previous_image.clone().unwrap_or_default(),
             },
+            RolloutState::Unchanged => Outcome::Unchanged {
+                // What ran before, recorded at the start; the record's own image is the same
+                // content, should that be missing.
+                running: row
+                    .previous_image
+                    .clone()
+                    .unwrap_or_else(|| row.image.clone()),
+            },
             RolloutState::Skipped => Outcome::Skipped { reason },
             RolloutState::Failed => Outcome::Failed { reason },
             RolloutState::Planned | RolloutState::Patched | RolloutState::RollingBack => {
@@ -32,6 +40,7 @@ impl Outcome {
     fn recorded_as(&self) -> (RolloutState, Option<String>) {
         match self {
             Outcome::Deployed { .. } => (RolloutState::Deployed, None),
+            Outcome::Unchanged { .. } => (RolloutState::Unchanged, None),
             Outcome::RolledBack { reason, .. } => (RolloutState::RolledBack, Some(reason.clone())),
             Outcome::Skipped { reason } => (RolloutState::Skipped, Some(reason.clone())),
             Outcome::Failed { reason } => (RolloutState::Failed, Some(reason.clone())),

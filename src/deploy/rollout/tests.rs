@@ -14,6 +14,10 @@ struct Fake {
     observed: Mutex<Observed>,
     conflicts: Mutex<u32>,
     patches: Mutex<u32>,
+    /// The image the Deployment ran before deploybot came.
+    first: String,
+    /// The annotations of each change to the Deployment's metadata only.
+    annotated: Mutex<Vec<BTreeMap<String, String>>>,
     /// Someone else's image, set right after deploybot's patch.
     then_someone_sets: Option<&'static str>,
     /// `web:2` never becomes ready: the controller has given up on it.
@@ -71,6 +75,23 @@ impl Cluster for Fake {
         Ok(answer)
     }
 
+    async fn annotate(
+        &self,
+        target: &DeploymentRef,
+        annotations: &BTreeMap<String, String>,
+        resource_version: &str,
+    ) -> Result<Observed, ClusterError> {
+        let mut observed = self.observed.lock().unwrap();
+        if resource_version != observed.resource_version {
+            return Err(ClusterError::Conflict(target.clone()));
+        }
+        self.annotated.lock().unwrap().push(annotations.clone());
+        // As the API server does: annotations count in a Deployment's generation.
+        observed.generation += 1;
+        observed.observed_generation = observed.generation;
+        Ok(observed.clone())
+    }
+
     async fn follow(&self, _: &DeploymentRef, _: &str) -> Result<Changes, ClusterError> {
         Ok(Box::pin(futures_util::stream::empty()))
     }
@@ -113,6 +134,7 @@ fn environment() -> Environment {
 
 fn fake(conflicts: u32, then_someone_sets: Option<&'static str>) -> Fake {
     Fake {
+        first: "web:1".into(),
         observed: Mutex::new(Observed {
             resource_version: "1".into(),
             generation: 1,
@@ -126,10 +148,30 @@ fn fake(conflicts: u32, then_someone_sets: Option<&'static str>) -> Fake {
         }),
         conflicts: Mutex::new(conflicts),
         patches: Mutex::new(0),
+        annotated: Mutex::default(),
         then_someone_sets,
         stalls: false,
         pods_hidden: false,
     }
+}
+
+/// A Deployment whose container runs `image`, pinned by digest, and that takes any change.
+fn running(image: &str) -> Fake {
+    let fake = Fake {
+        first: image.into(),
+        ..fake(0, None)
+    };
+    fake.observed
+        .lock()
+        .unwrap()
+        .images
+        .insert("api".into(), image.into());
+    fake
+}
+
+/// `registry/web:<tag>@sha256:<digest>`, as a job pushes it.
+fn pinned(tag: &str, digest: &str) -> String {
+    format!("registry:5000/myevents/web:{tag}@sha256:{digest}")
 }
 
 /// Deploys `web:2` (previously `web:1`) on `fake`; answers the outcome, the notes, the
@@ -144,6 +186,26 @@ async fn resume_on(
     fake: Fake,
     earlier: Option<(RolloutState, i64)>,
 ) -> (Outcome, Vec<String>, u32, DeployRow) {
+    let ran = run_on(fake, earlier, "web:2").await;
+    (ran.outcome, ran.notes, ran.patches, ran.record)
+}
+
+/// What a rollout did on the fake.
+struct Ran {
+    outcome: Outcome,
+    notes: Vec<String>,
+    /// Image changes sent.
+    patches: u32,
+    /// Changes to the Deployment's annotations only.
+    annotated: Vec<BTreeMap<String, String>>,
+    /// The container's image in the pod template afterwards.
+    image: String,
+    record: DeployRow,
+}
+
+/// Releases `image` as tag `v2` on `fake`, for a job whose rollout is recorded as `earlier`
+/// (state, generation) if a killed process left one.
+async fn run_on(fake: Fake, earlier: Option<(RolloutState, i64)>, image: &str) -> Ran {
     let dir = tempfile::tempdir().unwrap();
     let jobs = Arc::new(Jobs::open_migrated(dir.path()).unwrap());
     let job = jobs.insert_running_job_for_tests("myevents").unwrap();
@@ -161,9 +223,9 @@ async fn resume_on(
             container: "api".into(),
             tag: "v2".into(),
             pushed_at: "2026-01-01T00:00:00.000Z".into(),
-            image: "web:2".into(),
+            image: image.into(),
             state,
-            previous_image: Some("web:1".into()),
+            previous_image: Some(fake.first.clone()),
             generation: Some(generation),
             reason,
         })
@@ -185,20 +247,29 @@ async fn resume_on(
         sha: "",
         delivery: "",
         pushed_at: "2026-01-01T00:00:00.000Z",
-        image: "web:2",
+        image,
     };
     let notes = Mutex::new(Vec::new());
     let note = |text: &str| notes.lock().unwrap().push(text.to_owned());
     let outcome = deployer.run(&request, &note).await;
-    let patches = match deployer.clusters.get("production") {
-        Some(Ok(fake)) => *fake.patches.lock().unwrap(),
-        _ => unreachable!(),
+    let Some(Ok(fake)) = deployer.clusters.get("production") else {
+        unreachable!("the deployer holds the fake");
     };
     let record = jobs
         .deploy_history("myevents", "web", 10)
         .unwrap()
         .remove(0);
-    (outcome, notes.into_inner().unwrap(), patches, record)
+    let patches = *fake.patches.lock().unwrap();
+    let annotated = fake.annotated.lock().unwrap().clone();
+    let image = fake.observed.lock().unwrap().images["api"].clone();
+    Ran {
+        outcome,
+        notes: notes.into_inner().unwrap(),
+        patches,
+        annotated,
+        image,
+        record,
+    }
 }
 
 /// `fake` after deploybot's patch to `web:2` went through (generation 2).
@@ -352,4 +423,81 @@ async fn an_image_someone_else_sets_during_the_rollout_is_neither_claimed_nor_ro
     );
     assert_eq!(patches, 1, "no rollback over their change");
     assert_eq!(record.state, RolloutState::Failed);
+}
+
+#[tokio::test]
+async fn the_same_digest_under_a_new_tag_changes_only_the_annotations_and_is_recorded_unchanged() {
+    // Arrange: v1 runs; v2 is the same image under a new tag.
+    let (v1, v2) = (pinned("v1", "aaaa"), pinned("v2", "aaaa"));
+
+    // Act
+    let ran = run_on(running(&v1), None, &v2).await;
+
+    // Assert
+    assert_eq!(
+        ran.outcome,
+        Outcome::Unchanged {
+            running: v1.clone()
+        }
+    );
+    assert_eq!(ran.patches, 0, "the pod template is not touched");
+    assert_eq!(ran.image, v1);
+    let [annotations] = ran.annotated.as_slice() else {
+        panic!("one change to the annotations: {:?}", ran.annotated);
+    };
+    assert_eq!(annotations["deploybot.dev/tag"], "v2");
+    assert_eq!(annotations["deploybot.dev/previous-image"], v1);
+    assert!(
+        annotations["kubernetes.io/change-cause"].contains("v2"),
+        "{annotations:?}"
+    );
+    assert_eq!(
+        (ran.record.state, ran.record.previous_image.as_deref()),
+        (RolloutState::Unchanged, Some(v1.as_str()))
+    );
+    assert!(
+        ran.record.finished_at.is_some(),
+        "unchanged ends the rollout"
+    );
+    assert!(
+        ran.notes.iter().any(|n| n.contains("the same digest")),
+        "{:?}",
+        ran.notes
+    );
+}
+
+#[tokio::test]
+async fn a_different_digest_under_a_new_tag_is_still_rolled_out() {
+    let (v1, v2) = (pinned("v1", "aaaa"), pinned("v2", "bbbb"));
+
+    let ran = run_on(running(&v1), None, &v2).await;
+
+    assert_eq!(ran.outcome, Outcome::Deployed { image: v2 });
+    assert_eq!(ran.patches, 1);
+    assert!(ran.annotated.is_empty(), "{:?}", ran.annotated);
+    assert_eq!(ran.record.state, RolloutState::Deployed);
+}
+
+#[tokio::test]
+async fn a_rollout_recorded_as_unchanged_ends_unchanged_after_a_restart_sending_nothing() {
+    let (v1, v2) = (pinned("v1", "aaaa"), pinned("v2", "aaaa"));
+
+    let ran = run_on(running(&v1), Some((RolloutState::Unchanged, 1)), &v2).await;
+
+    assert_eq!(ran.outcome, Outcome::Unchanged { running: v1 });
+    assert_eq!((ran.patches, ran.annotated.len()), (0, 0));
+    assert_eq!(ran.record.state, RolloutState::Unchanged);
+}
+
+/// Killed after the annotations were sent but before the end was recorded: sending them
+/// again is harmless, and the rollout still ends unchanged.
+#[tokio::test]
+async fn an_unchanged_rollout_recorded_as_planned_annotates_again_and_ends_unchanged() {
+    let (v1, v2) = (pinned("v1", "aaaa"), pinned("v2", "aaaa"));
+
+    let ran = run_on(running(&v1), Some((RolloutState::Planned, 1)), &v2).await;
+
+    assert_eq!(ran.outcome, Outcome::Unchanged { running: v1 });
+    assert_eq!((ran.patches, ran.annotated.len()), (0, 1));
+    assert_eq!(ran.record.state, RolloutState::Unchanged);
 }

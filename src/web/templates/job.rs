@@ -174,3 +174,41 @@ fn deploy_row(d: &DeployRow) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RolloutCause, RolloutState};
+
+    #[test]
+    fn an_unchanged_rollout_shows_in_the_deploys_table_with_a_colour_of_its_own() {
+        let row = DeployRow {
+            id: 2,
+            cause: RolloutCause::Release { job: 7 },
+            project: "myevents".into(),
+            service: "web".into(),
+            environment: "production".into(),
+            namespace: "default".into(),
+            deployment: "web".into(),
+            container: "api".into(),
+            tag: "v1.0.1".into(),
+            pushed_at: String::new(),
+            image: "registry/web:v1.0.1@sha256:aa".into(),
+            previous_image: Some("registry/web:v1.0.0@sha256:aa".into()),
+            generation: None,
+            state: RolloutState::Unchanged,
+            reason: None,
+            created_at: String::new(),
+            patched_at: None,
+            finished_at: None,
+        };
+
+        let page = deploys("myevents", &[row]).into_string();
+
+        assert!(
+            page.contains(r#"<span class="state unchanged">unchanged</span>"#),
+            "{page}"
+        );
+        assert!(super::super::STYLE.contains(".unchanged{"));
+    }
+}

@@ -17,7 +17,7 @@ pub use job::job;
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}\
 td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}\
 .state{padding:2px 8px;border-radius:4px;color:#fff;background:#888}\
-.success,.deployed{background:#2e7d32}.failed{background:#c62828}.rolled_back,.rolling_back{background:#ef6c00}.running{background:#1565c0}\
+.success,.deployed{background:#2e7d32}.unchanged{background:#558b2f}.failed{background:#c62828}.rolled_back,.rolling_back{background:#ef6c00}.running{background:#1565c0}\
 .pending,.queued{background:#9e9e9e}.skipped{background:#bdbdbd;color:#333}.superseded{background:#6d4c41}\
 .grid td{border:none}.box{display:block;min-width:90px;padding:6px;border-radius:6px;color:#fff;text-decoration:none;text-align:center}\
 pre{background:#111;color:#eee;padding:1em;overflow:auto;max-height:60vh}\
