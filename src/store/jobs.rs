@@ -80,6 +80,14 @@ pub struct LogChunk {
     pub text: String,
 }
 
+/// An image deploybot built, as its record says: the engine's id for it, and where it was
+/// pushed (`repository@digest`), if it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltImage {
+    pub image_id: String,
+    pub pushed: Option<String>,
+}
+
 /// A stage's new state, and what goes with it.
 #[derive(Debug, Clone, Copy)]
 pub struct StageUpdate<'a> {
@@ -448,15 +456,39 @@ impl Jobs {
 
     /// The image deploybot built for `project` from exactly these inputs (a digest of them),
     /// if it recorded one: the only thing image reuse trusts.
-    pub fn built_image(&self, project: &str, input: &str) -> Result<Option<String>, StoreError> {
+    pub fn built_image(
+        &self,
+        project: &str,
+        input: &str,
+    ) -> Result<Option<BuiltImage>, StoreError> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT image_id FROM built_images WHERE project = ?1 AND input = ?2",
+                "SELECT image_id, pushed FROM built_images WHERE project = ?1 AND input = ?2",
                 params![project, input],
-                |row| row.get(0),
+                |row| {
+                    Ok(BuiltImage {
+                        image_id: row.get(0)?,
+                        pushed: row.get(1)?,
+                    })
+                },
             )
             .optional()?)
+    }
+
+    /// Records that the image built for `project` from these inputs is in the registry as
+    /// `pushed` (`repository@digest`).
+    pub fn record_built_push(
+        &self,
+        project: &str,
+        input: &str,
+        pushed: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE built_images SET pushed = ?3 WHERE project = ?1 AND input = ?2",
+            params![project, input, pushed],
+        )?;
+        Ok(())
     }
 
     /// Records the image `job` built for `project` from these inputs.
@@ -471,7 +503,7 @@ impl Jobs {
             "INSERT INTO built_images (project, input, image_id, job, built_at)
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (project, input) DO UPDATE SET image_id = excluded.image_id,
-                job = excluded.job, built_at = excluded.built_at",
+                job = excluded.job, built_at = excluded.built_at, pushed = NULL",
             params![project, input, image_id, job, now_text()],
         )?;
         Ok(())

@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use deploys::{DeployRow, RolloutCause, RolloutState, UnexpectedValue};
 pub(crate) use deploys::{DeployUpdate, NewDeploy};
-pub use jobs::{ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow, StageUpdate};
+pub use jobs::{
+    BuiltImage, ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow, StageUpdate,
+};
 pub use outbox::NewReport;
 pub(crate) use outbox::{Outbox, OutboxRow};
 pub use reader::{DeliveryRow, Reader};

@@ -164,6 +164,9 @@ const MIGRATIONS: &[&str] = &[
     BOUNDED_REJECTIONS,
     // 8: a rollout may end `unchanged`; see UNCHANGED_ROLLOUTS.
     UNCHANGED_ROLLOUTS,
+    // 9: where an image deploybot built was pushed (`repository@digest`), so that a later
+    // release of the same inputs copies its manifest in the registry instead of pushing again.
+    "ALTER TABLE built_images ADD COLUMN pushed TEXT;",
 ];
 
 /// A rejection keeps the source it came from (the client address, or its IPv6 /64), and

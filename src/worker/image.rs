@@ -18,6 +18,31 @@ use crate::pipeline::{Service, Stage};
 use crate::report::StatusState;
 use crate::store::StageUpdate;
 
+/// How an image of unchanged inputs is had again.
+pub(super) enum Reuse {
+    /// The engine still has it: tag it (the push stage pushes it: the same digest).
+    Local { image_id: String },
+    /// It is in the job's registry repository: the push stage gives it the tag there.
+    InRegistry { repository: String, digest: String },
+}
+
+/// Where the push stage gets the tag's image from.
+pub(super) enum PushSource {
+    /// The engine pushes the local image.
+    Engine,
+    /// The registry copies the manifest of `repository@digest` to the tag.
+    Copy { repository: String, digest: String },
+}
+
+/// `registry/name` of `registry/name:tag`.
+pub(super) fn repository_of(reference: &str) -> &str {
+    let slash = reference.rfind('/').unwrap_or(0);
+    match reference[slash..].rfind(':') {
+        Some(colon) => &reference[..slash + colon],
+        None => reference,
+    }
+}
+
 fn image_failure(reason: String) -> Failure {
     Failure {
         stage: StageName::Image,
@@ -27,16 +52,40 @@ fn image_failure(reason: String) -> Failure {
 }
 
 impl<E: Executor, C: Cluster> Runner<E, C> {
-    /// The image deploybot recorded for these inputs, if it is still here.
-    pub(super) async fn recorded_image(&self, cx: &JobContext<'_>, input: &str) -> Option<String> {
+    /// How the image deploybot recorded for these inputs can be had again for `reference`, if
+    /// it can: in the registry, when the job pushes there and the image was pushed to the same
+    /// repository (no engine needed); else from the engine, when it still has it (it may have
+    /// been pruned: then the service is built again).
+    pub(super) async fn recorded_image(
+        &self,
+        cx: &JobContext<'_>,
+        input: &str,
+        reference: &str,
+    ) -> Option<Reuse> {
         let (project, input) = (cx.job.project.clone(), input.to_owned());
-        let image = self
+        let built = self
             .blocking(move |jobs| jobs.built_image(&project, &input))
             .await
             .ok()
             .flatten()?;
-        // The engine may have lost it (pruned): then it is built again.
-        self.executor.image_id(&image).await.ok().flatten()
+        let in_registry = built.pushed.as_deref().and_then(|p| p.split_once('@'));
+        if let (true, Some(_), Some((repository, digest))) =
+            (cx.pushes, &self.registry, in_registry)
+        {
+            if repository == repository_of(reference) {
+                return Some(Reuse::InRegistry {
+                    repository: repository.to_owned(),
+                    digest: digest.to_owned(),
+                });
+            }
+        }
+        let image_id = self
+            .executor
+            .image_id(&built.image_id)
+            .await
+            .ok()
+            .flatten()?;
+        Some(Reuse::Local { image_id })
     }
 
     /// Builds the service's image as `reference`; records it under `input` for reuse.
@@ -123,9 +172,9 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         &self,
         cx: &JobContext<'_>,
         service: &Service,
-        image: &str,
+        reuse: Reuse,
         reference: &str,
-    ) -> Result<(), Failure> {
+    ) -> Result<PushSource, Failure> {
         let job = cx.job;
         for stage in [Stage::Check, Stage::Compile] {
             if service.steps.iter().any(|s| s.stage == stage) {
@@ -136,18 +185,29 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 self.stage(job.id, update).await;
             }
         }
-        self.executor
-            .tag(image, reference)
-            .await
-            .map_err(|e| image_failure(e.to_string()))?;
-        let note = format!("unchanged inputs: reusing {image} as {reference}");
+        let (note, source) = match reuse {
+            Reuse::Local { image_id } => {
+                self.executor
+                    .tag(&image_id, reference)
+                    .await
+                    .map_err(|e| image_failure(e.to_string()))?;
+                let note = format!("unchanged inputs: reusing {image_id} as {reference}");
+                (note, PushSource::Engine)
+            }
+            Reuse::InRegistry { repository, digest } => {
+                let note = format!(
+                    "unchanged inputs: reusing {repository}@{digest}, tagged in the registry"
+                );
+                (note, PushSource::Copy { repository, digest })
+            }
+        };
         cx.log.stage(&service.name, StageName::Image).note(&note);
         let (id, name, reference_owned) = (job.id, service.name.clone(), reference.to_owned());
         let _ = self
             .blocking(move |jobs| jobs.record_image(id, &name, &reference_owned, None))
             .await;
         self.image_done(cx, service, reference, &note).await;
-        Ok(())
+        Ok(source)
     }
 
     /// The image stage's success; the service's status says the push is next.

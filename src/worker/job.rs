@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::image::PushSource;
 use super::logs::{clip, JobLog, Masker, REASON_BYTES};
 use super::reporter::Reporter;
 use super::runner::{Deployed, JobContext, Runner};
@@ -412,18 +413,25 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         );
         let input = self.build_input(cx, service).await;
         let recorded = match &input {
-            Some(input) => self.recorded_image(cx, input).await,
+            Some(input) => self.recorded_image(cx, input, &reference).await,
             None => None,
         };
-        match recorded {
-            Some(image) => self.reuse_image(cx, service, &image, &reference).await?,
+        let source = match recorded {
+            Some(reuse) => self.reuse_image(cx, service, reuse, &reference).await?,
             None => {
                 self.run_steps(cx, service).await?;
                 self.image_stage(cx, service, &reference, input.as_deref())
                     .await?;
+                PushSource::Engine
             }
-        }
-        self.push_stage(cx, service, &reference, timeout).await
+        };
+        let push = super::push::Push {
+            reference: &reference,
+            input: input.as_deref(),
+            source,
+            timeout,
+        };
+        self.push_stage(cx, service, push).await
     }
 
     /// The digest of everything the service's image is built from, when it can be pinned.

@@ -63,10 +63,14 @@ pub struct Worker<E: Executor, C: Cluster> {
     jobs: Arc<Jobs>,
     executor: Arc<E>,
     checkouts: Arc<Checkouts>,
+    registry: Option<Arc<crate::registry::RegistryClient>>,
     wake: Arc<Notify>,
     reports: Arc<Notify>,
     metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// How long one request to the registry may take (a manifest copy is two small requests).
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl<E: Executor, C: Cluster> Worker<E, C> {
     pub fn new(
@@ -79,12 +83,20 @@ impl<E: Executor, C: Cluster> Worker<E, C> {
         deployer: Arc<Deployer<C>>,
     ) -> Self {
         let checkouts = Arc::new(Checkouts::new(&settings.server.data_dir));
+        // Without a client an unchanged service is tagged through the engine instead.
+        let registry = settings.registry.as_ref().and_then(|r| {
+            crate::registry::RegistryClient::new(r, REGISTRY_TIMEOUT)
+                .map_err(|e| tracing::warn!(error = %e, "No registry client: tags are copied through the engine"))
+                .ok()
+                .map(Arc::new)
+        });
         Worker {
             settings,
             deployer,
             jobs,
             executor,
             checkouts,
+            registry,
             wake,
             reports,
             metrics,
@@ -126,6 +138,7 @@ impl<E: Executor, C: Cluster> Worker<E, C> {
                         jobs: self.jobs.clone(),
                         executor: self.executor.clone(),
                         checkouts: self.checkouts.clone(),
+                        registry: self.registry.clone(),
                         shutdown: shutdown.clone(),
                         reports: self.reports.clone(),
                         metrics: self.metrics.clone(),

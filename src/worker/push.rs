@@ -1,13 +1,15 @@
 //! A service's push stage: once per tag. A tag deploybot already pushed keeps its first
 //! digest (`pushed_tags` in the store): a retry, resume or re-run of the same commit reuses it
-//! instead of pushing again, and a tag pushed from another commit is refused.
+//! instead of pushing again, and a tag pushed from another commit is refused. An image already
+//! in the registry (an unchanged service) gets its tag there, by a copy of its manifest.
 
 use std::time::Duration;
 
+use super::image::{repository_of, PushSource};
 use super::job::{log_mask, with_timeout, Failure};
 use super::runner::{JobContext, Runner};
 use crate::deploy::Cluster;
-use crate::docker::{Executor, RegistryAuth};
+use crate::docker::{ExecError, Executor, RegistryAuth};
 use crate::domain::{StageName, StageState};
 use crate::pipeline::Service;
 use crate::report::StatusState;
@@ -20,10 +22,9 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         &self,
         cx: &JobContext<'_>,
         service: &Service,
-        reference: &str,
-        timeout: Duration,
+        push: Push<'_>,
     ) -> Result<(), Failure> {
-        let job = cx.job;
+        let (job, reference) = (cx.job, push.reference);
         if !cx.pushes {
             // Built, and by policy not pushed: that is this service's success.
             let words = format!(
@@ -37,7 +38,8 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         }
         let update = StageUpdate::new(&service.name, StageName::Push, StageState::Running);
         self.stage(job.id, update).await;
-        let digest = self.pushed(cx, service, reference, timeout).await?;
+        let input = push.input.map(str::to_owned);
+        let digest = self.pushed(cx, service, push).await?;
         let pushed = format!("{reference}@{digest}");
         let reports = if cx.deploys(service) {
             let words = format!("Pushed {pushed}; deploying next");
@@ -46,13 +48,24 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             let words = format!("Pushed {pushed}");
             cx.status(&service.name, StatusState::Success, &words)
         };
-        let (id, name, reference) = (job.id, service.name.clone(), reference.to_owned());
+        let (id, name, reference) = (job.id, service.name.to_string(), reference.to_owned());
+        let (project, in_registry) = (
+            job.project.clone(),
+            format!("{}@{digest}", repository_of(&reference)),
+        );
         self.record_stage(
             &service.name,
             StageName::Push,
             StageState::Success,
             reports,
-            move |jobs, reports| jobs.record_push(id, &name, &reference, &digest, reports),
+            move |jobs, reports| {
+                jobs.record_push(id, &name, &reference, &digest, reports)?;
+                // A later release of the same inputs copies this in the registry.
+                match input {
+                    Some(input) => jobs.record_built_push(&project, &input, &in_registry),
+                    None => Ok(()),
+                }
+            },
         )
         .await;
         Ok(())
@@ -63,9 +76,9 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         &self,
         cx: &JobContext<'_>,
         service: &Service,
-        reference: &str,
-        timeout: Duration,
+        push: Push<'_>,
     ) -> Result<String, Failure> {
+        let reference = push.reference;
         let fail = |reason: String| Failure {
             stage: StageName::Push,
             exit_code: None,
@@ -92,16 +105,42 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                     "{reference} was already pushed from commit {commit} as {digest}; pushed tags are immutable (use a new tag)"
                 )));
             }
-            None => {
-                let auth = self.registry_auth();
-                let push = self.executor.push_image(reference, auth.as_ref(), &sink);
-                with_timeout(timeout, push)
-                    .await
-                    .map_err(|e| fail(log_mask(cx.log, &e.to_string())))?
-            }
+            None => with_timeout(push.timeout, self.send(reference, push.source, &sink))
+                .await
+                .map_err(|e| fail(log_mask(cx.log, &e.to_string())))?,
         };
         sink.note(&format!("pushed {reference}@{digest}"));
         Ok(digest)
+    }
+
+    /// Puts the image in the registry under `reference`: the engine pushes it, or the
+    /// registry copies the manifest of an image already there.
+    async fn send(
+        &self,
+        reference: &str,
+        source: PushSource,
+        sink: &dyn crate::docker::LogSink,
+    ) -> Result<String, ExecError> {
+        match (source, &self.registry) {
+            (PushSource::Copy { repository, digest }, Some(registry)) => {
+                let (name, tag) = name_and_tag(&repository, reference);
+                sink.line(&format!("copying {repository}@{digest} to the tag {tag}"));
+                registry
+                    .copy_tag(name, &digest, tag)
+                    .await
+                    .map_err(|e| ExecError::Push {
+                        reference: reference.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(digest)
+            }
+            _ => {
+                let auth = self.registry_auth();
+                self.executor
+                    .push_image(reference, auth.as_ref(), sink)
+                    .await
+            }
+        }
     }
 
     /// The registry's credentials, in the executor's terms, when a password is configured.
@@ -112,5 +151,44 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             username: registry.username.clone(),
             password: password.clone(),
         })
+    }
+}
+
+/// What the push stage pushes: the tag's reference, the build inputs it came from (recorded
+/// with where it lands), where the image comes from, and how long it may take.
+pub(super) struct Push<'a> {
+    pub(super) reference: &'a str,
+    pub(super) input: Option<&'a str>,
+    pub(super) source: PushSource,
+    pub(super) timeout: Duration,
+}
+
+/// The repository's name in the registry (`team/web`, without the registry's address) and
+/// the tag of `reference` (`registry/team/web:tag`).
+fn name_and_tag<'a>(repository: &'a str, reference: &'a str) -> (&'a str, &'a str) {
+    let name = repository
+        .split_once('/')
+        .map_or(repository, |(_, name)| name);
+    let tag = reference
+        .strip_prefix(repository)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or("latest");
+    (name, tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_names_its_repository_and_tag_in_the_registry() {
+        assert_eq!(
+            name_and_tag("127.0.0.1:5000/team/web", "127.0.0.1:5000/team/web:v1.2.3"),
+            ("team/web", "v1.2.3")
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:5000/team/web:v1"),
+            "127.0.0.1:5000/team/web"
+        );
     }
 }

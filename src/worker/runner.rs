@@ -25,6 +25,8 @@ pub(super) struct Runner<E: Executor, C: Cluster> {
     pub(super) jobs: Arc<Jobs>,
     pub(super) executor: Arc<E>,
     pub(super) checkouts: Arc<Checkouts>,
+    /// The registry images are pushed to, for what is done there directly (a tag copied).
+    pub(super) registry: Option<Arc<crate::registry::RegistryClient>>,
     pub(super) shutdown: CancellationToken,
     /// Wakes the report sender after statuses are queued.
     pub(super) reports: Arc<tokio::sync::Notify>,

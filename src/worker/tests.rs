@@ -216,7 +216,7 @@ impl Harness {
             Arc::new(Jobs::open(data.path(), "deploy").unwrap()),
         ));
         let wake = Arc::new(tokio::sync::Notify::new());
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             settings,
             Arc::new(Jobs::open(data.path(), "worker").unwrap()),
             executor.clone(),
@@ -225,6 +225,8 @@ impl Harness {
             Arc::new(crate::metrics::Metrics::new().unwrap()),
             deployer,
         );
+        // The in-memory engine stands for the registry too: a tag is copied through it.
+        worker.registry = None;
         let stop = CancellationToken::new();
         tokio::spawn(worker.run(stop.clone()));
         Harness {

@@ -527,6 +527,8 @@ async fn a_commit_that_touches_only_the_frontend_rebuilds_only_the_frontend() {
     let old = build.registry.digest("myevents/frontend", "v6.0.0").await;
     let new = build.registry.digest("myevents/frontend", "v6.1.0").await;
     assert_ne!(new, old, "the frontend changed");
+    let log = build.log(second.job.id);
+    assert!(log.contains("tagged in the registry"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
