@@ -135,8 +135,9 @@ echo "== 3. a new commit touching only eventservice, tagged -> three Deployments
 changed=$state/changed.txt; : > "$changed"
 for r in $(seq "$rounds"); do
   echo "// round $r" >> "$work/src/eventservice/main.go"; commit "eventservice only, round $r"
-  s=$(seed_run "v$r.1.0-seed")
-  d=$(deploybot_run "v$r.1.0")
+  # Tags newer than every release so far: an older one would be skipped (semver order).
+  s=$(seed_run "v1$r.0.0-seed")
+  d=$(deploybot_run "v1$r.0.0")
   echo "round $r: seed ${s}s | deploybot ${d}s" | tee -a "$changed" >&2
 done
 
