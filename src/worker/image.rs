@@ -163,7 +163,8 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 }
             })
             .await;
-        self.image_done(cx, service, reference, reference).await;
+        let words = format!("Built {reference}; pushing");
+        self.image_done(cx, service, &words, reference).await;
         Ok(())
     }
 
@@ -206,24 +207,16 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         let _ = self
             .blocking(move |jobs| jobs.record_image(id, &name, &reference_owned, None))
             .await;
-        self.image_done(cx, service, reference, &note).await;
+        // The status says so: nothing changed in this service, its image is reused.
+        let words = format!("Unchanged: reusing its image as {reference}; pushing");
+        self.image_done(cx, service, &words, &note).await;
         Ok(source)
     }
 
-    /// The image stage's success; the service's status says the push is next.
-    async fn image_done(
-        &self,
-        cx: &JobContext<'_>,
-        service: &Service,
-        reference: &str,
-        detail: &str,
-    ) {
+    /// The image stage's success; the service's status (`words`) says the push is next.
+    async fn image_done(&self, cx: &JobContext<'_>, service: &Service, words: &str, detail: &str) {
         let reports = if cx.pushes {
-            cx.status(
-                &service.name,
-                StatusState::Pending,
-                &format!("Built {reference}; pushing"),
-            )
+            cx.status(&service.name, StatusState::Pending, words)
         } else {
             Vec::new()
         };
