@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::docker::DockerEngine;
+use crate::executor::DockerEngine;
 use crate::intake::{self, BodyBudget, IntakeState, RejectionBudget};
 use crate::metrics::Metrics;
 use crate::report::sender::Sender;
@@ -213,7 +213,7 @@ async fn start_worker(
     deployer: Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
 ) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
     // One deploybot per store: its containers are labelled with a digest of the store's path.
-    let instance = crate::docker::instance_id(&settings.server.data_dir);
+    let instance = crate::executor::instance_id(&settings.server.data_dir);
     let engine = match DockerEngine::connect(&instance).await {
         Ok(engine) => engine,
         Err(e) => {

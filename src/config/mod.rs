@@ -118,7 +118,7 @@ pub struct WorkerSettings {
     pub lease: Duration,
     pub log_limit_bytes: usize,
     /// What a step may use at most (toolchains tighten it); image builds get it too.
-    pub limits: crate::docker::Limits,
+    pub limits: crate::executor::Limits,
     pub max_context_bytes: u64,
     /// Claims of one job (each a worker that died with it) before it fails instead.
     pub max_attempts: u32,
@@ -145,7 +145,7 @@ pub struct Toolchain {
     pub caches: Vec<String>,
     /// `uid[:gid]`, never root.
     pub user: String,
-    pub limits: crate::docker::Limits,
+    pub limits: crate::executor::Limits,
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::raw::{RawSettings, RawToolchain};
 use super::{Problem, Toolchain, WorkerSettings};
-use crate::docker::Limits;
+use crate::executor::Limits;
 
 const MIB: i64 = 1024 * 1024;
 const NANOS_PER_CPU: f64 = 1e9;

@@ -11,7 +11,7 @@ use super::runner::Runner;
 use crate::checkout::Tree;
 use crate::config::Project;
 use crate::deploy::Cluster;
-use crate::docker::Executor;
+use crate::executor::Executor;
 use crate::store::ClaimedJob;
 
 impl<E: Executor, C: Cluster> Runner<E, C> {

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::docker::LogSink;
 use crate::domain::StageName;
+use crate::executor::LogSink;
 use crate::store::Jobs;
 
 /// How many of a service's last lines a failure report quotes, and how much of each.

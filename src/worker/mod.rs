@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkout::Checkouts;
 use crate::config::Settings;
 use crate::deploy::{Cluster, Deployer};
-use crate::docker::Executor;
+use crate::executor::Executor;
 use crate::store::Jobs;
 
 /// Queues the final commit status of a job an operator canceled (the store already says

@@ -9,8 +9,8 @@ use super::image::{repository_of, PushSource};
 use super::job::{log_mask, with_timeout, Failure};
 use super::runner::{JobContext, Runner};
 use crate::deploy::Cluster;
-use crate::docker::{ExecError, Executor, RegistryAuth};
 use crate::domain::{StageName, StageState};
+use crate::executor::{ExecError, Executor, RegistryAuth};
 use crate::pipeline::Service;
 use crate::report::StatusState;
 use crate::store::StageUpdate;
@@ -119,7 +119,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         &self,
         reference: &str,
         source: PushSource,
-        sink: &dyn crate::docker::LogSink,
+        sink: &dyn crate::executor::LogSink,
     ) -> Result<String, ExecError> {
         match (source, &self.registry) {
             (PushSource::Copy { repository, digest }, Some(registry)) => {

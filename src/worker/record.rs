@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::runner::Runner;
 use crate::deploy::Cluster;
-use crate::docker::Executor;
 use crate::domain::{StageName, StageState};
+use crate::executor::Executor;
 use crate::store::{ClaimedJob, Jobs, NewReport, StageUpdate, StoreError};
 
 impl<E: Executor, C: Cluster> Runner<E, C> {

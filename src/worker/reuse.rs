@@ -18,7 +18,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
-use crate::docker::Executor;
+use crate::executor::Executor;
 use crate::pipeline::dockerfile::Dockerfile;
 use crate::pipeline::Service;
 

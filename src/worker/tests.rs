@@ -17,8 +17,8 @@ use super::Worker;
 use crate::config::{Settings, Sources};
 use crate::deploy::{Changes, ClusterError, DeploymentRef, ImageChange, Observed};
 use crate::deploy::{Cluster, Deployer};
-use crate::docker::memory::{Event, MemoryExecutor, Script};
 use crate::domain::{CommitSha, GitRef, JobState, StageName, StageState};
+use crate::executor::memory::{Event, MemoryExecutor, Script};
 use crate::intake::PushEvent;
 use crate::store::{JobDetail, Jobs, RolloutState};
 

@@ -333,7 +333,7 @@ async fn a_build_killed_mid_way_completes_once_after_a_restart() {
             "--filter",
             &format!(
                 "label=deploybot.instance={}",
-                deploybot::docker::instance_id(&dir.path().join("data"))
+                deploybot::executor::instance_id(&dir.path().join("data"))
             ),
         ])
         .output()

@@ -454,7 +454,7 @@ async fn a_step_writing_one_endless_line_is_cut_and_its_failure_detail_stays_sma
 /// How many containers of `job` the engine has (of this test's deploybot: every test's store
 /// numbers its jobs from 1).
 fn containers_of(build: &Build, job: i64) -> usize {
-    let instance = deploybot::docker::instance_id(build.app.data_dir.path());
+    let instance = deploybot::executor::instance_id(build.app.data_dir.path());
     let out = Command::new("docker")
         .args([
             "ps",

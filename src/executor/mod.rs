@@ -1,12 +1,12 @@
-//! Containers and images: the only code that talks to the container engine.
+//! Containers and images: the only code that talks to a container engine or runs builds.
 //!
 //! The worker sees the [`Executor`] trait: run a step in a container, build an image from a
-//! context directory, push an image. `engine.rs` implements it on the Docker Engine API
+//! context directory, push an image. `docker.rs` implements it on the Docker Engine API
 //! through bollard; another backend (Podman, a remote builder) would be one more file.
 //! Every container deploybot creates carries the label `deploybot.job=<id>`, so a job's
 //! leftovers (and a crashed process's orphans) can be found and removed.
 
-mod engine;
+mod docker;
 #[cfg(test)]
 pub(crate) mod memory;
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use engine::DockerEngine;
+pub(crate) use docker::DockerEngine;
 
 /// The label every deploybot container and image carries, with the job id as value.
 pub const JOB_LABEL: &str = "deploybot.job";
