@@ -7,13 +7,14 @@
 # repository so that scripts/build-image.sh can make the base of deploybot's own image.
 #
 # What it builds: a Debian bookworm rootfs from debootstrap (imported with `docker import`), then Go,
-# Node and a static busybox runtime from Debian packages (scripts/images/Dockerfile.*):
-#   $PREFIX/debian:bookworm  $PREFIX/golang:1.19  $PREFIX/node:18  $PREFIX/static:latest
+# Node, a static busybox runtime and the Kubernetes executor's builder (buildah + git) from Debian
+# packages (scripts/images/Dockerfile.*):
+#   $PREFIX/debian:bookworm  $PREFIX/golang:1.19  $PREFIX/node:18  $PREFIX/static:latest  $PREFIX/builder:1
 # Needs root, docker, debootstrap (`apt-get install debootstrap`), and the Debian archive named in this
 # machine's apt sources (or MIRROR). Skips an image that exists unless --force; once debian is
 # (re)built, the images named after it are rebuilt on it too. A missing debian image is built first.
 #
-# Usage: build-base-images.sh [--force] [debian|golang|node|static]...   (default: all four, in order)
+# Usage: build-base-images.sh [--force] [debian|golang|node|static|builder]...   (default: all five, in order)
 # Settings, all optional: PREFIX (deploybot-local), MIRROR, SECURITY_MIRROR, TMPDIR (where the rootfs
 # is made), EXTRA_CA_DIR (default /usr/local/share/ca-certificates; empty skips it).
 # The images carry this machine's locally trusted CAs: never push them anywhere public.
@@ -32,12 +33,12 @@ force=0; want=()
 for a in "$@"; do
   case $a in
     --force) force=1 ;;
-    debian|golang|node|static) want+=("$a") ;;
-    *) echo "usage: $0 [--force] [debian|golang|node|static]..." >&2; exit 2 ;;
+    debian|golang|node|static|builder) want+=("$a") ;;
+    *) echo "usage: $0 [--force] [debian|golang|node|static|builder]..." >&2; exit 2 ;;
   esac
 done
-[ ${#want[@]} -gt 0 ] || want=(debian golang node static)
-declare -A tag=([debian]=$P/debian:bookworm [golang]=$P/golang:1.19 [node]=$P/node:18 [static]=$P/static:latest)
+[ ${#want[@]} -gt 0 ] || want=(debian golang node static builder)
+declare -A tag=([debian]=$P/debian:bookworm [golang]=$P/golang:1.19 [node]=$P/node:18 [static]=$P/static:latest [builder]=$P/builder:1)
 # The others are built FROM the debian image: make it first when it is missing, rather than let
 # `docker build` try to pull it.
 if [ "${want[0]}" != debian ] && ! docker image inspect "${tag[debian]}" >/dev/null 2>&1; then

@@ -48,7 +48,7 @@ if $browser; then
 fi
 
 echo "== base images"
-bash scripts/build-base-images.sh golang node static
+bash scripts/build-base-images.sh golang node static builder
 
 echo "== Kubernetes v1.20.2 (built once from Debian's sources, then started)"
 bash scripts/k8s/build.sh > /tmp/deploybot-k8s-build.log 2>&1 || { tail -30 /tmp/deploybot-k8s-build.log; exit 1; }

@@ -124,18 +124,13 @@ fn environment(
         Some(secs) => Duration::from_secs(secs),
         None => DEFAULT_ROLLOUT_TIMEOUT,
     };
-    let cluster = cluster_access(raw).map_err(&mut problem).ok();
-    let tokens = match &cluster {
-        Some(cluster) => cluster_tokens(cluster)
-            .map_err(&mut problem)
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    for (key, path) in [("ca_file", &raw.ca_file), ("kubeconfig", &raw.kubeconfig)] {
-        if let Some(path) = path.as_ref().filter(|p| !p.exists()) {
-            problem((key, format!("{} does not exist", path.display())));
+    let (cluster, tokens) = match reach(&raw.access()) {
+        Ok((cluster, tokens)) => (Some(cluster), tokens),
+        Err(keys) => {
+            keys.into_iter().for_each(&mut problem);
+            (None, Vec::new())
         }
-    }
+    };
     let mut patterns = |key: &'static str, list: &[String]| -> Vec<Pattern> {
         list.iter()
             .filter_map(|p| Pattern::parse(p).map_err(|m| problem((key, m))).ok())
@@ -165,7 +160,7 @@ fn environment(
 }
 
 /// A problem with one key of an environment, and why.
-type KeyProblem = (&'static str, String);
+pub(super) type KeyProblem = (&'static str, String);
 
 fn order(raw: &RawEnvironment) -> Result<DeployOrder, KeyProblem> {
     match raw.order.as_deref() {
@@ -178,20 +173,67 @@ fn order(raw: &RawEnvironment) -> Result<DeployOrder, KeyProblem> {
     }
 }
 
+/// The keys that say how to reach a cluster, as `[[environments]]` and `[executor]` both have
+/// them.
+pub(super) struct AccessKeys<'a> {
+    pub kubeconfig: Option<&'a PathBuf>,
+    pub context: Option<&'a String>,
+    pub in_cluster: Option<bool>,
+    pub api_server: Option<&'a String>,
+    pub ca_file: Option<&'a PathBuf>,
+    pub token_file: Option<&'a PathBuf>,
+}
+
+impl RawEnvironment {
+    fn access(&self) -> AccessKeys<'_> {
+        AccessKeys {
+            kubeconfig: self.kubeconfig.as_ref(),
+            context: self.context.as_ref(),
+            in_cluster: self.in_cluster,
+            api_server: self.api_server.as_ref(),
+            ca_file: self.ca_file.as_ref(),
+            token_file: self.token_file.as_ref(),
+        }
+    }
+}
+
+/// How to reach a cluster and the tokens that must be masked, or every key that is wrong.
+pub(super) fn reach(
+    keys: &AccessKeys<'_>,
+) -> Result<(ClusterAccess, Vec<SecretString>), Vec<KeyProblem>> {
+    let mut wrong = Vec::new();
+    let cluster = cluster_access(keys).map_err(|p| wrong.push(p)).ok();
+    let tokens = match &cluster {
+        Some(cluster) => cluster_tokens(cluster)
+            .map_err(|p| wrong.push(p))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for (key, path) in [("ca_file", keys.ca_file), ("kubeconfig", keys.kubeconfig)] {
+        if let Some(path) = path.filter(|p| !p.exists()) {
+            wrong.push((key, format!("{} does not exist", path.display())));
+        }
+    }
+    match cluster {
+        Some(cluster) if wrong.is_empty() => Ok((cluster, tokens)),
+        _ => Err(wrong),
+    }
+}
+
 /// Exactly one way to reach the cluster: a kubeconfig, the pod's service account, or an API
 /// server with a bearer token file.
-fn cluster_access(raw: &RawEnvironment) -> Result<ClusterAccess, KeyProblem> {
+fn cluster_access(raw: &AccessKeys<'_>) -> Result<ClusterAccess, KeyProblem> {
     let in_cluster = raw.in_cluster.unwrap_or(false);
-    match (&raw.kubeconfig, in_cluster, &raw.api_server, &raw.token_file) {
+    match (raw.kubeconfig, in_cluster, raw.api_server, raw.token_file) {
         (Some(path), false, None, _) => Ok(ClusterAccess::Kubeconfig {
             path: path.clone(),
-            context: raw.context.clone(),
+            context: raw.context.cloned(),
         }),
         (None, true, None, _) => Ok(ClusterAccess::InCluster),
         (None, false, Some(api_server), Some(token_file)) if api_server.starts_with("https://") => {
             Ok(ClusterAccess::Explicit {
                 api_server: api_server.clone(),
-                ca_file: raw.ca_file.clone(),
+                ca_file: raw.ca_file.cloned(),
                 token_file: token_file.clone(),
             })
         }

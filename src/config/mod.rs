@@ -7,6 +7,7 @@
 //! `deploybot check-config` can print them all at once. Nothing here panics on bad input.
 
 mod environment;
+mod executor;
 mod project;
 mod raw;
 mod secret;
@@ -25,6 +26,7 @@ use crate::domain::{ProjectName, RepoSlug};
 use crate::forge::ForgeKind;
 
 pub use environment::{ClusterAccess, DeployOrder, Environment};
+pub use executor::{ExecutorSettings, KubernetesExecutor};
 
 /// The embedded defaults (`config/default.toml`), compiled into the binary.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
@@ -48,6 +50,8 @@ pub struct Settings {
     pub action_token: Option<SecretString>,
     /// Where tag images roll out; none: nothing is deployed.
     pub environments: Vec<Environment>,
+    /// Where builds run.
+    pub executor: ExecutorSettings,
 }
 
 /// What the store forgets, and how often it looks.
@@ -219,6 +223,11 @@ impl Settings {
         }
         for environment in &self.environments {
             for token in &environment.tokens {
+                values.push(token.expose_secret().to_owned());
+            }
+        }
+        if let ExecutorSettings::Kubernetes(kubernetes) = &self.executor {
+            for token in &kubernetes.tokens {
                 values.push(token.expose_secret().to_owned());
             }
         }

@@ -26,6 +26,37 @@ pub struct RawSettings {
     pub chat: Vec<RawChat>,
     #[serde(default)]
     pub environments: Vec<RawEnvironment>,
+    #[serde(default)]
+    pub executor: RawExecutor,
+}
+
+/// Where builds run: beside a Docker engine (default) or as pods on a Kubernetes cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExecutor {
+    /// `docker` (default) or `kubernetes`; the other keys are the Kubernetes executor's.
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub in_cluster: Option<bool>,
+    pub api_server: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub builder_image: Option<String>,
+    pub service_account: Option<String>,
+    #[serde(default)]
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    pub request_cpus: Option<f64>,
+    pub request_memory_mb: Option<u64>,
+    pub max_cpus: Option<f64>,
+    pub max_memory_mb: Option<u64>,
+    pub cache_claim: Option<String>,
+    pub host_network: Option<bool>,
+    pub search_registries: Option<Vec<String>>,
+    pub start_timeout_secs: Option<u64>,
 }
 
 /// Where tag (or branch) images roll out: a cluster, a namespace, and which refs go there.

@@ -47,6 +47,7 @@ pub fn settings(
     let retention = retention(&raw, &mut problems);
     let chat = chat_channels(&raw, lookup_env, &mut problems);
     let environments = super::environment::environments(&raw, &mut problems);
+    let executor = super::executor::executor(&raw, &worker, &toolchains, &mut problems);
     // An empty inline token means "no token" (the embedded default); a token given some other
     // way must not be empty (SecretSpec refuses that).
     let inline_token = raw
@@ -79,6 +80,7 @@ pub fn settings(
             chat,
             action_token,
             environments,
+            executor,
         }),
         _ => Err(ConfigError::Invalid(problems)),
     }
