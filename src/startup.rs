@@ -12,10 +12,12 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ExecutorSettings;
 use crate::config::Settings;
-use crate::executor::DockerEngine;
+use crate::executor::{DockerEngine, KubeExecutor};
 use crate::intake::{self, BodyBudget, IntakeState, RejectionBudget};
 use crate::metrics::Metrics;
+use crate::registry::RegistryClient;
 use crate::report::sender::Sender;
 use crate::retention::Retention;
 use crate::store::Store;
@@ -214,13 +216,6 @@ async fn start_worker(
 ) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
     // One deploybot per store: its containers are labelled with a digest of the store's path.
     let instance = crate::executor::instance_id(&settings.server.data_dir);
-    let engine = match DockerEngine::connect(&instance).await {
-        Ok(engine) => engine,
-        Err(e) => {
-            tracing::error!(error = %e, "Worker not started: jobs stay queued until the engine is reachable and deploybot restarts");
-            return None;
-        }
-    };
     let owner = format!(
         "{}-{}",
         std::process::id(),
@@ -234,17 +229,62 @@ async fn start_worker(
         }
     };
     let stop = CancellationToken::new();
+    let parts = (settings.clone(), jobs, wake, reports, metrics, deployer);
+    let handle = match &settings.executor {
+        ExecutorSettings::Docker => {
+            let engine = match DockerEngine::connect(&instance).await {
+                Ok(engine) => engine,
+                Err(e) => {
+                    tracing::error!(error = %e, "Worker not started: jobs stay queued until the engine is reachable and deploybot restarts");
+                    return None;
+                }
+            };
+            spawn_worker(parts, engine, stop.clone())
+        }
+        ExecutorSettings::Kubernetes(kubernetes) => {
+            let registry = settings.registry.as_ref().and_then(|r| {
+                let client = RegistryClient::new(r, std::time::Duration::from_secs(30)).ok()?;
+                Some((r.address.clone(), client))
+            });
+            let executor = match KubeExecutor::connect((**kubernetes).clone(), &instance, registry)
+                .await
+            {
+                Ok(executor) => executor,
+                Err(e) => {
+                    tracing::error!(error = %e, "Worker not started: the build cluster's configuration is unusable");
+                    return None;
+                }
+            };
+            spawn_worker(parts, executor, stop.clone())
+        }
+    };
+    Some((handle, stop))
+}
+
+type WorkerParts = (
+    Arc<Settings>,
+    Arc<Jobs>,
+    Arc<Notify>,
+    Arc<Notify>,
+    Arc<Metrics>,
+    Arc<crate::deploy::Deployer<crate::deploy::KubeCluster>>,
+);
+
+fn spawn_worker<E: crate::executor::Executor>(
+    (settings, jobs, wake, reports, metrics, deployer): WorkerParts,
+    executor: E,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let worker = Worker::new(
         settings,
         jobs,
-        Arc::new(engine),
+        Arc::new(executor),
         wake,
         reports,
         metrics,
         deployer,
     );
-    let handle = tokio::spawn(worker.run(stop.clone()));
-    Some((handle, stop))
+    tokio::spawn(worker.run(stop))
 }
 
 async fn not_found() -> HttpResponse {

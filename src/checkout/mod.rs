@@ -40,6 +40,14 @@ pub struct GitCredentials {
     pub token: SecretString,
 }
 
+impl GitCredentials {
+    /// The `http.extraHeader` value git sends them as (never a URL or an argument).
+    pub fn header(&self) -> SecretString {
+        let basic = BASE64.encode(format!("{}:{}", self.username, self.token.expose_secret()));
+        SecretString::from(format!("Authorization: Basic {basic}"))
+    }
+}
+
 pub struct Checkouts {
     mirrors: PathBuf,
     workspaces: PathBuf,
@@ -306,18 +314,10 @@ async fn git(
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if let Some(credentials) = credentials {
-        let basic = BASE64.encode(format!(
-            "{}:{}",
-            credentials.username,
-            credentials.token.expose_secret()
-        ));
         command
             .env("GIT_CONFIG_COUNT", "1")
             .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env(
-                "GIT_CONFIG_VALUE_0",
-                format!("Authorization: Basic {basic}"),
-            );
+            .env("GIT_CONFIG_VALUE_0", credentials.header().expose_secret());
     }
     let output = command.output().await.map_err(|e| CheckoutError::Git {
         step,

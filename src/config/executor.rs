@@ -26,7 +26,7 @@ pub enum ExecutorSettings {
 }
 
 /// Builds as pods: one per service of a job, in `namespace`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct KubernetesExecutor {
     pub namespace: DnsLabel,
     pub cluster: ClusterAccess,

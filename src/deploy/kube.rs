@@ -34,45 +34,7 @@ impl KubeCluster {
     /// A client for `access`. Nothing is sent yet: an unreachable server shows at the first
     /// call, as an error naming that call.
     pub async fn connect(access: &ClusterAccess) -> Result<KubeCluster, String> {
-        let config = match access {
-            ClusterAccess::InCluster => {
-                Config::incluster().map_err(|e| format!("in-cluster service account: {e}"))?
-            }
-            ClusterAccess::Kubeconfig { path, context } => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-                let options = kube::config::KubeConfigOptions {
-                    context: context.clone(),
-                    ..Default::default()
-                };
-                Config::from_custom_kubeconfig(kubeconfig, &options)
-                    .await
-                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
-            }
-            ClusterAccess::Explicit {
-                api_server,
-                ca_file,
-                token_file,
-            } => {
-                let url = api_server
-                    .parse()
-                    .map_err(|e| format!("api_server \"{api_server}\": {e}"))?;
-                let mut config = Config::new(url);
-                if let Some(ca_file) = ca_file {
-                    let pem = std::fs::read_to_string(ca_file)
-                        .map_err(|e| format!("ca_file {}: {}", ca_file.display(), e.kind()))?;
-                    config.root_cert = Some(
-                        pem_certificates(&pem)
-                            .map_err(|e| format!("ca_file {}: {e}", ca_file.display()))?,
-                    );
-                }
-                // kube reads the file itself and again when it changes (rotated tokens).
-                config.auth_info.token_file = Some(token_file.display().to_string());
-                config
-            }
-        };
-        let mut config = config;
-        config.connect_timeout = Some(std::time::Duration::from_secs(10));
+        let mut config = client_config(access).await?;
         config.read_timeout = Some(std::time::Duration::from_secs(
             u64::from(WATCH_SECONDS) + 30,
         ));
@@ -405,4 +367,48 @@ fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
         return Err("no PEM certificate in it".into());
     }
     Ok(certificates)
+}
+
+/// The client configuration for `access` (kubeconfig, in-cluster service account, or an API
+/// server with a token file), with a connect timeout; nothing is sent yet.
+pub(crate) async fn client_config(access: &ClusterAccess) -> Result<Config, String> {
+    let mut config = match access {
+        ClusterAccess::InCluster => {
+            Config::incluster().map_err(|e| format!("in-cluster service account: {e}"))?
+        }
+        ClusterAccess::Kubeconfig { path, context } => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            let options = kube::config::KubeConfigOptions {
+                context: context.clone(),
+                ..Default::default()
+            };
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        ClusterAccess::Explicit {
+            api_server,
+            ca_file,
+            token_file,
+        } => {
+            let url = api_server
+                .parse()
+                .map_err(|e| format!("api_server \"{api_server}\": {e}"))?;
+            let mut config = Config::new(url);
+            if let Some(ca_file) = ca_file {
+                let pem = std::fs::read_to_string(ca_file)
+                    .map_err(|e| format!("ca_file {}: {}", ca_file.display(), e.kind()))?;
+                config.root_cert = Some(
+                    pem_certificates(&pem)
+                        .map_err(|e| format!("ca_file {}: {e}", ca_file.display()))?,
+                );
+            }
+            // kube reads the file itself and again when it changes (rotated tokens).
+            config.auth_info.token_file = Some(token_file.display().to_string());
+            config
+        }
+    };
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    Ok(config)
 }

@@ -18,6 +18,7 @@ pub use by_hand::{roll_back, RollbackAsk, RollbackError};
 pub use cluster::Cluster;
 #[cfg(test)]
 pub(crate) use cluster::{Changes, ClusterError, DeploymentRef, ImageChange, Observed};
+pub(crate) use kube::client_config;
 pub use kube::KubeCluster;
 pub(crate) use rollout::Request;
 pub use rollout::{Deployer, Note, Outcome};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::{BuildSpec, ExecError, Executor, LogSink, RegistryAuth, StepSpec};
+use super::{BuildSpec, ExecError, Executor, LogSink, PushSpec, StepSpec};
 
 /// What a step whose commands contain `matches` does.
 #[derive(Debug, Clone, Default)]
@@ -185,10 +185,10 @@ impl Executor for MemoryExecutor {
 
     async fn push_image(
         &self,
-        reference: &str,
-        _auth: Option<&RegistryAuth>,
+        spec: &PushSpec<'_>,
         _log: &dyn LogSink,
     ) -> Result<String, ExecError> {
+        let reference = spec.reference;
         let mut state = self.state();
         let image = state
             .images
@@ -205,6 +205,10 @@ impl Executor for MemoryExecutor {
             digest: digest.clone(),
         });
         Ok(digest)
+    }
+
+    async fn pin(&self, reference: &str) -> Result<Option<String>, ExecError> {
+        self.image_id(reference).await
     }
 
     async fn image_id(&self, reference: &str) -> Result<Option<String>, ExecError> {

@@ -7,6 +7,8 @@
 //! leftovers (and a crashed process's orphans) can be found and removed.
 
 mod docker;
+mod kubernetes;
+mod lines;
 #[cfg(test)]
 pub(crate) mod memory;
 
@@ -19,6 +21,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use docker::DockerEngine;
+pub(crate) use kubernetes::KubeExecutor;
 
 /// The label every deploybot container and image carries, with the job id as value.
 pub const JOB_LABEL: &str = "deploybot.job";
@@ -70,11 +73,61 @@ pub struct StepSpec {
     pub limits: Limits,
     /// Past this the container is stopped and the step fails as timed out.
     pub timeout: Duration,
+    /// Its place in the service's [`ServicePlan::steps`].
+    pub index: usize,
+    /// Files (relative to `workdir`) the step must leave; checked by executors that do not
+    /// build in deploybot's own checkout (see [`Executor::BUILDS_IN_CHECKOUT`]).
+    pub artifacts: Vec<String>,
+}
+
+/// A service's whole build, known before its first step runs: an executor that builds
+/// elsewhere (a pod) sets it all up at once; the Docker engine needs nothing ahead.
+#[derive(Debug)]
+pub struct ServicePlan {
+    pub job: i64,
+    pub service: String,
+    pub source: Source,
+    /// In the order [`Executor::run_step`] is then called with them.
+    pub steps: Vec<StepSpec>,
+    pub image: ImagePlan,
+    /// Where the image goes once built; None when this job pushes no tag for it (a branch, or
+    /// a tag deploybot already pushed).
+    pub push: Option<PushPlan>,
+}
+
+/// The exact commit, fetched where the build runs.
+#[derive(Debug)]
+pub struct Source {
+    pub url: String,
+    pub git_ref: String,
+    pub sha: String,
+    /// The `http.extraHeader` value that authenticates the fetch, if the project has one.
+    pub auth_header: Option<SecretString>,
+}
+
+/// The image of a service, as its policy-checked definition says.
+#[derive(Debug)]
+pub struct ImagePlan {
+    /// The build context, relative to the checkout.
+    pub context: String,
+    /// The Dockerfile's text as committed (what the project's policy checked).
+    pub dockerfile: String,
+    pub tag: String,
+    pub labels: BTreeMap<String, String>,
+    pub network: bool,
+    pub limits: Limits,
+}
+
+#[derive(Debug)]
+pub struct PushPlan {
+    pub reference: String,
+    pub auth: Option<RegistryAuth>,
 }
 
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
     pub job: i64,
+    pub service: String,
     /// The build context as a tar file on this host, made from the checkout by
     /// `checkout::Tree::context_tar` (so nothing outside the checkout is in it).
     pub context_tar: PathBuf,
@@ -87,6 +140,16 @@ pub struct BuildSpec {
     pub network: bool,
     pub limits: Limits,
     pub timeout: Duration,
+}
+
+/// A built image to push.
+#[derive(Debug)]
+pub struct PushSpec<'a> {
+    pub job: i64,
+    pub service: &'a str,
+    /// Full reference (`registry/repo:tag`).
+    pub reference: &'a str,
+    pub auth: Option<&'a RegistryAuth>,
 }
 
 /// Credentials for a registry; built into the engine's type only inside the push call.
@@ -113,10 +176,23 @@ pub enum ExecError {
     TimedOut(u64),
     #[error("build context {path}: {reason}")]
     Context { path: String, reason: String },
+    /// What a step's own check found wrong (an artifact it did not leave).
+    #[error("{0}")]
+    Step(String),
 }
 
 /// What the worker needs from a container engine.
 pub trait Executor: Send + Sync + 'static {
+    /// Whether steps run in deploybot's own checkout (bind-mounted), so that the worker checks
+    /// their artifacts, clears set-id bits and makes the build context there; an executor
+    /// that builds elsewhere does all three where it builds.
+    const BUILDS_IN_CHECKOUT: bool = true;
+
+    /// Sets up a service's build before its first step.
+    fn prepare(&self, _plan: &ServicePlan) -> impl Future<Output = Result<(), ExecError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Runs a step to completion (or cancellation); returns its exit code.
     fn run_step(
         &self,
@@ -136,10 +212,16 @@ pub trait Executor: Send + Sync + 'static {
     /// Pushes a tagged image; returns the registry's digest (`sha256:...`).
     fn push_image(
         &self,
-        reference: &str,
-        auth: Option<&RegistryAuth>,
+        spec: &PushSpec<'_>,
         log: &dyn LogSink,
     ) -> impl Future<Output = Result<String, ExecError>> + Send;
+
+    /// What pins `reference` down for a build's inputs (an image id or a registry digest), or
+    /// None when it cannot be.
+    fn pin(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<String>, ExecError>> + Send;
 
     /// The id of a local image, or None if there is no such image.
     fn image_id(
@@ -159,4 +241,30 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         job: Option<i64>,
     ) -> impl Future<Output = Result<usize, ExecError>> + Send;
+}
+
+/// `host:port/repo/name:tag` → (`host:port/repo/name`, `tag`).
+pub(crate) fn split_reference(reference: &str) -> (&str, &str) {
+    let slash = reference.rfind('/').unwrap_or(0);
+    match reference[slash..].rfind(':') {
+        Some(colon) => (&reference[..slash + colon], &reference[slash + colon + 1..]),
+        None => (reference, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        assert_eq!(
+            split_reference("127.0.0.1:5000/myevents/web:v1.2.3"),
+            ("127.0.0.1:5000/myevents/web", "v1.2.3")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/web"),
+            ("127.0.0.1:5000/web", "latest")
+        );
+    }
 }

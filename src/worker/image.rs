@@ -43,7 +43,7 @@ pub(super) fn repository_of(reference: &str) -> &str {
     }
 }
 
-fn image_failure(reason: String) -> Failure {
+pub(super) fn image_failure(reason: String) -> Failure {
     Failure {
         stage: StageName::Image,
         exit_code: None,
@@ -103,42 +103,21 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         let context_tar = self
             .checkouts
             .scratch(job.id, &format!("{}.context.tar", service.name));
-        let made = {
-            let (tree, context, dockerfile, into) = (
-                cx.tree.clone(),
-                service.context.clone(),
-                service.dockerfile.clone(),
-                context_tar.clone(),
-            );
-            let limit = self.settings.worker.max_context_bytes;
-            tokio::task::spawn_blocking(move || {
-                tree.context_tar(&context, &dockerfile, &into, limit)
-            })
-            .await
-        };
-        let context = match made {
-            Ok(Ok(context)) => context,
-            Ok(Err(e)) => return Err(image_failure(format!("build context: {e}"))),
-            Err(e) => return Err(image_failure(e.to_string())),
-        };
-        let shown = match service.context.as_str() {
-            "." => service.dockerfile.clone(),
-            context => format!("{context}/{}", service.dockerfile),
-        };
-        policy::check_dockerfile(&Dockerfile::parse(&context.dockerfile), &shown, cx.project)
-            .map_err(image_failure)?;
-        sink.note(&format!(
-            "build context {} ({} bytes){}",
-            service.context,
-            context.size,
-            if cx.project.allow_network {
-                "; network on"
-            } else {
-                "; network off"
-            }
-        ));
+        if E::BUILDS_IN_CHECKOUT {
+            let size = self.context_tar(cx, service, &context_tar).await?;
+            sink.note(&format!(
+                "build context {} ({size} bytes){}",
+                service.context,
+                if cx.project.allow_network {
+                    "; network on"
+                } else {
+                    "; network off"
+                }
+            ));
+        }
         let build = BuildSpec {
             job: job.id,
+            service: service.name.to_string(),
             context_tar: context_tar.clone(),
             dockerfile: service.dockerfile.clone(),
             tag: reference.to_owned(),
@@ -166,6 +145,36 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         let words = format!("Built {reference}; pushing");
         self.image_done(cx, service, &words, reference).await;
         Ok(())
+    }
+
+    /// Writes the service's build context from the checkout to `into` and checks its
+    /// Dockerfile, as the engine will see it, against the project's policy; returns its size.
+    async fn context_tar(
+        &self,
+        cx: &JobContext<'_>,
+        service: &Service,
+        into: &std::path::Path,
+    ) -> Result<u64, Failure> {
+        let made = {
+            let (tree, context, dockerfile, into) = (
+                cx.tree.clone(),
+                service.context.clone(),
+                service.dockerfile.clone(),
+                into.to_path_buf(),
+            );
+            let limit = self.settings.worker.max_context_bytes;
+            tokio::task::spawn_blocking(move || {
+                tree.context_tar(&context, &dockerfile, &into, limit)
+            })
+            .await
+        };
+        let context = match made {
+            Ok(Ok(context)) => context,
+            Ok(Err(e)) => return Err(image_failure(format!("build context: {e}"))),
+            Err(e) => return Err(image_failure(e.to_string())),
+        };
+        check_dockerfile(cx, service, &context.dockerfile)?;
+        Ok(context.size)
     }
 
     /// Same inputs as an image deploybot built before: tag that image instead of building.
@@ -228,7 +237,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
     }
 
     /// The OCI labels every image carries (the source is the project's own repository URL).
-    fn labels(&self, cx: &JobContext<'_>) -> BTreeMap<String, String> {
+    pub(super) fn labels(&self, cx: &JobContext<'_>) -> BTreeMap<String, String> {
         let job = cx.job;
         BTreeMap::from([
             (
@@ -247,4 +256,19 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             (JOB_LABEL.to_owned(), job.id.to_string()),
         ])
     }
+}
+
+/// The Dockerfile against the project's policy (no `RUN` unless allowed), named as the
+/// repository has it.
+pub(super) fn check_dockerfile(
+    cx: &JobContext<'_>,
+    service: &Service,
+    dockerfile: &str,
+) -> Result<(), Failure> {
+    let shown = match service.context.as_str() {
+        "." => service.dockerfile.clone(),
+        context => format!("{context}/{}", service.dockerfile),
+    };
+    policy::check_dockerfile(&Dockerfile::parse(dockerfile), &shown, cx.project)
+        .map_err(image_failure)
 }

@@ -419,6 +419,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         let source = match recorded {
             Some(reuse) => self.reuse_image(cx, service, reuse, &reference).await?,
             None => {
+                self.prepare_service(cx, service, &reference).await?;
                 self.run_steps(cx, service).await?;
                 self.image_stage(cx, service, &reference, input.as_deref())
                     .await?;

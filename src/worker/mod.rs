@@ -10,6 +10,7 @@ mod deploy_stage;
 mod image;
 mod job;
 pub mod logs;
+mod plan;
 mod policy;
 mod push;
 mod record;

@@ -10,7 +10,7 @@ use super::job::{log_mask, with_timeout, Failure};
 use super::runner::{JobContext, Runner};
 use crate::deploy::Cluster;
 use crate::domain::{StageName, StageState};
-use crate::executor::{ExecError, Executor, RegistryAuth};
+use crate::executor::{ExecError, Executor, PushSpec, RegistryAuth};
 use crate::pipeline::Service;
 use crate::report::StatusState;
 use crate::store::StageUpdate;
@@ -105,9 +105,12 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                     "{reference} was already pushed from commit {commit} as {digest}; pushed tags are immutable (use a new tag)"
                 )));
             }
-            None => with_timeout(push.timeout, self.send(reference, push.source, &sink))
-                .await
-                .map_err(|e| fail(log_mask(cx.log, &e.to_string())))?,
+            None => with_timeout(
+                push.timeout,
+                self.send((cx.job.id, &service.name), reference, push.source, &sink),
+            )
+            .await
+            .map_err(|e| fail(log_mask(cx.log, &e.to_string())))?,
         };
         sink.note(&format!("pushed {reference}@{digest}"));
         Ok(digest)
@@ -117,6 +120,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
     /// registry copies the manifest of an image already there.
     async fn send(
         &self,
+        (job, service): (i64, &str),
         reference: &str,
         source: PushSource,
         sink: &dyn crate::executor::LogSink,
@@ -136,15 +140,19 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             }
             _ => {
                 let auth = self.registry_auth();
-                self.executor
-                    .push_image(reference, auth.as_ref(), sink)
-                    .await
+                let spec = PushSpec {
+                    job,
+                    service,
+                    reference,
+                    auth: auth.as_ref(),
+                };
+                self.executor.push_image(&spec, sink).await
             }
         }
     }
 
     /// The registry's credentials, in the executor's terms, when a password is configured.
-    fn registry_auth(&self) -> Option<RegistryAuth> {
+    pub(super) fn registry_auth(&self) -> Option<RegistryAuth> {
         let registry = self.settings.registry.as_ref()?;
         registry.password.as_ref().map(|password| RegistryAuth {
             server: registry.address.clone(),

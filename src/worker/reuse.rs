@@ -72,12 +72,12 @@ pub async fn build_input<E: Executor>(
     for step in &service.steps {
         for image in &step.images {
             let toolchain = settings.toolchain(image)?;
-            let id = executor.image_id(&toolchain.image).await.ok()??;
+            let id = executor.pin(&toolchain.image).await.ok()??;
             hasher.update(format!("toolchain {toolchain:?} {id}\n"));
         }
     }
     for base in Dockerfile::parse(dockerfile).base_images()? {
-        let id = executor.image_id(&base).await.ok()??;
+        let id = executor.pin(&base).await.ok()??;
         hasher.update(format!("from {base} {id}\n"));
     }
     Some(hex::encode(hasher.finalize()))

@@ -16,6 +16,30 @@ use crate::pipeline::{Service, Stage, Step};
 use crate::report::StatusState;
 use crate::store::StageUpdate;
 
+/// One run of a step: a step of a matrix runs once per toolchain image.
+pub(super) struct OrderedStep<'a> {
+    pub(super) index: usize,
+    pub(super) step: &'a Step,
+    pub(super) image: &'a str,
+}
+
+/// Every run of the service's steps, in the order they run: check steps, then compile steps,
+/// each once per image.
+pub(super) fn ordered_steps(service: &Service) -> Vec<OrderedStep<'_>> {
+    let runs = [Stage::Check, Stage::Compile]
+        .into_iter()
+        .flat_map(|stage| {
+            service
+                .steps
+                .iter()
+                .filter(move |s| s.stage == stage)
+                .flat_map(|step| step.images.iter().map(move |image| (step, image.as_str())))
+        });
+    runs.enumerate()
+        .map(|(index, (step, image))| OrderedStep { index, step, image })
+        .collect()
+}
+
 impl<E: Executor, C: Cluster> Runner<E, C> {
     /// Runs the service's check, then compile steps; stops at the first that fails.
     pub(super) async fn run_steps(
@@ -23,8 +47,9 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         cx: &JobContext<'_>,
         service: &Service,
     ) -> Result<(), Failure> {
+        let ordered = ordered_steps(service);
         for stage in [Stage::Check, Stage::Compile] {
-            let steps: Vec<_> = service.steps.iter().filter(|s| s.stage == stage).collect();
+            let steps: Vec<_> = ordered.iter().filter(|s| s.step.stage == stage).collect();
             if steps.is_empty() {
                 continue;
             }
@@ -32,9 +57,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             let update = StageUpdate::new(&service.name, name, StageState::Running);
             self.stage(cx.job.id, update).await;
             for step in steps {
-                for image in &step.images {
-                    self.run_step(cx, service, step, image).await?;
-                }
+                self.run_step(cx, service, step).await?;
             }
             let words = format!("{name} passed; building the image");
             let reports = cx.status(&service.name, StatusState::Pending, &words);
@@ -52,9 +75,9 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         &self,
         cx: &JobContext<'_>,
         service: &Service,
-        step: &Step,
-        image: &str,
+        ordered: &OrderedStep<'_>,
     ) -> Result<(), Failure> {
+        let (step, image) = (ordered.step, ordered.image);
         let stage = StageName::from(step.stage);
         let fail = |exit_code, reason: String| Failure {
             stage,
@@ -78,8 +101,19 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 "network off"
             }
         ));
-        let spec = self.step_spec(cx, service, step, toolchain);
+        let spec = self.step_spec(cx, service, ordered, toolchain);
         let run = self.executor.run_step(&spec, &sink, cx.cancel).await;
+        if !E::BUILDS_IN_CHECKOUT {
+            // The executor cleared set-id bits and checked the artifacts where it builds.
+            let code = run.map_err(|e| fail(None, e.to_string()))?;
+            return match code {
+                0 => Ok(()),
+                code => Err(fail(
+                    Some(code),
+                    self.failed_command(cx, service, toolchain, code),
+                )),
+            };
+        }
         let stripped = {
             let tree = cx.tree.clone();
             tokio::task::spawn_blocking(move || tree.strip_set_id_bits()).await
@@ -115,14 +149,15 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         Ok(())
     }
 
-    fn step_spec(
+    /// The container that runs `ordered` in `toolchain`.
+    pub(super) fn step_spec(
         &self,
         cx: &JobContext<'_>,
         service: &Service,
-        step: &Step,
+        ordered: &OrderedStep<'_>,
         toolchain: &Toolchain,
     ) -> StepSpec {
-        let job = cx.job;
+        let (job, step) = (cx.job, ordered.step);
         let volumes: BTreeMap<String, String> = toolchain
             .caches
             .iter()
@@ -145,6 +180,8 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             ],
             limits: toolchain.limits,
             timeout: self.settings.worker.step_timeout,
+            index: ordered.index,
+            artifacts: step.artifacts.clone(),
         }
     }
 

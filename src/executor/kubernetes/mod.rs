@@ -1,0 +1,354 @@
+//! [`Executor`] on a Kubernetes cluster: each service's build is one pod in the executor's
+//! namespace (`pod.rs` says what it is made of). [`Executor::prepare`] creates the Secret, the
+//! NetworkPolicy and the pod; each later call follows one of the pod's containers in order
+//! (`follow.rs`): a step's exit code, the image's id, the pushed digest, each handed back
+//! through the container's termination message. A step over its timeout, a cancel or a
+//! supersede deletes the pod at once; every object of a job is labelled and deleted with it.
+//! No Docker engine is used, nothing runs privileged, and no build pod gets a token for the
+//! cluster.
+
+mod follow;
+mod pod;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    split_reference, BuildSpec, ExecError, Executor, LogSink, PushSpec, ServicePlan, StepSpec,
+    INSTANCE_LABEL, JOB_LABEL,
+};
+use crate::config::KubernetesExecutor;
+use crate::registry::RegistryClient;
+
+pub struct KubeExecutor {
+    client: Client,
+    settings: KubernetesExecutor,
+    instance: String,
+    /// Pins `FROM` and toolchain images found in deploybot's registry by their digest.
+    registry: Option<(String, RegistryClient)>,
+}
+
+/// How long a build pod may live in all: a backstop to deploybot's own per-step timeouts.
+const POD_DEADLINE_STEPS: i64 = 3;
+
+impl KubeExecutor {
+    pub async fn connect(
+        settings: KubernetesExecutor,
+        instance: &str,
+        registry: Option<(String, RegistryClient)>,
+    ) -> Result<KubeExecutor, ExecError> {
+        let config = crate::deploy::client_config(&settings.cluster)
+            .await
+            .map_err(ExecError::Engine)?;
+        let client = Client::try_from(config)
+            .map_err(|e| ExecError::Engine(format!("Kubernetes client: {e}")))?;
+        Ok(KubeExecutor {
+            client,
+            settings,
+            instance: instance.to_owned(),
+            registry,
+        })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), self.settings.namespace.as_ref())
+    }
+
+    fn name(&self, job: i64, service: &str) -> String {
+        pod::object_name(&self.instance, job, service)
+    }
+
+    /// Follows `container` of the service's pod until it ends, or stops the pod at `timeout`
+    /// or `cancel`.
+    async fn follow(
+        &self,
+        (job, service): (i64, &str),
+        container: &str,
+        timeout: Duration,
+        log: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<follow::Ended, ExecError> {
+        let pods: Api<Pod> = self.api();
+        let name = self.name(job, service);
+        let start = self.settings.start_timeout;
+        let stopped = tokio::select! {
+            ended = follow::container(&pods, &name, container, start, log) => return ended,
+            () = cancel.cancelled() => ExecError::Canceled,
+            () = tokio::time::sleep(timeout) => ExecError::TimedOut(timeout.as_secs()),
+        };
+        // Stopped now, not when the job ends: a timed-out step must not keep running.
+        let _ = pods.delete(&name, &DeleteParams::background()).await;
+        Err(stopped)
+    }
+
+    /// The addresses a build without network may still reach: the git server and registries.
+    async fn reachable(&self, plan: &ServicePlan) -> Vec<IpAddr> {
+        let mut hosts: Vec<String> = self.settings.search_registries.clone();
+        if let Some(push) = &plan.push {
+            hosts.extend(push.reference.split('/').next().map(str::to_owned));
+        }
+        hosts.extend(git_host(&plan.source.url));
+        let mut addresses = Vec::new();
+        for host in hosts {
+            let host = if host.contains(':') {
+                host
+            } else {
+                format!("{host}:443")
+            };
+            if let Ok(found) = tokio::net::lookup_host(host).await {
+                addresses.extend(found.map(|a| a.ip()));
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
+    async fn create<K>(&self, object: &K) -> Result<(), ExecError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = self.api();
+        let kind = K::kind(&Default::default()).into_owned();
+        match api.create(&PostParams::default(), object).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("PodSecurity") => {
+                Err(ExecError::Engine(format!(
+                    "namespace {} refuses the build pod: {}. The builder container runs as root (in its container) with seccomp left unset, which Pod Security \"baseline\" allows and \"restricted\" does not; see the README, \"Builds on Kubernetes\"",
+                    self.settings.namespace, e.message
+                )))
+            }
+            Err(e) => Err(ExecError::Engine(format!(
+                "cannot create the build's {kind} in namespace {}: {e}",
+                self.settings.namespace
+            ))),
+        }
+    }
+
+    /// Deletes every object of `K` this deploybot labelled (for `job`, or all of them).
+    async fn delete_all<K>(&self, selector: &str) -> Result<usize, ExecError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = self.api();
+        let kind = K::kind(&Default::default()).into_owned();
+        let found = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| ExecError::Engine(format!("cannot list build {kind}s: {e}")))?;
+        let mut deleted = 0;
+        for object in found.items {
+            let Some(name) = object.meta().name.clone() else {
+                continue;
+            };
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => deleted += 1,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    return Err(ExecError::Engine(format!(
+                        "cannot delete build {kind} {name}: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn deadline_secs(&self, plan: &ServicePlan) -> i64 {
+        let per_step = plan
+            .steps
+            .first()
+            .map_or(Duration::from_secs(600), |s| s.timeout);
+        let containers = i64::try_from(plan.steps.len()).unwrap_or(0) + POD_DEADLINE_STEPS;
+        let secs = i64::try_from(per_step.as_secs()).unwrap_or(i64::MAX / 8);
+        containers
+            .saturating_mul(secs)
+            .saturating_add(i64::try_from(self.settings.start_timeout.as_secs()).unwrap_or(0))
+    }
+}
+
+impl Executor for KubeExecutor {
+    const BUILDS_IN_CHECKOUT: bool = false;
+
+    async fn prepare(&self, plan: &ServicePlan) -> Result<(), ExecError> {
+        let name = self.name(plan.job, &plan.service);
+        let labels = pod::labels(&self.instance, plan.job, &plan.service);
+        let registries = &self.settings.search_registries;
+        self.create(&pod::secret(&name, &labels, plan, registries))
+            .await?;
+        if !plan.image.network && !plan.steps.iter().any(|s| s.network) {
+            let allowed = self.reachable(plan).await;
+            self.create(&pod::network_policy(&name, &labels, &allowed))
+                .await?;
+        }
+        let settings = pod::PodSettings {
+            executor: &self.settings,
+            deadline_secs: self.deadline_secs(plan),
+        };
+        self.create(&pod::pod(&name, &labels, plan, &settings))
+            .await
+    }
+
+    async fn run_step(
+        &self,
+        spec: &StepSpec,
+        log: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<i64, ExecError> {
+        let container = pod::step_container_name(spec.index);
+        let key = (spec.job, spec.service.as_str());
+        let ended = self
+            .follow(key, &container, spec.timeout, log, cancel)
+            .await?;
+        if ended.exit_code == i64::from(pod::STEP_CHECK_EXIT) && !ended.message.is_empty() {
+            return Err(ExecError::Step(ended.message));
+        }
+        Ok(ended.exit_code)
+    }
+
+    async fn build_image(
+        &self,
+        spec: &BuildSpec,
+        log: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<String, ExecError> {
+        let key = (spec.job, spec.service.as_str());
+        let ended = self
+            .follow(key, pod::IMAGE, spec.timeout, log, cancel)
+            .await?;
+        match ended.exit_code {
+            0 => Ok(ended.message),
+            code if code == i64::from(pod::STEP_CHECK_EXIT) => Err(ExecError::Context {
+                path: spec.dockerfile.clone(),
+                reason: ended.message,
+            }),
+            code => Err(ExecError::Build(format!("buildah exited with {code}"))),
+        }
+    }
+
+    async fn push_image(
+        &self,
+        spec: &PushSpec<'_>,
+        log: &dyn LogSink,
+    ) -> Result<String, ExecError> {
+        // The push stage's own deadline bounds it; the pod goes with the job.
+        let ended = self
+            .follow(
+                (spec.job, spec.service),
+                pod::PUSH,
+                Duration::MAX,
+                log,
+                &CancellationToken::new(),
+            )
+            .await?;
+        match ended.exit_code {
+            0 if ended.message.starts_with("sha256:") => Ok(ended.message),
+            code => Err(ExecError::Push {
+                reference: spec.reference.to_owned(),
+                reason: format!("buildah push exited with {code} (its log says why)"),
+            }),
+        }
+    }
+
+    async fn pin(&self, reference: &str) -> Result<Option<String>, ExecError> {
+        let Some((address, registry)) = &self.registry else {
+            return Ok(Some(format!("name {reference}")));
+        };
+        let (repository, tag) = split_reference(reference);
+        let repository = repository
+            .strip_prefix(&format!("{address}/"))
+            .unwrap_or(repository);
+        match registry.digest_of(repository, tag).await {
+            Ok(Some(digest)) => Ok(Some(digest)),
+            // Not in the registry (a node-local toolchain image): pinned by its name only.
+            _ => Ok(Some(format!("name {reference}"))),
+        }
+    }
+
+    async fn image_id(&self, _reference: &str) -> Result<Option<String>, ExecError> {
+        // No image store of its own: an image is had again from the registry or rebuilt.
+        Ok(None)
+    }
+
+    async fn tag(&self, image: &str, _reference: &str) -> Result<(), ExecError> {
+        Err(ExecError::MissingImage {
+            image: image.to_owned(),
+        })
+    }
+
+    async fn remove_containers(&self, job: Option<i64>) -> Result<usize, ExecError> {
+        let mut selector = format!("{INSTANCE_LABEL}={}", self.instance);
+        if let Some(job) = job {
+            selector.push_str(&format!(",{JOB_LABEL}={job}"));
+        }
+        let pods = self.delete_all::<Pod>(&selector).await?;
+        self.delete_all::<Secret>(&selector).await?;
+        self.delete_all::<NetworkPolicy>(&selector).await?;
+        Ok(pods)
+    }
+}
+
+/// `host:port` of a clone URL (`scheme://[user@]host[:port]/path`), the port the scheme's own
+/// when none is given.
+fn git_host(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        return Some(host.to_owned());
+    }
+    let port = match scheme {
+        "http" => 80,
+        "git" => 9418,
+        "ssh" => 22,
+        _ => 443,
+    };
+    Some(format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_urls_host_and_port_are_what_a_build_without_network_may_reach() {
+        assert_eq!(
+            git_host("https://git.example/team/app.git").as_deref(),
+            Some("git.example:443")
+        );
+        assert_eq!(
+            git_host("git://127.0.0.1:9418/app").as_deref(),
+            Some("127.0.0.1:9418")
+        );
+        assert_eq!(
+            git_host("http://u@10.0.0.5:3000/a").as_deref(),
+            Some("10.0.0.5:3000")
+        );
+        assert_eq!(git_host("not a url"), None);
+    }
+}
