@@ -23,7 +23,7 @@ pub fn require(part: &str, present: bool, how: &str) -> Option<()> {
     None
 }
 
-fn command_works(program: &str, args: &[&str]) -> bool {
+pub fn command_works(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
         .stdout(Stdio::null())
@@ -182,6 +182,38 @@ impl Registry {
             .get("Docker-Content-Digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
+    }
+}
+
+impl Registry {
+    /// The labels of the image the registry serves as `repository:tag` (from its config blob).
+    pub async fn labels(&self, repository: &str, tag: &str) -> serde_json::Value {
+        let get = |path: String, accept: &'static str| {
+            reqwest::Client::new()
+                .get(format!("http://{}/v2/{repository}/{path}", self.address))
+                .basic_auth(&self.username, Some(&self.password))
+                .header("Accept", accept)
+                .send()
+        };
+        let manifest: serde_json::Value = get(
+            format!("manifests/{tag}"),
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .await
+        .expect("registry answers")
+        .json()
+        .await
+        .expect("a manifest");
+        let config = manifest["config"]["digest"]
+            .as_str()
+            .expect("a config digest");
+        let blob: serde_json::Value = get(format!("blobs/{config}"), "*/*")
+            .await
+            .expect("registry answers")
+            .json()
+            .await
+            .expect("an image config");
+        blob["config"]["Labels"].clone()
     }
 }
 

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod build;
 pub mod chat_double;
 pub mod cluster;
+pub mod cluster_build;
 pub mod fixtures;
 pub mod forge_double;
 pub mod infra;

@@ -10,6 +10,7 @@ mod common;
 mod bad_input;
 mod binary;
 mod browser;
+mod cluster_builds;
 mod deploy;
 mod durability;
 mod github_intake;

@@ -1,0 +1,113 @@
+//! deploybot with the Kubernetes executor on the local cluster: builds run as pods in a test
+//! namespace (host network, as this single-node cluster needs to reach the test registry and
+//! git daemon on 127.0.0.1), with the base image the hello fixture builds `FROM` pushed to the
+//! test registry, where the builder finds it.
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::ListParams;
+use kube::Api;
+
+use super::build::{config, Build};
+use super::cluster::{run_dir, TestCluster};
+use super::infra::{docker_with_base_images, require, GitServer, Registry};
+use super::TestApp;
+
+pub struct ClusterBuild {
+    pub build: Build,
+    pub cluster: TestCluster,
+}
+
+/// The executor's table for `namespace`, reached with the admin kubeconfig.
+pub fn executor_section(namespace: &str) -> String {
+    format!(
+        "[executor]\nkind = \"kubernetes\"\nnamespace = \"{namespace}\"\nkubeconfig = \"{}\"\nhost_network = true\nstart_timeout_secs = 120\n",
+        run_dir().join("kubeconfig").display()
+    )
+}
+
+impl ClusterBuild {
+    /// The hello fixture built on the cluster, the usual configuration as `edit` changes it.
+    pub async fn hello(edit: impl FnOnce(String) -> String) -> Option<ClusterBuild> {
+        docker_with_base_images()?;
+        require(
+            "deploybot-local/builder:1",
+            super::infra::command_works(
+                "docker",
+                &["image", "inspect", "deploybot-local/builder:1"],
+            ),
+            "run scripts/build-base-images.sh builder",
+        )?;
+        let registry = Registry::start()?;
+        let cluster = TestCluster::start(&registry).await?;
+        registry
+            .push(
+                "deploybot-local/static:latest",
+                "deploybot-local/static",
+                "latest",
+            )
+            .await;
+        let (git, sha) = GitServer::start_fixture("hello")?;
+        let text =
+            config(&registry, &git, &registry.password) + &executor_section(&cluster.namespace);
+        let app = TestApp::spawn_config(&edit(text)).await;
+        let build = Build {
+            app,
+            registry,
+            git,
+            sha,
+        };
+        Some(ClusterBuild { build, cluster })
+    }
+
+    /// What deploybot left in the builds namespace: pods, Secrets and NetworkPolicies it
+    /// labelled (the test's own pull secret is not one).
+    pub async fn leftovers(&self) -> Vec<String> {
+        let params = ListParams::default().labels("deploybot.job");
+        let client = &self.cluster.client;
+        let namespace = &self.cluster.namespace;
+        let mut names = Vec::new();
+        for pod in Api::<Pod>::namespaced(client.clone(), namespace)
+            .list(&params)
+            .await
+            .unwrap()
+        {
+            names.push(format!("pod/{}", pod.metadata.name.unwrap_or_default()));
+        }
+        for secret in Api::<Secret>::namespaced(client.clone(), namespace)
+            .list(&params)
+            .await
+            .unwrap()
+        {
+            names.push(format!(
+                "secret/{}",
+                secret.metadata.name.unwrap_or_default()
+            ));
+        }
+        names.extend(self.network_policies().await);
+        names
+    }
+
+    pub async fn network_policies(&self) -> Vec<String> {
+        Api::<NetworkPolicy>::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
+            .list(&ListParams::default().labels("deploybot.job"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| format!("networkpolicy/{}", p.metadata.name.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Waits (up to 30 s) until deploybot has deleted the job's objects; what is left.
+    pub async fn settled_leftovers(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            // Deleted pods linger while they terminate; only deploybot's delete matters.
+            let left = self.leftovers().await;
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
