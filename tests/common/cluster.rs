@@ -278,9 +278,14 @@ impl TestCluster {
         if !names.is_empty() {
             rule["resourceNames"] = json!(names);
         }
+        self.grant_narrow_rules(json!([rule])).await;
+    }
+
+    /// Lets the narrow test user do exactly what `rules` (a Role's rules) allow here.
+    pub async fn grant_narrow_rules(&self, rules: serde_json::Value) {
         let role: Role = serde_json::from_value(json!({
             "metadata": {"name": "narrow"},
-            "rules": [rule]
+            "rules": rules
         }))
         .unwrap();
         let binding: RoleBinding = serde_json::from_value(json!({

@@ -20,15 +20,67 @@ pub struct ClusterBuild {
 
 /// The executor's table for `namespace`, reached with the admin kubeconfig.
 pub fn executor_section(namespace: &str) -> String {
-    format!(
-        "[executor]\nkind = \"kubernetes\"\nnamespace = \"{namespace}\"\nkubeconfig = \"{}\"\nhost_network = true\nstart_timeout_secs = 120\n",
+    let access = format!(
+        "kubeconfig = \"{}\"",
         run_dir().join("kubeconfig").display()
+    );
+    executor_with(namespace, &access)
+}
+
+/// The executor's table for `namespace`, reached as the narrow test user (only what a Role
+/// granted it).
+pub fn narrow_executor_section(cluster: &TestCluster) -> String {
+    let access = format!(
+        "api_server = \"{}\"\nca_file = \"{}\"\ntoken_file = \"{}\"",
+        super::cluster::API,
+        cluster.ca_file.display(),
+        cluster.narrow_token_file.display()
+    );
+    executor_with(&cluster.namespace, &access)
+}
+
+fn executor_with(namespace: &str, access: &str) -> String {
+    format!(
+        "[executor]\nkind = \"kubernetes\"\nnamespace = \"{namespace}\"\n{access}\nhost_network = true\nstart_timeout_secs = 120\n"
     )
+}
+
+/// The rules of `k8s/builds.yaml`'s Role, as JSON (its flow-style lists are JSON).
+pub fn builds_role_rules() -> serde_json::Value {
+    let yaml = include_str!("../../k8s/builds.yaml");
+    let role = yaml
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: Role\n"))
+        .expect("a Role in k8s/builds.yaml");
+    let mut rules = Vec::new();
+    for line in role.lines().map(str::trim) {
+        let value = |prefix: &str| {
+            line.strip_prefix(prefix)
+                .map(|v| serde_json::from_str::<serde_json::Value>(v.trim()).unwrap())
+        };
+        if let Some(groups) = value("- apiGroups:") {
+            rules.push(serde_json::json!({ "apiGroups": groups }));
+        } else if let Some(resources) = value("resources:") {
+            rules.last_mut().unwrap()["resources"] = resources;
+        } else if let Some(verbs) = value("verbs:") {
+            rules.last_mut().unwrap()["verbs"] = verbs;
+        }
+    }
+    serde_json::Value::Array(rules)
 }
 
 impl ClusterBuild {
     /// The hello fixture built on the cluster, the usual configuration as `edit` changes it.
     pub async fn hello(edit: impl FnOnce(String) -> String) -> Option<ClusterBuild> {
+        ClusterBuild::hello_as(false, edit).await
+    }
+
+    /// The same, building as the narrow test user with only `k8s/builds.yaml`'s Role.
+    pub async fn hello_narrow() -> Option<ClusterBuild> {
+        ClusterBuild::hello_as(true, |c| c).await
+    }
+
+    async fn hello_as(narrow: bool, edit: impl FnOnce(String) -> String) -> Option<ClusterBuild> {
         docker_with_base_images()?;
         require(
             "deploybot-local/builder:1",
@@ -48,8 +100,13 @@ impl ClusterBuild {
             )
             .await;
         let (git, sha) = GitServer::start_fixture("hello")?;
-        let text =
-            config(&registry, &git, &registry.password) + &executor_section(&cluster.namespace);
+        let executor = if narrow {
+            cluster.grant_narrow_rules(builds_role_rules()).await;
+            narrow_executor_section(&cluster)
+        } else {
+            executor_section(&cluster.namespace)
+        };
+        let text = config(&registry, &git, &registry.password) + &executor;
         let app = TestApp::spawn_config(&edit(text)).await;
         let build = Build {
             app,

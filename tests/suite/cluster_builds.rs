@@ -79,3 +79,25 @@ async fn a_failing_step_in_a_pod_fails_its_stage_with_exit_code_command_and_log_
     assert_eq!(cb.settled_leftovers().await, Vec::<String>::new());
     cb.cluster.delete().await;
 }
+
+/// k8s/builds.yaml's Role, and nothing more, is enough to build on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builds_role_is_all_the_kubernetes_executor_needs() {
+    let Some(cb) = ClusterBuild::hello_narrow().await else {
+        return;
+    };
+    let build = &cb.build;
+
+    let (job, detail_) = build
+        .push_change("refs/tags/v1.0.0", hello_steps(CHECK_STEP))
+        .await;
+
+    assert_eq!(detail_.job.state, "success", "{}", build.log(job));
+    assert!(build
+        .registry
+        .digest("myevents/web", "v1.0.0")
+        .await
+        .is_some());
+    assert_eq!(cb.settled_leftovers().await, Vec::<String>::new());
+    cb.cluster.delete().await;
+}
