@@ -93,6 +93,8 @@ pub struct ServicePlan {
     /// Where the image goes once built; None when this job pushes no tag for it (a branch, or
     /// a tag deploybot already pushed).
     pub push: Option<PushPlan>,
+    /// deploybot's registry credentials: for `FROM` images there and for the push.
+    pub registry_auth: Option<RegistryAuth>,
 }
 
 /// The exact commit, fetched where the build runs.
@@ -121,7 +123,6 @@ pub struct ImagePlan {
 #[derive(Debug)]
 pub struct PushPlan {
     pub reference: String,
-    pub auth: Option<RegistryAuth>,
 }
 
 #[derive(Debug, Clone)]

@@ -82,7 +82,6 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         };
         let push = (cx.pushes && !already_pushed).then(|| PushPlan {
             reference: reference.to_owned(),
-            auth: self.registry_auth(),
         });
         Ok(ServicePlan {
             job: job.id,
@@ -103,6 +102,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 limits: self.settings.worker.limits,
             },
             push,
+            registry_auth: self.registry_auth(),
         })
     }
 

@@ -81,6 +81,35 @@ impl ClusterBuild {
     }
 
     async fn hello_as(narrow: bool, edit: impl FnOnce(String) -> String) -> Option<ClusterBuild> {
+        let parts = ClusterParts::start(narrow).await?;
+        let app = TestApp::spawn_config(&edit(parts.config)).await;
+        let build = Build {
+            app,
+            registry: parts.registry,
+            git: parts.git,
+            sha: parts.sha,
+        };
+        Some(ClusterBuild {
+            build,
+            cluster: parts.cluster,
+        })
+    }
+}
+
+/// What a deploybot building on the cluster needs: a registry holding the hello fixture's base
+/// image, a builds namespace, the hello fixture served by git, and the configuration for them.
+pub struct ClusterParts {
+    pub registry: Registry,
+    pub cluster: TestCluster,
+    pub git: GitServer,
+    pub sha: String,
+    pub config: String,
+}
+
+impl ClusterParts {
+    /// `narrow`: the executor reaches the cluster as the narrow test user, granted exactly
+    /// `k8s/builds.yaml`'s Role.
+    pub async fn start(narrow: bool) -> Option<ClusterParts> {
         docker_with_base_images()?;
         require(
             "deploybot-local/builder:1",
@@ -106,23 +135,23 @@ impl ClusterBuild {
         } else {
             executor_section(&cluster.namespace)
         };
-        let text = config(&registry, &git, &registry.password) + &executor;
-        let app = TestApp::spawn_config(&edit(text)).await;
-        let build = Build {
-            app,
+        let config = config(&registry, &git, &registry.password) + &executor;
+        Some(ClusterParts {
             registry,
+            cluster,
             git,
             sha,
-        };
-        Some(ClusterBuild { build, cluster })
+            config,
+        })
     }
+}
 
+impl TestCluster {
     /// What deploybot left in the builds namespace: pods, Secrets and NetworkPolicies it
     /// labelled (the test's own pull secret is not one).
     pub async fn leftovers(&self) -> Vec<String> {
         let params = ListParams::default().labels("deploybot.job");
-        let client = &self.cluster.client;
-        let namespace = &self.cluster.namespace;
+        let (client, namespace) = (&self.client, &self.namespace);
         let mut names = Vec::new();
         for pod in Api::<Pod>::namespaced(client.clone(), namespace)
             .list(&params)
@@ -146,7 +175,7 @@ impl ClusterBuild {
     }
 
     pub async fn network_policies(&self) -> Vec<String> {
-        Api::<NetworkPolicy>::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
+        Api::<NetworkPolicy>::namespaced(self.client.clone(), &self.namespace)
             .list(&ListParams::default().labels("deploybot.job"))
             .await
             .unwrap()

@@ -27,7 +27,7 @@ async fn a_tag_push_is_built_and_pushed_by_a_pod_and_leaves_nothing_behind() {
         "queued" | "running"
     ) {
         if policies.is_empty() {
-            policies = cb.network_policies().await;
+            policies = cb.cluster.network_policies().await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
@@ -51,7 +51,7 @@ async fn a_tag_push_is_built_and_pushed_by_a_pod_and_leaves_nothing_behind() {
         1,
         "a build without network gets an egress policy"
     );
-    assert_eq!(cb.settled_leftovers().await, Vec::<String>::new());
+    assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
     cb.cluster.delete().await;
 }
 
@@ -76,7 +76,7 @@ async fn a_failing_step_in_a_pod_fails_its_stage_with_exit_code_command_and_log_
     assert!(said.contains("vet found a problem"), "{said}");
     assert_eq!(stage(&detail_, "web", "image").state, "skipped");
     assert_eq!(build.registry.digest("myevents/web", "v1.0.0").await, None);
-    assert_eq!(cb.settled_leftovers().await, Vec::<String>::new());
+    assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
     cb.cluster.delete().await;
 }
 
@@ -98,6 +98,158 @@ async fn the_builds_role_is_all_the_kubernetes_executor_needs() {
         .digest("myevents/web", "v1.0.0")
         .await
         .is_some());
-    assert_eq!(cb.settled_leftovers().await, Vec::<String>::new());
+    assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
+    cb.cluster.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_push_builds_on_the_cluster_and_pushes_nothing() {
+    let Some(cb) = ClusterBuild::hello(|c| c).await else {
+        return;
+    };
+    let build = &cb.build;
+
+    let (job, detail_) = build
+        .push_change("refs/heads/feature", hello_steps(CHECK_STEP))
+        .await;
+
+    assert_eq!(detail_.job.state, "success", "{}", build.log(job));
+    assert_eq!(stage(&detail_, "web", "image").state, "success");
+    assert_eq!(stage(&detail_, "web", "push").state, "skipped");
+    let tag = format!("sha-{}", &detail_.job.sha[..12]);
+    assert_eq!(build.registry.digest("myevents/web", &tag).await, None);
+    assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
+    cb.cluster.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_registry_password_fails_the_cluster_build_clearly_and_shows_it_nowhere() {
+    let wrong = "wrong-registry-password-3c9a";
+    let mut real = String::new();
+    let Some(cb) = ClusterBuild::hello(|c| {
+        let line = c.lines().find(|l| l.starts_with("password = ")).unwrap();
+        real = line
+            .trim_start_matches("password = ")
+            .trim_matches('"')
+            .to_owned();
+        c.replace(line, &format!("password = \"{wrong}\""))
+    })
+    .await
+    else {
+        return;
+    };
+    let build = &cb.build;
+
+    let (job, detail_) = build.push_change("refs/tags/v1.0.0", |_| {}).await;
+
+    assert_eq!(detail_.job.state, "failed", "{}", build.log(job));
+    let failed: Vec<_> = detail_
+        .stages
+        .iter()
+        .filter(|s| s.state == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    let said = failed[0].detail.clone().unwrap_or_default().to_lowercase();
+    assert!(
+        said.contains("unauthorized") || said.contains("authentication"),
+        "{said}"
+    );
+    let everything = format!("{detail_:?}{}", build.log(job));
+    assert!(!everything.contains(wrong), "the password leaked");
+    assert!(!everything.contains(&real), "the real password leaked");
+    assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
+    cb.cluster.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_branch_push_supersedes_a_cluster_build_and_its_pod_goes() {
+    let Some(cb) = ClusterBuild::hello(|c| c).await else {
+        return;
+    };
+    let build = &cb.build;
+    let slow = "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"echo started\", \"sleep 120\"]\n";
+    let older_sha = build.git.commit("slow", "master", None, hello_steps(slow));
+    let older = build.send("refs/heads/master", &older_sha).await;
+    // The older build's step is running in its pod.
+    while !build.log(older).contains("started") {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let newer_sha = build.git.commit("quick", "master", None, |dir| {
+        std::fs::write(
+            dir.join(".deploybot.toml"),
+            include_str!("../fixtures/hello/.deploybot.toml"),
+        )
+        .unwrap();
+    });
+    let newer = build.send("refs/heads/master", &newer_sha).await;
+
+    let older = build.finished(older).await;
+    let newer = build.finished(newer).await;
+
+    assert_eq!(older.job.state, "superseded", "{older:#?}");
+    assert_eq!(newer.job.state, "success", "{}", build.log(newer.job.id));
+    assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
+    cb.cluster.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_printed_by_a_step_in_a_pod_is_masked_in_the_stored_log() {
+    let Some(cb) = ClusterBuild::hello(|c| c).await else {
+        return;
+    };
+    let build = &cb.build;
+    let password = build.registry.password.clone();
+    let leaky = format!("\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"echo token is {password}\"]\n");
+
+    let (job, detail_) = build
+        .push_change("refs/heads/leaky", hello_steps(&leaky))
+        .await;
+
+    assert_eq!(detail_.job.state, "success", "{detail_:#?}");
+    let log = build.log(job);
+    assert!(log.contains("token is ***"), "{log}");
+    assert!(!log.contains(&password));
+    cb.cluster.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_touching_one_service_rebuilds_only_that_one_on_the_cluster() {
+    let Some(cb) = ClusterBuild::hello(|c| c).await else {
+        return;
+    };
+    let build = &cb.build;
+    let api = "\n[[services]]\nname = \"api\"\ncontext = \"api\"\ndockerfile = \"Dockerfile\"\nimage = \"myevents/api\"\n";
+    let (first, detail_) = build
+        .push_change("refs/tags/v1.0.0", |dir| {
+            // Two services, each with its own context directory.
+            for service in ["web", "api"] {
+                std::fs::create_dir(dir.join(service)).unwrap();
+                std::fs::copy(dir.join("Dockerfile"), dir.join(service).join("Dockerfile"))
+                    .unwrap();
+                std::fs::write(dir.join(service).join("health"), format!("{service} ok\n"))
+                    .unwrap();
+            }
+            let path = dir.join(".deploybot.toml");
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, text.replace("context = \".\"", "context = \"web\"")).unwrap();
+            hello_steps(api)(dir);
+        })
+        .await;
+    assert_eq!(detail_.job.state, "success", "{}", build.log(first));
+
+    let (second, detail_) = build
+        .push_change("refs/tags/v1.1.0", |dir| {
+            std::fs::write(dir.join("api/health"), "api ok again\n").unwrap();
+        })
+        .await;
+
+    assert_eq!(detail_.job.state, "success", "{}", build.log(second));
+    let log = build.log(second);
+    assert!(log.contains("tagged in the registry"), "{log}");
+    let web = |tag: &'static str| build.registry.digest("myevents/web", tag);
+    assert_eq!(web("v1.1.0").await, web("v1.0.0").await, "web is reused");
+    let api = |tag: &'static str| build.registry.digest("myevents/api", tag);
+    assert_ne!(api("v1.1.0").await, api("v1.0.0").await, "api is rebuilt");
+    assert!(detail(&detail_, "web", "image").contains("reusing"));
     cb.cluster.delete().await;
 }

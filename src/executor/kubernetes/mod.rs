@@ -88,7 +88,7 @@ impl KubeExecutor {
             () = tokio::time::sleep(timeout) => ExecError::TimedOut(timeout.as_secs()),
         };
         // Stopped now, not when the job ends: a timed-out step must not keep running.
-        let _ = pods.delete(&name, &DeleteParams::background()).await;
+        let _ = pods.delete(&name, &delete_now()).await;
         Err(stopped)
     }
 
@@ -161,7 +161,7 @@ impl KubeExecutor {
             let Some(name) = object.meta().name.clone() else {
                 continue;
             };
-            match api.delete(&name, &DeleteParams::background()).await {
+            match api.delete(&name, &delete_now()).await {
                 Ok(_) => deleted += 1,
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
@@ -305,6 +305,15 @@ impl Executor for KubeExecutor {
         self.delete_all::<Secret>(&selector).await?;
         self.delete_all::<NetworkPolicy>(&selector).await?;
         Ok(pods)
+    }
+}
+
+/// Deleted at once: a build's processes get no grace period (a shell as PID 1 ignores SIGTERM,
+/// and nothing in a build needs to finish once it is stopped).
+fn delete_now() -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::background()
     }
 }
 

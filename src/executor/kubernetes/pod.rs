@@ -138,9 +138,8 @@ pub(super) fn is_loopback(registry: &str) -> bool {
 fn auth_file(plan: &ServicePlan) -> String {
     use base64::Engine;
     let auths: serde_json::Map<String, serde_json::Value> = plan
-        .push
+        .registry_auth
         .as_ref()
-        .and_then(|push| push.auth.as_ref())
         .map(|auth| {
             let basic = base64::engine::general_purpose::STANDARD.encode(format!(
                 "{}:{}",

@@ -71,11 +71,11 @@ fn plan() -> ServicePlan {
         },
         push: Some(PushPlan {
             reference: "127.0.0.1:5000/myevents/eventservice:v1.0.0".into(),
-            auth: Some(RegistryAuth {
-                server: "127.0.0.1:5000".into(),
-                username: "deploybot".into(),
-                password: SecretString::from(PASSWORD.to_owned()),
-            }),
+        }),
+        registry_auth: Some(RegistryAuth {
+            server: "127.0.0.1:5000".into(),
+            username: "deploybot".into(),
+            password: SecretString::from(PASSWORD.to_owned()),
         }),
     }
 }
