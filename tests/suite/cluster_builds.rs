@@ -253,3 +253,70 @@ async fn a_commit_touching_one_service_rebuilds_only_that_one_on_the_cluster() {
     assert!(detail(&detail_, "web", "image").contains("reusing"));
     cb.cluster.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_build_killed_mid_way_completes_once_after_a_restart() {
+    use crate::common::binary::Server;
+    use crate::common::build::{finished, signed_push};
+    use crate::common::cluster_build::ClusterParts;
+    let Some(parts) = ClusterParts::start(false).await else {
+        return;
+    };
+    let slow = "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"echo started\", \"sleep 5\"]\n";
+    let sha = parts
+        .git
+        .commit("slow", "master", Some("v3.0.0"), hello_steps(slow));
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("deploybot.toml");
+    let config = parts.config.replacen(
+        "[server]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+        1,
+    );
+    std::fs::write(&config_path, config).unwrap();
+    let server = Server::start(dir.path(), &config_path, &[]);
+    let delivery = signed_push(&parts.git.url, "refs/tags/v3.0.0", &sha);
+    let job = server.post_delivery("myevents", &delivery).await;
+    let jobs = deploybot::store::Jobs::open(&dir.path().join("data"), "test").unwrap();
+
+    // Kill -9 once the step runs in its pod.
+    while !parts
+        .cluster
+        .leftovers()
+        .await
+        .iter()
+        .any(|o| o.starts_with("pod/"))
+        || jobs
+            .get(job)
+            .unwrap()
+            .unwrap()
+            .stages
+            .iter()
+            .all(|s| s.state != "running" || s.service == "-")
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.kill_hard();
+    let restarted = Server::start(dir.path(), &config_path, &[]);
+
+    let detail_ = finished(&jobs, job).await;
+    assert_eq!(
+        detail_.job.state,
+        "success",
+        "{detail_:#?}\n{}",
+        restarted.log()
+    );
+    assert_eq!(detail_.job.attempt, 2, "taken back once after the crash");
+    let image = detail_.images.iter().find(|i| i.service == "web").unwrap();
+    let pushed = parts.registry.digest("myevents/web", "v3.0.0").await;
+    assert_eq!(
+        pushed.as_deref(),
+        image.digest.as_deref(),
+        "one push, one digest"
+    );
+    assert_eq!(
+        parts.cluster.settled_leftovers().await,
+        Vec::<String>::new()
+    );
+    parts.cluster.delete().await;
+}

@@ -126,7 +126,14 @@ impl KubeExecutor {
     {
         let api: Api<K> = self.api();
         let kind = K::kind(&Default::default()).into_owned();
-        match api.create(&PostParams::default(), object).await {
+        let mut created = api.create(&PostParams::default(), object).await;
+        if matches!(&created, Err(kube::Error::Api(e)) if e.code == 409) {
+            // Left by an earlier attempt of the same job and still going away.
+            let name = object.meta().name.clone().unwrap_or_default();
+            self.gone(&api, &name).await;
+            created = api.create(&PostParams::default(), object).await;
+        }
+        match created {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("PodSecurity") => {
                 Err(ExecError::Engine(format!(
@@ -138,6 +145,20 @@ impl KubeExecutor {
                 "cannot create the build's {kind} in namespace {}: {e}",
                 self.settings.namespace
             ))),
+        }
+    }
+
+    /// Deletes `name` at once and waits (up to a minute) until the API no longer has it.
+    async fn gone<K>(&self, api: &Api<K>, name: &str)
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let _ = api.delete(name, &delete_now()).await;
+        for _ in 0..240 {
+            if let Ok(None) = api.get_opt(name).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
