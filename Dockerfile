@@ -30,17 +30,21 @@
 # Other configuration: mount a file over /etc/deploybot/deploybot.toml, or set any key with
 # DEPLOYBOT__SECTION__KEY. Build arguments: BASE (above), CONFIG (the file baked in as
 # /etc/deploybot/deploybot.toml, default config/deploybot.toml) and CA_CERTIFICATES (1, the default,
-# installs Debian's ca-certificates when the base lacks a CA bundle; 0 skips that and needs no network).
+# installs Debian's ca-certificates when the base lacks a CA bundle; 0 skips that) and BINARY (the
+# binary copied in, default target/release/deploybot). git is installed from Debian when missing.
 ARG BASE=deploybot-local/debian:bookworm
 FROM ${BASE}
 
 ARG CA_CERTIFICATES=1
-# One layer, before the binary is copied, so that rebuilding after a code change reuses it. The CA
-# bundle is for outgoing TLS; a base that has one already (or CA_CERTIFICATES=0) skips apt entirely.
+# One layer, before the binary is copied, so that rebuilding after a code change reuses it. git
+# fetches each job's commit (deploybot reads the pipeline from it, whichever executor builds). The
+# CA bundle is for outgoing TLS; CA_CERTIFICATES=0 leaves it out.
 RUN set -eu; \
-    if [ "$CA_CERTIFICATES" = 1 ] && [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then \
+    packages=git; \
+    if [ "$CA_CERTIFICATES" = 1 ] && [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then packages="$packages ca-certificates"; fi; \
+    if ! command -v git >/dev/null || [ "$packages" != git ]; then \
       apt-get update -q \
-      && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ca-certificates \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages \
       && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/*.log; \
     fi; \
     groupadd --system --gid 10001 deploybot; \
@@ -53,7 +57,9 @@ RUN set -eu; \
 
 ARG CONFIG=config/deploybot.toml
 COPY ${CONFIG} /etc/deploybot/deploybot.toml
-COPY target/release/deploybot /usr/local/bin/deploybot
+# The binary to run: the release build, or another one scripts/build-image.sh was given (BINARY).
+ARG BINARY=target/release/deploybot
+COPY ${BINARY} /usr/local/bin/deploybot
 
 ENV DEPLOYBOT__SERVER__LISTEN=0.0.0.0:8080 \
     DEPLOYBOT__SERVER__DATA_DIR=/var/lib/deploybot

@@ -11,6 +11,8 @@
 #          value, e.g. debian:bookworm-slim where a registry is reachable, is used as it is)
 #   IMAGE  tag of the result (default deploybot:latest)
 #   PREFIX passed on to build-base-images.sh (default deploybot-local)
+#   BINARY a deploybot binary already built (e.g. the tests' target/debug/deploybot): copied in,
+#          stripped, instead of a release build
 # cargo builds into target/ (the Dockerfile copies target/release/deploybot from there).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,10 +32,18 @@ if [ -n "${CARGO_TARGET_DIR:-}" ] && [ "$(mkdir -p "$CARGO_TARGET_DIR" && cd "$C
   echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR: unset it, the Dockerfile needs the binary at $repo/target/release/deploybot" >&2
   exit 2
 fi
-echo "== cargo build --release"
-(cd "$repo" && cargo build --release --locked)
+binary=()
+if [ -n "${BINARY:-}" ]; then
+  echo "== $BINARY, stripped, as the image's binary"
+  mkdir -p "$repo/target/image"
+  strip -o "$repo/target/image/deploybot" "$BINARY"
+  binary=(--build-arg BINARY=target/image/deploybot)
+else
+  echo "== cargo build --release"
+  (cd "$repo" && cargo build --release --locked)
+fi
 
 echo "== docker build -t $IMAGE (BASE=$BASE)"
-docker build --build-arg "BASE=$BASE" -t "$IMAGE" "$@" "$repo"
+docker build --build-arg "BASE=$BASE" "${binary[@]}" -t "$IMAGE" "$@" "$repo"
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "built $IMAGE, $((size / 1000000)) MB"

@@ -53,7 +53,7 @@ pub fn docker_with_base_images() -> Option<()> {
     Some(())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -16,6 +16,7 @@ mod durability;
 mod github_intake;
 mod gitlab_intake;
 mod idempotency;
+mod in_cluster;
 mod intake_limits;
 mod operations;
 mod pipeline;
