@@ -330,6 +330,20 @@ fn fetch_container(secret: &str, plan: &ServicePlan, k: &KubernetesExecutor) -> 
          if [ \"$got\" != \"$DEPLOYBOT_SHA\" ]; then echo \"$DEPLOYBOT_REF is now $got, not $DEPLOYBOT_SHA\" > /dev/termination-log; exit 1; fi\n\
          git checkout -q --detach \"$DEPLOYBOT_SHA\"\nchmod -R a+rwX {WORKSPACE}\n"
     );
+    let mut fetch = fetch;
+    let mut mounts = vec![mount("workspace", WORKSPACE)];
+    if k.cache_claim.is_some() {
+        // The steps mount their caches as sub-paths of the claim, as their own users: the
+        // sub-paths must exist and be theirs to write.
+        let mut caches: Vec<&String> = plan.steps.iter().flat_map(|s| s.volumes.keys()).collect();
+        caches.sort();
+        caches.dedup();
+        for cache in caches {
+            let dir = quote(&format!("/caches/{cache}"));
+            fetch.push_str(&format!("mkdir -p {dir} && chmod 0777 {dir}\n"));
+        }
+        mounts.push(mount("caches", "/caches"));
+    }
     let mut vars = vec![
         env("HOME", "/tmp"),
         env("GIT_TERMINAL_PROMPT", "0"),
@@ -361,7 +375,7 @@ fn fetch_container(secret: &str, plan: &ServicePlan, k: &KubernetesExecutor) -> 
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec!["sh".into(), "-c".into(), fetch]),
         env: Some(vars),
-        volume_mounts: Some(vec![mount("workspace", WORKSPACE)]),
+        volume_mounts: Some(mounts),
         security_context: Some(confined(None)),
         resources: Some(resources(&plan.image.limits, k)),
         ..Default::default()

@@ -193,3 +193,37 @@ fn loopback_registries_are_spoken_to_over_plain_http() {
     assert!(is_loopback("localhost:5000"));
     assert!(!is_loopback("registry.example:443"));
 }
+
+#[test]
+fn with_a_cache_claim_each_step_mounts_its_caches_sub_path_which_the_fetch_prepares() {
+    let mut k = executor();
+    k.cache_claim = Some(crate::domain::DnsLabel::parse("caches").unwrap());
+    let settings = PodSettings {
+        executor: &k,
+        deadline_secs: 3600,
+    };
+    let spec = pod("p", &labels("abc", 7, "eventservice"), &plan(), &settings)
+        .spec
+        .unwrap();
+    let init = spec.init_containers.unwrap();
+    let cache = init[1]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/go")
+        .unwrap();
+    assert_eq!(cache.name, "caches");
+    assert_eq!(cache.sub_path.as_deref(), Some("deploybot-cache-p-tags-go"));
+    let fetch = &init[0].command.as_ref().unwrap()[2];
+    assert!(
+        fetch.contains("mkdir -p '/caches/deploybot-cache-p-tags-go'"),
+        "{fetch}"
+    );
+    let claim = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "caches")
+        .unwrap();
+    assert_eq!(claim.persistent_volume_claim.unwrap().claim_name, "caches");
+}
