@@ -10,7 +10,7 @@ mod names;
 pub use delivery_id::DeliveryId;
 pub use git::{CommitSha, GitRef, RefKind};
 pub use job::{JobState, StageName, StageState};
-pub use names::{DnsLabel, ProjectName, RepoSlug};
+pub use names::{tag_safe, DnsLabel, ProjectName, RepoSlug};
 
 /// Why a value did not parse; the caller adds which field or header it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -515,27 +515,14 @@ pub(super) fn cache_volume(project: &str, caches: &str, path: &str) -> String {
 /// `registry/image:tag` for a tag push, `registry/image:sha-<12>` for a branch.
 fn image_reference(registry: Option<&str>, service: &Service, job: &ClaimedJob) -> String {
     let tag = match job.git_ref.kind() {
-        RefKind::Tag => sanitize_tag(job.git_ref.name()),
+        // Docker tags allow `[A-Za-z0-9_.-]`, up to 128 characters.
+        RefKind::Tag => crate::domain::tag_safe(job.git_ref.name(), 128),
         RefKind::Branch => format!("sha-{}", job.sha.prefix(12)),
     };
     match registry {
         Some(registry) => format!("{registry}/{}:{tag}", service.image),
         None => format!("{}:{tag}", service.image),
     }
-}
-
-/// Docker tags allow `[A-Za-z0-9_.-]`, up to 128 characters.
-fn sanitize_tag(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(128)
-        .collect()
 }
 
 fn should_push(definition: &Definition, job: &ClaimedJob) -> bool {

@@ -121,13 +121,7 @@ impl ClusterParts {
         )?;
         let registry = Registry::start()?;
         let cluster = TestCluster::start(&registry).await?;
-        registry
-            .push(
-                "deploybot-local/static:latest",
-                "deploybot-local/static",
-                "latest",
-            )
-            .await;
+        registry.push_static_base().await;
         let (git, sha) = GitServer::start_fixture("hello")?;
         let executor = if narrow {
             cluster.grant_narrow_rules(builds_role_rules()).await;

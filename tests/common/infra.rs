@@ -186,6 +186,17 @@ impl Registry {
 }
 
 impl Registry {
+    /// Puts the static base image the fixtures build `FROM` where a builder on the cluster
+    /// finds it (its short name resolved in this registry).
+    pub async fn push_static_base(&self) {
+        self.push(
+            "deploybot-local/static:latest",
+            "deploybot-local/static",
+            "latest",
+        )
+        .await;
+    }
+
     /// The labels of the image the registry serves as `repository:tag` (from its config blob).
     pub async fn labels(&self, repository: &str, tag: &str) -> serde_json::Value {
         let get = |path: String, accept: &'static str| {

@@ -106,13 +106,7 @@ async fn deploybot_in_a_pod_builds_a_tag_push_as_pods_then_pushes_rolls_out_and_
         return;
     };
     git.tag("v1.0.0", &sha);
-    registry
-        .push(
-            "deploybot-local/static:latest",
-            "deploybot-local/static",
-            "latest",
-        )
-        .await;
+    registry.push_static_base().await;
     for service in SERVICES {
         cluster.create_deployment(service, 120).await;
     }

@@ -59,22 +59,12 @@ pub(super) fn labels(instance: &str, job: i64, service: &str) -> BTreeMap<String
     BTreeMap::from([
         (INSTANCE_LABEL.to_owned(), instance.to_owned()),
         (JOB_LABEL.to_owned(), job.to_string()),
-        (SERVICE_LABEL.to_owned(), label_value(service)),
+        // Label values allow `[A-Za-z0-9_.-]`, up to 63 characters.
+        (
+            SERVICE_LABEL.to_owned(),
+            crate::domain::tag_safe(service, 63),
+        ),
     ])
-}
-
-/// Label values allow `[A-Za-z0-9_.-]`, up to 63 characters.
-fn label_value(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect()
 }
 
 fn meta(name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
