@@ -136,6 +136,21 @@ impl fmt::Display for RepoSlug {
     }
 }
 
+/// `text` with every character outside `[A-Za-z0-9_.-]` replaced by `-`, cut at `max`: what both a
+/// Docker tag (128) and a Kubernetes label value (63) allow.
+pub fn tag_safe(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,19 +199,4 @@ mod tests {
         assert!(slug.matches("octocat/hello-world"));
         assert!(!slug.matches("octocat/hello"));
     }
-}
-
-/// `text` with every character outside `[A-Za-z0-9_.-]` replaced by `-`, cut at `max`: what both a
-/// Docker tag (128) and a Kubernetes label value (63) allow.
-pub fn tag_safe(text: &str, max: usize) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(max)
-        .collect()
 }

@@ -320,3 +320,29 @@ async fn a_cluster_build_killed_mid_way_completes_once_after_a_restart() {
     );
     parts.cluster.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_over_its_timeout_in_a_pod_is_stopped_and_fails_as_timed_out() {
+    let Some(cb) =
+        ClusterBuild::hello(|c| c.replace("step_timeout_secs = 600", "step_timeout_secs = 5"))
+            .await
+    else {
+        return;
+    };
+    let build = &cb.build;
+    let endless = "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"echo waiting\", \"sleep 600\"]\n";
+
+    let (job, detail_) = build
+        .push_change("refs/heads/slow", hello_steps(endless))
+        .await;
+
+    assert_eq!(detail_.job.state, "failed", "{}", build.log(job));
+    let check = stage(&detail_, "web", "check");
+    assert_eq!(check.state, "failed");
+    assert!(
+        detail(&detail_, "web", "check").contains("timed out after 5 s"),
+        "{check:?}"
+    );
+    assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
+    cb.cluster.delete().await;
+}

@@ -31,14 +31,13 @@ pub(super) struct Ended {
     pub(super) message: String,
 }
 
-pub(super) async fn container(
+/// Streams the output of a started container until it ends; how it ended.
+pub(super) async fn to_the_end(
     pods: &Api<Pod>,
     pod: &str,
     container: &str,
-    start_timeout: Duration,
     log: &dyn LogSink,
 ) -> Result<Ended, ExecError> {
-    started(pods, pod, container, start_timeout).await?;
     stream_logs(pods, pod, container, log).await?;
     loop {
         if let Some(ended) = ended(pods, pod, container).await? {
@@ -72,7 +71,7 @@ async fn state(
 }
 
 /// Returns once the container runs or ran; fails when it cannot start, saying why.
-async fn started(
+pub(super) async fn started(
     pods: &Api<Pod>,
     pod: &str,
     container: &str,

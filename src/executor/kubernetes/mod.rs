@@ -69,8 +69,8 @@ impl KubeExecutor {
         pod::object_name(&self.instance, job, service)
     }
 
-    /// Follows `container` of the service's pod until it ends, or stops the pod at `timeout`
-    /// or `cancel`.
+    /// Follows `container` of the service's pod until it ends, or stops the pod `timeout`
+    /// after the container started, or at `cancel`.
     async fn follow(
         &self,
         (job, service): (i64, &str),
@@ -82,14 +82,23 @@ impl KubeExecutor {
         let pods: Api<Pod> = self.api();
         let name = self.name(job, service);
         let start = self.settings.start_timeout;
-        let stopped = tokio::select! {
-            ended = follow::container(&pods, &name, container, start, log) => return ended,
-            () = cancel.cancelled() => ExecError::Canceled,
-            () = tokio::time::sleep(timeout) => ExecError::TimedOut(timeout.as_secs()),
+        // The step's own time starts when its container does, not while the pod is scheduled
+        // or earlier containers run.
+        let run = async {
+            follow::started(&pods, &name, container, start).await?;
+            tokio::time::timeout(timeout, follow::to_the_end(&pods, &name, container, log))
+                .await
+                .unwrap_or(Err(ExecError::TimedOut(timeout.as_secs())))
         };
-        // Stopped now, not when the job ends: a timed-out step must not keep running.
-        let _ = pods.delete(&name, &delete_now()).await;
-        Err(stopped)
+        let result = tokio::select! {
+            result = run => result,
+            () = cancel.cancelled() => Err(ExecError::Canceled),
+        };
+        if matches!(result, Err(ExecError::Canceled | ExecError::TimedOut(_))) {
+            // Stopped now, not when the job ends: a timed-out step must not keep running.
+            let _ = pods.delete(&name, &delete_now()).await;
+        }
+        result
     }
 
     /// The addresses a build without network may still reach: the git server and registries.
