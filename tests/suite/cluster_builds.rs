@@ -346,3 +346,45 @@ async fn a_step_over_its_timeout_in_a_pod_is_stopped_and_fails_as_timed_out() {
     assert_eq!(cb.cluster.settled_leftovers().await, Vec::<String>::new());
     cb.cluster.delete().await;
 }
+
+/// Two steps in one toolchain share a container: each still has its own stage, output and
+/// result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_sharing_a_pod_container_each_report_their_own_stage_and_a_missing_artifact() {
+    let Some(cb) = ClusterBuild::hello(|c| c).await else {
+        return;
+    };
+    let build = &cb.build;
+    let steps = "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"echo checked\"]\n\n[[services.steps]]\nstage = \"compile\"\nimage = \"busybox\"\ncommands = [\"echo compiled\"]\nartifacts = [\"app.bin\"]\n";
+
+    let (job, detail_) = build
+        .push_change("refs/heads/two", hello_steps(steps))
+        .await;
+
+    assert_eq!(detail_.job.state, "failed", "{}", build.log(job));
+    assert_eq!(stage(&detail_, "web", "check").state, "success");
+    assert_eq!(stage(&detail_, "web", "compile").state, "failed");
+    let said = detail(&detail_, "web", "compile");
+    assert!(
+        said.contains("the step did not produce app.bin in ."),
+        "{said}"
+    );
+    let chunks = build.jobs().logs(job, Some("web"), 0).unwrap();
+    let of = |stage: &str| -> String {
+        chunks
+            .iter()
+            .filter(|c| c.stage == stage)
+            .map(|c| c.text.clone())
+            .collect()
+    };
+    assert!(
+        of("check").contains("checked") && !of("check").contains("compiled"),
+        "{chunks:?}"
+    );
+    assert!(of("compile").contains("compiled"), "{chunks:?}");
+    assert!(
+        !build.log(job).contains("::deploybot::"),
+        "markers are not shown"
+    );
+    cb.cluster.delete().await;
+}

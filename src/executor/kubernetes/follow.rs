@@ -1,9 +1,13 @@
-//! Following one container of a build pod: wait until it starts (or say why it cannot), stream
-//! its output into the job log as it comes, and return how it ended.
+//! Following a build pod's containers: wait until one starts (or say why it cannot), read its
+//! output line by line as it comes (a [`Reader`] stays open across the segments it runs), and
+//! read how it ended.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::AsyncReadExt;
+use futures_util::{AsyncRead, AsyncReadExt};
 use k8s_openapi::api::core::v1::{ContainerState, Pod};
 use kube::api::LogParams;
 use kube::Api;
@@ -11,8 +15,9 @@ use kube::Api;
 use super::super::lines::LineSplitter;
 use super::super::{ExecError, LogSink};
 
-/// How often the pod's status is read while a container has not started or not ended.
-const POLL: Duration = Duration::from_millis(250);
+/// How often the pod's status is read while a container has not started or not ended (the
+/// kubelet itself notices a container's end within about a second).
+const POLL: Duration = Duration::from_millis(100);
 
 /// Waiting reasons that will not resolve by themselves.
 const STUCK: [&str; 6] = [
@@ -29,22 +34,6 @@ pub(super) struct Ended {
     pub(super) exit_code: i64,
     /// Its termination message (`/dev/termination-log`), trimmed.
     pub(super) message: String,
-}
-
-/// Streams the output of a started container until it ends; how it ended.
-pub(super) async fn to_the_end(
-    pods: &Api<Pod>,
-    pod: &str,
-    container: &str,
-    log: &dyn LogSink,
-) -> Result<Ended, ExecError> {
-    stream_logs(pods, pod, container, log).await?;
-    loop {
-        if let Some(ended) = ended(pods, pod, container).await? {
-            return Ok(ended);
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 fn pod_error(pod: &str, e: kube::Error) -> ExecError {
@@ -119,44 +108,87 @@ pub(super) async fn started(
     }
 }
 
-/// The container's output, from its start until it ends.
-async fn stream_logs(
-    pods: &Api<Pod>,
-    pod: &str,
-    container: &str,
-    log: &dyn LogSink,
-) -> Result<(), ExecError> {
-    let params = LogParams {
-        container: Some(container.to_owned()),
-        follow: true,
-        ..LogParams::default()
-    };
-    let mut stream = pods
-        .log_stream(pod, &params)
-        .await
-        .map_err(|e| pod_error(pod, e))?;
-    let mut splitter = LineSplitter::default();
-    let mut chunk = vec![0u8; 8192];
+/// How the container ended, once it has.
+pub(super) async fn ended(pods: &Api<Pod>, pod: &str, container: &str) -> Result<Ended, ExecError> {
     loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => splitter.push(&chunk[..n], log),
-            Err(e) => {
-                splitter.finish(log);
-                return Err(ExecError::Engine(format!(
-                    "build pod {pod}: the log of {container} broke off: {e}"
-                )));
-            }
+        let (state, _) = state(pods, pod, container).await?;
+        if let Some(t) = state.and_then(|s| s.terminated) {
+            return Ok(Ended {
+                exit_code: i64::from(t.exit_code),
+                message: t.message.unwrap_or_default().trim().to_owned(),
+            });
         }
+        tokio::time::sleep(POLL).await;
     }
-    splitter.finish(log);
-    Ok(())
 }
 
-async fn ended(pods: &Api<Pod>, pod: &str, container: &str) -> Result<Option<Ended>, ExecError> {
-    let (state, _) = state(pods, pod, container).await?;
-    Ok(state.and_then(|s| s.terminated).map(|t| Ended {
-        exit_code: i64::from(t.exit_code),
-        message: t.message.unwrap_or_default().trim().to_owned(),
-    }))
+/// One container's output, line by line (cut at 16 KiB as the Docker executor cuts them).
+pub(super) struct Reader {
+    pub(super) container: String,
+    stream: Pin<Box<dyn AsyncRead + Send>>,
+    splitter: LineSplitter,
+    lines: VecDeque<String>,
+    done: bool,
+}
+
+/// Collects the lines a [`LineSplitter`] hands out.
+#[derive(Default)]
+struct Collect(Mutex<Vec<String>>);
+
+impl LogSink for Collect {
+    fn line(&self, text: &str) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(text.to_owned());
+        }
+    }
+}
+
+impl Reader {
+    /// Follows the output of `container`, which has started, from its beginning.
+    pub(super) async fn open(
+        pods: &Api<Pod>,
+        pod: &str,
+        container: &str,
+    ) -> Result<Reader, ExecError> {
+        let params = LogParams {
+            container: Some(container.to_owned()),
+            follow: true,
+            ..LogParams::default()
+        };
+        let stream = pods
+            .log_stream(pod, &params)
+            .await
+            .map_err(|e| pod_error(pod, e))?;
+        Ok(Reader {
+            container: container.to_owned(),
+            stream: Box::pin(stream),
+            splitter: LineSplitter::default(),
+            lines: VecDeque::new(),
+            done: false,
+        })
+    }
+
+    /// The next line, or None once the container's output has ended.
+    pub(super) async fn next_line(&mut self) -> Result<Option<String>, ExecError> {
+        let mut chunk = vec![0u8; 8192];
+        while self.lines.is_empty() && !self.done {
+            let collect = Collect::default();
+            match self.stream.read(&mut chunk).await {
+                Ok(0) => {
+                    self.splitter.finish(&collect);
+                    self.done = true;
+                }
+                Ok(n) => self.splitter.push(&chunk[..n], &collect),
+                Err(e) => {
+                    return Err(ExecError::Engine(format!(
+                        "the log of {} broke off: {e}",
+                        self.container
+                    )))
+                }
+            }
+            self.lines
+                .extend(collect.0.into_inner().unwrap_or_default());
+        }
+        Ok(self.lines.pop_front())
+    }
 }

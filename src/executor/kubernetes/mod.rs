@@ -1,14 +1,15 @@
 //! [`Executor`] on a Kubernetes cluster: each service's build is one pod in the executor's
-//! namespace (`pod.rs` says what it is made of). [`Executor::prepare`] creates the Secret, the
-//! NetworkPolicy and the pod; each later call follows one of the pod's containers in order
-//! (`follow.rs`): a step's exit code, the image's id, the pushed digest, each handed back
-//! through the container's termination message. A step over its timeout, a cancel or a
-//! supersede deletes the pod at once; every object of a job is labelled and deleted with it.
-//! No Docker engine is used, nothing runs privileged, and no build pod gets a token for the
-//! cluster.
+//! namespace (`pod.rs` says what it is made of, `containers.rs` what each container runs).
+//! [`Executor::prepare`] creates the Secret, the NetworkPolicy and the pod; each later call
+//! follows one *segment* of the pod in order (`segments.rs`, `follow.rs`): a step's exit code,
+//! the image's id, the pushed digest. A step over its timeout, a cancel or a supersede deletes
+//! the pod at once; every object of a job is labelled and deleted with it. No Docker engine is
+//! used, nothing runs privileged, and no build pod gets a token for the cluster.
 
+mod containers;
 mod follow;
 mod pod;
+mod segments;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -26,11 +27,14 @@ use super::{
 };
 use crate::config::KubernetesExecutor;
 use crate::registry::RegistryClient;
+use containers::{Segment, CONTEXT_EXIT, STEP_CHECK_EXIT};
+use segments::{Build, Builds, End};
 
 pub struct KubeExecutor {
     client: Client,
     settings: KubernetesExecutor,
     instance: String,
+    builds: Builds,
     /// Pins `FROM` and toolchain images found in deploybot's registry by their digest.
     registry: Option<(String, RegistryClient)>,
 }
@@ -53,6 +57,7 @@ impl KubeExecutor {
             client,
             settings,
             instance: instance.to_owned(),
+            builds: Builds::default(),
             registry,
         })
     }
@@ -69,34 +74,30 @@ impl KubeExecutor {
         pod::object_name(&self.instance, job, service)
     }
 
-    /// Follows `container` of the service's pod until it ends, or stops the pod `timeout`
-    /// after the container started, or at `cancel`.
-    async fn follow(
+    /// Follows `segment` of the service's pod until it ends; stops the pod `timeout` after the
+    /// segment started, or at `cancel`.
+    async fn segment(
         &self,
         (job, service): (i64, &str),
-        container: &str,
+        segment: Segment,
         timeout: Duration,
         log: &dyn LogSink,
         cancel: &CancellationToken,
-    ) -> Result<follow::Ended, ExecError> {
+    ) -> Result<End, ExecError> {
+        let build = self
+            .builds
+            .get(job, service)
+            .ok_or_else(|| ExecError::Engine(format!("no build pod was set up for {service}")))?;
+        let mut build = build.lock().await;
         let pods: Api<Pod> = self.api();
-        let name = self.name(job, service);
         let start = self.settings.start_timeout;
-        // The step's own time starts when its container does, not while the pod is scheduled
-        // or earlier containers run.
-        let run = async {
-            follow::started(&pods, &name, container, start).await?;
-            tokio::time::timeout(timeout, follow::to_the_end(&pods, &name, container, log))
-                .await
-                .unwrap_or(Err(ExecError::TimedOut(timeout.as_secs())))
-        };
         let result = tokio::select! {
-            result = run => result,
+            result = build.follow(&pods, &segment, start, timeout, log) => result,
             () = cancel.cancelled() => Err(ExecError::Canceled),
         };
         if matches!(result, Err(ExecError::Canceled | ExecError::TimedOut(_))) {
             // Stopped now, not when the job ends: a timed-out step must not keep running.
-            let _ = pods.delete(&name, &delete_now()).await;
+            let _ = pods.delete(&self.name(job, service), &delete_now()).await;
         }
         result
     }
@@ -231,12 +232,17 @@ impl Executor for KubeExecutor {
             self.create(&pod::network_policy(&name, &labels, &allowed))
                 .await?;
         }
+        let nonce = nonce(&name);
         let settings = pod::PodSettings {
             executor: &self.settings,
             deadline_secs: self.deadline_secs(plan),
+            nonce: &nonce,
         };
-        self.create(&pod::pod(&name, &labels, plan, &settings))
-            .await
+        let (pod, layout) = pod::pod(&name, &labels, plan, &settings);
+        self.create(&pod).await?;
+        self.builds
+            .insert(plan.job, &plan.service, Build::new(name, nonce, layout));
+        Ok(())
     }
 
     async fn run_step(
@@ -245,15 +251,13 @@ impl Executor for KubeExecutor {
         log: &dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<i64, ExecError> {
-        let container = pod::step_container_name(spec.index);
         let key = (spec.job, spec.service.as_str());
-        let ended = self
-            .follow(key, &container, spec.timeout, log, cancel)
-            .await?;
-        if ended.exit_code == i64::from(pod::STEP_CHECK_EXIT) && !ended.message.is_empty() {
-            return Err(ExecError::Step(ended.message));
+        let step = Segment::Step(spec.index);
+        let end = self.segment(key, step, spec.timeout, log, cancel).await?;
+        if end.code == STEP_CHECK_EXIT && !end.result.is_empty() {
+            return Err(ExecError::Step(end.result));
         }
-        Ok(ended.exit_code)
+        Ok(end.code)
     }
 
     async fn build_image(
@@ -263,15 +267,12 @@ impl Executor for KubeExecutor {
         cancel: &CancellationToken,
     ) -> Result<String, ExecError> {
         let key = (spec.job, spec.service.as_str());
-        let ended = self
-            .follow(key, pod::IMAGE, spec.timeout, log, cancel)
+        let end = self
+            .segment(key, Segment::Image, spec.timeout, log, cancel)
             .await?;
-        match ended.exit_code {
-            0 => Ok(ended.message),
-            code if code == i64::from(pod::STEP_CHECK_EXIT) => Err(ExecError::Context {
-                path: spec.dockerfile.clone(),
-                reason: ended.message,
-            }),
+        match end.code {
+            0 => Ok(end.result),
+            CONTEXT_EXIT => Err(ExecError::Step(end.result)),
             code => Err(ExecError::Build(format!("buildah exited with {code}"))),
         }
     }
@@ -282,17 +283,13 @@ impl Executor for KubeExecutor {
         log: &dyn LogSink,
     ) -> Result<String, ExecError> {
         // The push stage's own deadline bounds it; the pod goes with the job.
-        let ended = self
-            .follow(
-                (spec.job, spec.service),
-                pod::PUSH,
-                Duration::MAX,
-                log,
-                &CancellationToken::new(),
-            )
+        let key = (spec.job, spec.service);
+        let never = CancellationToken::new();
+        let end = self
+            .segment(key, Segment::Push, Duration::MAX, log, &never)
             .await?;
-        match ended.exit_code {
-            0 if ended.message.starts_with("sha256:") => Ok(ended.message),
+        match end.code {
+            0 if end.result.starts_with("sha256:") => Ok(end.result),
             code => Err(ExecError::Push {
                 reference: spec.reference.to_owned(),
                 reason: format!("buildah push exited with {code} (its log says why)"),
@@ -331,11 +328,25 @@ impl Executor for KubeExecutor {
         if let Some(job) = job {
             selector.push_str(&format!(",{JOB_LABEL}={job}"));
         }
+        self.builds.forget(job);
         let pods = self.delete_all::<Pod>(&selector).await?;
         self.delete_all::<Secret>(&selector).await?;
         self.delete_all::<NetworkPolicy>(&selector).await?;
         Ok(pods)
     }
+}
+
+/// What marks the ends of segments in this pod's output: not guessable from outside the pod
+/// before it exists (a step can read it from its own command line, which is why a container's
+/// real end decides; see `containers.rs`).
+fn nonce(name: &str) -> String {
+    use sha2::Digest;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let seed = format!("{name} {now} {}", std::process::id());
+    hex::encode(&sha2::Sha256::digest(seed.as_bytes())[..8])
 }
 
 /// Deleted at once: a build's processes get no grace period (a shell as PID 1 ignores SIGTERM,

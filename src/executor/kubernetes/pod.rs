@@ -1,43 +1,29 @@
 //! The objects a service's build is made of, built from its [`ServicePlan`] without talking to
 //! the cluster: a Secret (the git header, the registry auth file, the registries the builder
-//! may pull from, the checked Dockerfile), the pod (fetch → steps → image → push, one
-//! container each, all but the last as init containers, so they run in order and stop at the
-//! first failure), and, for builds without network, a NetworkPolicy that lets the pod reach
+//! may pull from, the checked Dockerfile), the pod (its containers from `containers.rs`: fetch,
+//! the steps, the builder; all but the last as init containers, so they run in order and stop
+//! at the first failure), and, for builds without network, a NetworkPolicy that lets the pod reach
 //! only DNS, the git server and the registries.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    EmptyDirVolumeSource, KeyToPath, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Secret,
+    SecretVolumeSource, Volume,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use secrecy::ExposeSecret;
 
-use super::super::lines::script;
-use super::super::{Limits, ServicePlan, StepSpec, INSTANCE_LABEL, JOB_LABEL, SERVICE_LABEL};
+use super::super::{ServicePlan, INSTANCE_LABEL, JOB_LABEL, SERVICE_LABEL};
+use super::containers::Layout;
 use crate::config::KubernetesExecutor;
-
-pub(super) const FETCH: &str = "fetch";
-pub(super) const IMAGE: &str = "image";
-pub(super) const PUSH: &str = "push";
-const WORKSPACE: &str = "/workspace";
-const FILES: &str = "/run/deploybot";
-/// A step's own check failed (an artifact it did not leave): the termination message says why.
-pub(super) const STEP_CHECK_EXIT: i32 = 97;
-
-pub(super) fn step_container_name(index: usize) -> String {
-    format!("step-{index}")
-}
 
 /// The name of a service's pod (and its Secret and NetworkPolicy): unique per deploybot, job
 /// and service, a DNS label.
@@ -148,21 +134,19 @@ pub(super) struct PodSettings<'a> {
     pub(super) executor: &'a KubernetesExecutor,
     /// A backstop for the whole pod; deploybot stops each step at its own timeout.
     pub(super) deadline_secs: i64,
+    /// Marks this pod's segment ends in its output (see `containers.rs`).
+    pub(super) nonce: &'a str,
 }
 
+/// The build pod, and which of its containers runs each segment (see `containers.rs`).
 pub(super) fn pod(
     name: &str,
     labels: &BTreeMap<String, String>,
     plan: &ServicePlan,
     settings: &PodSettings<'_>,
-) -> Pod {
+) -> (Pod, Layout) {
     let k = settings.executor;
-    let mut containers = vec![fetch_container(name, plan, k)];
-    containers.extend(plan.steps.iter().map(|step| step_container(step, k)));
-    containers.push(image_container(plan, k));
-    if let Some(push) = &plan.push {
-        containers.push(push_container(&push.reference, k));
-    }
+    let (mut containers, layout) = super::containers::containers(name, plan, k, settings.nonce);
     let main = containers.pop().into_iter().collect();
     let mut volumes = vec![
         empty_dir("workspace"),
@@ -187,7 +171,7 @@ pub(super) fn pod(
         },
     ];
     volumes.extend(cache_volumes(plan, k));
-    Pod {
+    let pod = Pod {
         metadata: meta(name, labels),
         spec: Some(PodSpec {
             init_containers: Some(containers),
@@ -206,7 +190,8 @@ pub(super) fn pod(
             ..Default::default()
         }),
         ..Default::default()
-    }
+    };
+    (pod, layout)
 }
 
 fn empty_dir(name: &str) -> Volume {
@@ -240,260 +225,12 @@ fn cache_volumes(plan: &ServicePlan, k: &KubernetesExecutor) -> Vec<Volume> {
 }
 
 /// A volume name for a cache without a claim (a DNS label).
-fn cache_volume_name(cache: &str) -> String {
+pub(super) fn cache_volume_name(cache: &str) -> String {
     let digest = {
         use sha2::Digest;
         hex::encode(&sha2::Sha256::digest(cache.as_bytes())[..6])
     };
     format!("cache-{digest}")
-}
-
-fn mount(volume: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: volume.into(),
-        mount_path: path.into(),
-        ..Default::default()
-    }
-}
-
-fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-/// Steps and the fetch: no capability, no privilege escalation, the runtime's seccomp profile.
-fn confined(user: Option<(i64, i64)>) -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        run_as_user: user.map(|(uid, _)| uid),
-        run_as_group: user.map(|(_, gid)| gid),
-        run_as_non_root: user.map(|_| true),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            localhost_profile: None,
-        }),
-        ..Default::default()
-    }
-}
-
-fn resources(limits: &Limits, k: &KubernetesExecutor) -> ResourceRequirements {
-    let millicpus = u64::try_from(limits.nano_cpus / 1_000_000)
-        .unwrap_or(1)
-        .max(1);
-    let memory = u64::try_from(limits.memory_bytes).unwrap_or(u64::MAX);
-    let quantities = |cpu: u64, memory: u64| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(format!("{cpu}m"))),
-            ("memory".to_owned(), Quantity(memory.to_string())),
-        ])
-    };
-    ResourceRequirements {
-        limits: Some(quantities(millicpus, memory)),
-        requests: Some(quantities(
-            k.request_millicpus.min(millicpus),
-            k.request_memory_bytes.min(memory),
-        )),
-        ..Default::default()
-    }
-}
-
-/// Shell single quotes around `text`.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
-
-/// Fetches the ref, checks it is the job's commit, and opens the workspace to the steps' users
-/// (it is this pod's alone). The credentials come from the Secret, as git's environment.
-fn fetch_container(secret: &str, plan: &ServicePlan, k: &KubernetesExecutor) -> Container {
-    let source = &plan.source;
-    let fetch = format!(
-        "set -e\ngit init -q {WORKSPACE}\ncd {WORKSPACE}\n\
-         git fetch -q --update-head-ok --depth 1 \"$DEPLOYBOT_REPOSITORY\" \"+$DEPLOYBOT_REF:$DEPLOYBOT_REF\"\n\
-         got=$(git rev-parse \"$DEPLOYBOT_REF^{{commit}}\")\n\
-         if [ \"$got\" != \"$DEPLOYBOT_SHA\" ]; then echo \"$DEPLOYBOT_REF is now $got, not $DEPLOYBOT_SHA\" > /dev/termination-log; exit 1; fi\n\
-         git checkout -q --detach \"$DEPLOYBOT_SHA\"\nchmod -R a+rwX {WORKSPACE}\n"
-    );
-    let mut fetch = fetch;
-    let mut mounts = vec![mount("workspace", WORKSPACE)];
-    if k.cache_claim.is_some() {
-        // The steps mount their caches as sub-paths of the claim, as their own users: the
-        // sub-paths must exist and be theirs to write.
-        let mut caches: Vec<&String> = plan.steps.iter().flat_map(|s| s.volumes.keys()).collect();
-        caches.sort();
-        caches.dedup();
-        for cache in caches {
-            let dir = quote(&format!("/caches/{cache}"));
-            fetch.push_str(&format!("mkdir -p {dir} && chmod 0777 {dir}\n"));
-        }
-        mounts.push(mount("caches", "/caches"));
-    }
-    let mut vars = vec![
-        env("HOME", "/tmp"),
-        env("GIT_TERMINAL_PROMPT", "0"),
-        env("DEPLOYBOT_REPOSITORY", &source.url),
-        env("DEPLOYBOT_REF", &source.git_ref),
-        env("DEPLOYBOT_SHA", &source.sha),
-    ];
-    if source.auth_header.is_some() {
-        vars.extend([
-            env("GIT_CONFIG_COUNT", "1"),
-            env("GIT_CONFIG_KEY_0", "http.extraHeader"),
-            EnvVar {
-                name: "GIT_CONFIG_VALUE_0".into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.into(),
-                        key: "git-header".into(),
-                        optional: Some(false),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]);
-    }
-    Container {
-        name: FETCH.into(),
-        image: Some(k.builder_image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(vec!["sh".into(), "-c".into(), fetch]),
-        env: Some(vars),
-        volume_mounts: Some(mounts),
-        security_context: Some(confined(None)),
-        resources: Some(resources(&plan.image.limits, k)),
-        ..Default::default()
-    }
-}
-
-/// A step: its commands echoed and run by `sh -e` in the toolchain's image as its user, then
-/// the artifacts it must leave checked (regular files, not links).
-fn step_container(step: &StepSpec, k: &KubernetesExecutor) -> Container {
-    let mut run = script(&step.commands);
-    for artifact in &step.artifacts {
-        let missing = format!("the step did not produce {artifact} in {}", step.workdir);
-        run.push_str(&format!(
-            "if [ ! -f {a} ] || [ -L {a} ]; then printf '%s\\n' {m} > /dev/termination-log; exit {STEP_CHECK_EXIT}; fi\n",
-            a = quote(artifact),
-            m = quote(&missing),
-        ));
-    }
-    let mut mounts = vec![mount("workspace", WORKSPACE)];
-    mounts.extend(
-        step.volumes
-            .iter()
-            .map(|(cache, path)| match &k.cache_claim {
-                Some(_) => VolumeMount {
-                    sub_path: Some(cache.clone()),
-                    ..mount("caches", path)
-                },
-                None => mount(&cache_volume_name(cache), path),
-            }),
-    );
-    let workdir = match step.workdir.trim_matches('/') {
-        "" | "." => WORKSPACE.to_owned(),
-        dir => format!("{WORKSPACE}/{dir}"),
-    };
-    Container {
-        name: step_container_name(step.index),
-        image: Some(step.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(vec!["sh".into(), "-c".into(), run]),
-        working_dir: Some(workdir),
-        env: Some(step.env.iter().map(|(n, v)| env(n, v)).collect()),
-        volume_mounts: Some(mounts),
-        security_context: Some(confined(Some(uid_gid(&step.user)))),
-        resources: Some(resources(&step.limits, k)),
-        ..Default::default()
-    }
-}
-
-/// `uid[:gid]` (checked numeric and non-root by the configuration) as numbers.
-fn uid_gid(user: &str) -> (i64, i64) {
-    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
-    let number = |text: &str| text.parse().unwrap_or(65534);
-    (number(uid), number(gid))
-}
-
-/// The builder: root inside its container (buildah needs it), seccomp left to the node's
-/// default (buildah's user namespace is refused by the runtime's profile).
-fn builder(name: &str, script: String, k: &KubernetesExecutor, limits: &Limits) -> Container {
-    Container {
-        name: name.into(),
-        image: Some(k.builder_image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(vec!["sh".into(), "-c".into(), script]),
-        env: Some(vec![
-            env("STORAGE_DRIVER", "vfs"),
-            env("BUILDAH_ISOLATION", "chroot"),
-            env(
-                "CONTAINERS_REGISTRIES_CONF",
-                &format!("{FILES}/registries.conf"),
-            ),
-            env("REGISTRY_AUTH_FILE", &format!("{FILES}/auth.json")),
-            env("HOME", "/tmp"),
-        ]),
-        volume_mounts: Some(vec![
-            mount("workspace", WORKSPACE),
-            mount("containers", "/var/lib/containers"),
-            VolumeMount {
-                read_only: Some(true),
-                ..mount("files", FILES)
-            },
-        ]),
-        resources: Some(resources(limits, k)),
-        ..Default::default()
-    }
-}
-
-/// Clears set-id bits the steps left, refuses a context with a link out of the checkout
-/// (naming it), builds with the checked Dockerfile and hands the image id back.
-fn image_container(plan: &ServicePlan, k: &KubernetesExecutor) -> Container {
-    let image = &plan.image;
-    let context = match image.context.trim_matches('/') {
-        "" | "." => WORKSPACE.to_owned(),
-        dir => format!("{WORKSPACE}/{dir}"),
-    };
-    let labels: String = image
-        .labels
-        .iter()
-        .map(|(k, v)| format!(" --label {}", quote(&format!("{k}={v}"))))
-        .collect();
-    let script = format!(
-        "set -e\nfind {WORKSPACE} -type f -perm /6000 -exec chmod ug-s {{}} +\ncd {context}\n\
-         find . -type l | while read -r link; do\n  target=$(realpath -m \"$link\")\n  \
-         case \"$target\" in {WORKSPACE}|{WORKSPACE}/*) ;; *) echo \"build context {ctx}: ${{link#./}} points outside the checkout\" > /dev/termination-log; exit {STEP_CHECK_EXIT} ;; esac\ndone\n\
-         buildah bud --pull=missing --layers=false -f {FILES}/Dockerfile{labels} --iidfile /tmp/iid -t {tag} .\n\
-         cat /tmp/iid > /dev/termination-log\n",
-        ctx = quote(&image.context),
-        tag = quote(&image.tag),
-    );
-    builder(IMAGE, script, k, &image.limits)
-}
-
-/// Pushes the built image and hands its digest back.
-fn push_container(reference: &str, k: &KubernetesExecutor) -> Container {
-    let tls = if is_loopback(reference.split('/').next().unwrap_or("")) {
-        " --tls-verify=false"
-    } else {
-        ""
-    };
-    let script = format!(
-        "set -e\nbuildah push{tls} --digestfile /tmp/digest {r} docker://{r}\ncat /tmp/digest > /dev/termination-log\n",
-        r = quote(reference)
-    );
-    let limits = Limits {
-        memory_bytes: 512 * 1024 * 1024,
-        nano_cpus: 1_000_000_000,
-        pids: 0,
-    };
-    builder(PUSH, script, k, &limits)
 }
 
 /// Egress only to DNS and to `allowed` (the git server and the registries), for a build whose

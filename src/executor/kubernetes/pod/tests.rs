@@ -4,6 +4,8 @@ use secrecy::SecretString;
 
 use super::*;
 use crate::executor::{ImagePlan, PushPlan, RegistryAuth, Source};
+use crate::executor::{Limits, StepSpec};
+use k8s_openapi::api::core::v1::Container;
 
 const TOKEN: &str = "git-token-value-1234";
 const PASSWORD: &str = "registry-password-5678";
@@ -85,8 +87,9 @@ fn built() -> Pod {
     let settings = PodSettings {
         executor: &k,
         deadline_secs: 3600,
+        nonce: "n0nce",
     };
-    pod("p", &labels("abc", 7, "eventservice"), &plan(), &settings)
+    pod("p", &labels("abc", 7, "eventservice"), &plan(), &settings).0
 }
 
 fn names(containers: &[Container]) -> Vec<&str> {
@@ -94,11 +97,12 @@ fn names(containers: &[Container]) -> Vec<&str> {
 }
 
 #[test]
-fn the_build_pod_fetches_runs_each_step_builds_and_pushes_in_that_order() {
+fn the_build_pod_fetches_then_runs_the_steps_then_builds_and_pushes() {
     let spec = built().spec.unwrap();
     let init = spec.init_containers.unwrap();
-    assert_eq!(names(&init), ["fetch", "step-0", "step-1", "image"]);
-    assert_eq!(names(&spec.containers), ["push"]);
+    // Both steps run alike (same toolchain, user, limits, caches): one container.
+    assert_eq!(names(&init), ["fetch", "steps-0"]);
+    assert_eq!(names(&spec.containers), ["image"]);
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
 }
 
@@ -131,13 +135,16 @@ fn steps_run_as_the_toolchains_user_with_every_capability_dropped() {
     assert_eq!(security.run_as_non_root, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert_eq!(security.capabilities.unwrap().drop.unwrap(), ["ALL"]);
-    assert_eq!(
-        step.working_dir.as_deref(),
-        Some("/workspace/src/eventservice")
-    );
     let script = &step.command.as_ref().unwrap()[2];
+    assert!(
+        script.contains("cd '/workspace/src/eventservice' || exit 1"),
+        "{script}"
+    );
     assert!(script.contains("go vet ./..."), "{script}");
-    assert!(script.contains("[ ! -f 'eventservice' ]"), "{script}");
+    assert!(
+        script.contains("[ ! -f '/workspace/src/eventservice/eventservice' ]"),
+        "{script}"
+    );
 }
 
 #[test]
@@ -201,8 +208,10 @@ fn with_a_cache_claim_each_step_mounts_its_caches_sub_path_which_the_fetch_prepa
     let settings = PodSettings {
         executor: &k,
         deadline_secs: 3600,
+        nonce: "n0nce",
     };
     let spec = pod("p", &labels("abc", 7, "eventservice"), &plan(), &settings)
+        .0
         .spec
         .unwrap();
     let init = spec.init_containers.unwrap();
