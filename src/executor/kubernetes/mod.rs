@@ -84,6 +84,20 @@ impl KubeExecutor {
         log: &dyn LogSink,
         cancel: &CancellationToken,
     ) -> Result<End, ExecError> {
+        self.follow((job, service), segment, timeout, false, log, cancel)
+            .await
+    }
+
+    /// [`Self::segment`], where `checked` says the caller checks a success itself.
+    async fn follow(
+        &self,
+        (job, service): (i64, &str),
+        segment: Segment,
+        timeout: Duration,
+        checked: bool,
+        log: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<End, ExecError> {
         let build = self
             .builds
             .get(job, service)
@@ -92,7 +106,7 @@ impl KubeExecutor {
         let pods: Api<Pod> = self.api();
         let start = self.settings.start_timeout;
         let result = tokio::select! {
-            result = build.follow(&pods, &segment, start, timeout, log) => result,
+            result = build.follow(&pods, &segment, (start, timeout), checked, log) => result,
             () = cancel.cancelled() => Err(ExecError::Canceled),
         };
         if matches!(result, Err(ExecError::Canceled | ExecError::TimedOut(_))) {
@@ -205,6 +219,25 @@ impl KubeExecutor {
         Ok(deleted)
     }
 
+    /// Whether the registry serves `reference` at `digest`, as the build said it pushed it.
+    async fn confirm(&self, reference: &str, digest: &str) -> Result<(), String> {
+        let Some((address, registry)) = &self.registry else {
+            return Ok(());
+        };
+        let (repository, tag) = split_reference(reference);
+        let repository = repository
+            .strip_prefix(&format!("{address}/"))
+            .unwrap_or(repository);
+        match registry.digest_of(repository, tag).await {
+            Ok(Some(served)) if served == digest => Ok(()),
+            Ok(Some(served)) => Err(format!(
+                "the build reported {digest}, but the registry serves {served} for the tag"
+            )),
+            Ok(None) => Err("the build reported a push, but the registry has no such tag".into()),
+            Err(e) => Err(format!("could not confirm the push: {e}")),
+        }
+    }
+
     fn deadline_secs(&self, plan: &ServicePlan) -> i64 {
         let per_step = plan
             .steps
@@ -283,17 +316,28 @@ impl Executor for KubeExecutor {
         log: &dyn LogSink,
     ) -> Result<String, ExecError> {
         // The push stage's own deadline bounds it; the pod goes with the job.
+        // The registry confirms a pushed digest at once; without a client, the container's end
+        // (which the kubelet notices up to a second later) does.
         let key = (spec.job, spec.service);
         let never = CancellationToken::new();
+        let checked = self.registry.is_some();
         let end = self
-            .segment(key, Segment::Push, Duration::MAX, log, &never)
+            .follow(key, Segment::Push, Duration::MAX, checked, log, &never)
             .await?;
+        let push_error = |reason: String| ExecError::Push {
+            reference: spec.reference.to_owned(),
+            reason,
+        };
         match end.code {
-            0 if end.result.starts_with("sha256:") => Ok(end.result),
-            code => Err(ExecError::Push {
-                reference: spec.reference.to_owned(),
-                reason: format!("buildah push exited with {code} (its log says why)"),
-            }),
+            0 if end.result.starts_with("sha256:") => {
+                self.confirm(spec.reference, &end.result)
+                    .await
+                    .map_err(push_error)?;
+                Ok(end.result)
+            }
+            code => Err(push_error(format!(
+                "buildah push exited with {code} (its log says why)"
+            ))),
         }
     }
 

@@ -39,13 +39,14 @@ impl Build {
 
     /// Follows `segment`: waits for its container to start (not counted in `timeout`), streams
     /// its output into `log` until its marker, and, for its container's last segment or a
-    /// failure, checks the marker against how the container really ended.
+    /// failure, checks the marker against how the container really ended, unless the caller
+    /// checks a success itself (`checked`: the push, whose digest the registry confirms).
     pub(super) async fn follow(
         &mut self,
         pods: &Api<Pod>,
         segment: &Segment,
-        start_timeout: Duration,
-        timeout: Duration,
+        (start_timeout, timeout): (Duration, Duration),
+        checked: bool,
         log: &dyn LogSink,
     ) -> Result<End, ExecError> {
         let place = self.layout.place(segment).cloned().ok_or_else(|| {
@@ -77,7 +78,7 @@ impl Build {
             code: 0, result, ..
         }) = &found
         {
-            if !place.last {
+            if !place.last || checked {
                 self.reader = Some(reader);
                 return Ok(End {
                     code: 0,
