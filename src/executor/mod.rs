@@ -71,6 +71,9 @@ pub struct StepSpec {
     pub volumes: BTreeMap<String, String>,
     pub env: Vec<(String, String)>,
     pub limits: Limits,
+    /// The step asked for its CPUs or memory: an executor that schedules reserves its limits
+    /// (Kubernetes requests = limits) instead of its default requests.
+    pub reserve: bool,
     /// Past this the container is stopped and the step fails as timed out.
     pub timeout: Duration,
     /// Its place in the service's [`ServicePlan::steps`].

@@ -102,6 +102,11 @@ pub struct Step {
     pub network: bool,
     /// Files the step must leave behind (relative to `workdir`), handed to the image build.
     pub artifacts: Vec<String>,
+    /// CPUs (in thousandths) and memory the step asks for (`cpus`, `memory_mb`; up to its
+    /// toolchain's limits, which the policy checks); None: the toolchain's limits, and the
+    /// executor's default requests.
+    pub millicpus: Option<u64>,
+    pub memory_mb: Option<u64>,
 }
 
 /// What is wrong with a definition: file, line (where known), field, message.
@@ -157,6 +162,8 @@ struct RawStep {
     network: bool,
     #[serde(default)]
     artifacts: Vec<String>,
+    cpus: Option<f64>,
+    memory_mb: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -316,6 +323,15 @@ fn step(
         .iter()
         .map(|a| relative_path(a).map_err(|m| fail("artifacts", m)))
         .collect::<Result<_, _>>()?;
+    if let Some(cpus) = step.cpus.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        return Err(fail(
+            "cpus",
+            format!("{cpus} is not a positive number of CPUs"),
+        ));
+    }
+    if step.memory_mb == Some(0) {
+        return Err(fail("memory_mb", "must be greater than 0".into()));
+    }
     Ok(Step {
         stage,
         images,
@@ -323,6 +339,8 @@ fn step(
         workdir,
         network: step.network,
         artifacts,
+        millicpus: step.cpus.map(|c| (c * 1000.0).ceil() as u64),
+        memory_mb: step.memory_mb,
     })
 }
 
@@ -444,6 +462,23 @@ artifacts = ["app"]
         let err = parse(&text).unwrap_err();
         assert_eq!(err.field, "services[0].steps[1].stage");
         assert_eq!(err.line, Some(17));
+    }
+
+    #[test]
+    fn a_step_may_ask_for_cpus_and_memory_and_nonsense_names_the_key() {
+        let asking = SAMPLE.replace(
+            "stage = \"compile\"",
+            "stage = \"compile\"\ncpus = 1.5\nmemory_mb = 512",
+        );
+        let step = &parse(&asking).unwrap().services[0].steps[1];
+        assert_eq!((step.millicpus, step.memory_mb), (Some(1500), Some(512)));
+        let zero = SAMPLE.replace("stage = \"compile\"", "stage = \"compile\"\ncpus = 0.0");
+        assert_eq!(parse(&zero).unwrap_err().field, "services[0].steps[1].cpus");
+        let none = SAMPLE.replace("stage = \"compile\"", "stage = \"compile\"\nmemory_mb = 0");
+        assert_eq!(
+            parse(&none).unwrap_err().field,
+            "services[0].steps[1].memory_mb"
+        );
     }
 
     #[test]

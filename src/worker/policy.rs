@@ -66,6 +66,10 @@ fn check_service(service: &Service, project: &Project, settings: &Settings) -> R
     for (index, step) in service.steps.iter().enumerate() {
         let step_name = format!("step {} ({})", index + 1, step.stage.as_str());
         for image in &step.images {
+            if let Some(toolchain) = settings.toolchain(image) {
+                check_ask(step, toolchain)
+                    .map_err(|m| format!("service \"{name}\": {step_name} {m}"))?;
+            }
             if settings.toolchain(image).is_none() {
                 let known: Vec<&str> = settings
                     .toolchains
@@ -88,6 +92,32 @@ fn check_service(service: &Service, project: &Project, settings: &Settings) -> R
     Ok(())
 }
 
+/// What a step asks for, within what its toolchain allows (the operator's ceiling).
+fn check_ask(step: &pipeline::Step, toolchain: &crate::config::Toolchain) -> Result<(), String> {
+    let limits = &toolchain.limits;
+    if let Some(millicpus) = step.millicpus {
+        let most = u64::try_from(limits.nano_cpus / 1_000_000).unwrap_or(0);
+        if millicpus > most {
+            return Err(format!(
+                "asks for cpus = {}, more than toolchain \"{}\" allows ({})",
+                millicpus as f64 / 1000.0,
+                toolchain.name,
+                most as f64 / 1000.0
+            ));
+        }
+    }
+    if let Some(memory_mb) = step.memory_mb {
+        let most = u64::try_from(limits.memory_bytes / (1024 * 1024)).unwrap_or(0);
+        if memory_mb > most {
+            return Err(format!(
+                "asks for memory_mb = {memory_mb}, more than toolchain \"{}\" allows ({most})",
+                toolchain.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A Dockerfile that runs commands (`RUN`, `ONBUILD`) is built only for projects allowed to:
 /// the engine runs them in its own build containers, which deploybot cannot confine the way
 /// it confines steps (capabilities, pids).
@@ -102,5 +132,44 @@ pub fn check_dockerfile(
             command.line, command.keyword, project.name
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toolchain() -> crate::config::Toolchain {
+        crate::config::Toolchain {
+            name: "golang:1.19".into(),
+            image: "deploybot-local/golang:1.19".into(),
+            caches: Vec::new(),
+            user: "1000:1000".into(),
+            limits: crate::executor::Limits {
+                memory_bytes: 2048 * 1024 * 1024,
+                nano_cpus: 2_000_000_000,
+                pids: 512,
+            },
+        }
+    }
+
+    fn step(millicpus: Option<u64>, memory_mb: Option<u64>) -> pipeline::Step {
+        let text = "[[services]]\nname = \"web\"\n[[services.steps]]\nstage = \"check\"\nimage = \"golang:1.19\"\ncommands = [\"true\"]\n";
+        let mut step = pipeline::definition::parse(text).unwrap().services[0].steps[0].clone();
+        step.millicpus = millicpus;
+        step.memory_mb = memory_mb;
+        step
+    }
+
+    #[test]
+    fn a_step_may_ask_for_up_to_its_toolchains_limits_and_no_more() {
+        assert!(check_ask(&step(Some(2000), Some(2048)), &toolchain()).is_ok());
+        let cpus = check_ask(&step(Some(2500), None), &toolchain()).unwrap_err();
+        assert_eq!(
+            cpus,
+            "asks for cpus = 2.5, more than toolchain \"golang:1.19\" allows (2)"
+        );
+        let memory = check_ask(&step(None, Some(4096)), &toolchain()).unwrap_err();
+        assert!(memory.starts_with("asks for memory_mb = 4096"), "{memory}");
     }
 }

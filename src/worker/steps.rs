@@ -178,7 +178,8 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 ("DEPLOYBOT_REF".into(), job.git_ref.to_string()),
                 ("DEPLOYBOT_SHA".into(), job.sha.to_string()),
             ],
-            limits: toolchain.limits,
+            limits: asked_limits(step, toolchain.limits),
+            reserve: step.millicpus.is_some() || step.memory_mb.is_some(),
             timeout: self.settings.worker.step_timeout,
             index: ordered.index,
             artifacts: step.artifacts.clone(),
@@ -204,4 +205,17 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             None => format!("a command in {} exited with {code}", toolchain.image),
         }
     }
+}
+
+/// The toolchain's limits with what the step asked for in their place (the policy checked that
+/// it asks for no more).
+fn asked_limits(step: &Step, mut limits: crate::executor::Limits) -> crate::executor::Limits {
+    if let Some(millicpus) = step.millicpus {
+        limits.nano_cpus = i64::try_from(millicpus.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    }
+    if let Some(memory_mb) = step.memory_mb {
+        limits.memory_bytes =
+            i64::try_from(memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+    }
+    limits
 }

@@ -153,6 +153,7 @@ fn alike(a: &StepSpec, b: &StepSpec) -> bool {
     a.image == b.image
         && a.user == b.user
         && a.limits == b.limits
+        && a.reserve == b.reserve
         && a.volumes == b.volumes
         && a.env == b.env
 }
@@ -192,7 +193,9 @@ fn confined(user: Option<(i64, i64)>) -> SecurityContext {
     }
 }
 
-fn resources(limits: &Limits, k: &KubernetesExecutor) -> ResourceRequirements {
+/// A container's limits, and what it asks the scheduler for: the executor's default requests,
+/// or (`reserve`) its limits.
+fn resources(limits: &Limits, reserve: bool, k: &KubernetesExecutor) -> ResourceRequirements {
     let millicpus = u64::try_from(limits.nano_cpus / 1_000_000)
         .unwrap_or(1)
         .max(1);
@@ -205,10 +208,14 @@ fn resources(limits: &Limits, k: &KubernetesExecutor) -> ResourceRequirements {
     };
     ResourceRequirements {
         limits: Some(quantities(millicpus, memory)),
-        requests: Some(quantities(
-            k.request_millicpus.min(millicpus),
-            k.request_memory_bytes.min(memory),
-        )),
+        requests: Some(if reserve {
+            quantities(millicpus, memory)
+        } else {
+            quantities(
+                k.request_millicpus.min(millicpus),
+                k.request_memory_bytes.min(memory),
+            )
+        }),
         ..Default::default()
     }
 }
@@ -276,7 +283,7 @@ fn fetch_container(secret: &str, plan: &ServicePlan, k: &KubernetesExecutor) -> 
         env: Some(vars),
         volume_mounts: Some(mounts),
         security_context: Some(confined(None)),
-        resources: Some(resources(&plan.image.limits, k)),
+        resources: Some(resources(&plan.image.limits, false, k)),
         ..Default::default()
     }
 }
@@ -335,7 +342,7 @@ fn steps_container(
         env: Some(first.env.iter().map(|(n, v)| env(n, v)).collect()),
         volume_mounts: Some(mounts),
         security_context: Some(confined(Some(uid_gid(&first.user)))),
-        resources: Some(resources(&first.limits, k)),
+        resources: Some(resources(&first.limits, first.reserve, k)),
         ..Default::default()
     }
 }
@@ -417,7 +424,7 @@ fn builder_container(plan: &ServicePlan, k: &KubernetesExecutor, nonce: &str) ->
                 ..mount("files", FILES)
             },
         ]),
-        resources: Some(resources(&image.limits, k)),
+        resources: Some(resources(&image.limits, false, k)),
         ..Default::default()
     }
 }

@@ -19,6 +19,7 @@ fn step(index: usize, image: &str) -> StepSpec {
             nano_cpus: 1_000_000_000,
             pids: 64,
         },
+        reserve: false,
         timeout: Duration::from_secs(60),
         index,
         artifacts: Vec::new(),

@@ -46,6 +46,7 @@ fn plan() -> ServicePlan {
         volumes: BTreeMap::from([("deploybot-cache-p-tags-go".into(), "/go".into())]),
         env: vec![("CI".into(), "true".into())],
         limits,
+        reserve: false,
         timeout: Duration::from_secs(600),
         index,
         artifacts: vec!["eventservice".into()],
@@ -235,4 +236,27 @@ fn with_a_cache_claim_each_step_mounts_its_caches_sub_path_which_the_fetch_prepa
         .find(|v| v.name == "caches")
         .unwrap();
     assert_eq!(claim.persistent_volume_claim.unwrap().claim_name, "caches");
+}
+
+#[test]
+fn a_step_that_asked_for_resources_has_them_reserved_and_others_get_the_default_requests() {
+    let k = executor();
+    let settings = PodSettings {
+        executor: &k,
+        deadline_secs: 3600,
+        nonce: "n0nce",
+    };
+    let mut asked = plan();
+    asked.steps[1].reserve = true;
+    asked.steps[1].image = "deploybot-local/other:1".into();
+    let (pod, _) = pod("p", &labels("abc", 7, "eventservice"), &asked, &settings);
+    let init = pod.spec.unwrap().init_containers.unwrap();
+    let requests = |c: &Container| c.resources.clone().unwrap().requests.unwrap();
+    let limits = |c: &Container| c.resources.clone().unwrap().limits.unwrap();
+    assert_eq!(requests(&init[1])["cpu"].0, "100m", "the default request");
+    assert_eq!(
+        requests(&init[2]),
+        limits(&init[2]),
+        "reserved: requests = limits"
+    );
 }
