@@ -103,15 +103,7 @@ ns_bot=bench-deploybot-$run_id ns_seed=bench-seed-$run_id
 fresh_namespace "$ns_bot" "${services[@]}"
 fresh_namespace "$ns_seed" "${services[@]}"
 start_deploybot_to "$ns_bot"
-seed_run() {
-  local t=$1 t0; tag "$t"
-  t0=$(date +%s.%N)
-  REGISTRY=$registry GIT_URL=$git_url TAG=$t STATE=$state bash bench/seed-pipeline.sh >"$state/seed-$t.log" 2>&1 \
-    || { tail -20 "$state/seed-$t.log" >&2; exit 1; }
-  for s in "${services[@]}"; do kubectl -n "$ns_seed" set image "deployment/$s" "api=$registry/myevents/$s:$t" >/dev/null; done
-  for s in "${services[@]}"; do kubectl -n "$ns_seed" rollout status "deployment/$s" --timeout=300s >/dev/null; done
-  python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
-}
+seed_run() { seed_release "$1" "$ns_seed"; }
 deploybot_run() {
   local t=$1 t0 job st; tag "$t"
   t0=$(date +%s.%N)

@@ -93,15 +93,7 @@ kube_port=$db_port
 docker volume rm -f deploybot-cache-bench-tags-go deploybot-cache-bench-tags-npm-cache seed-gocache seed-npmcache >/dev/null 2>&1 || true
 
 seconds_since() { python3 -c "import time; print(f'{time.time()-$1:.1f}')"; }
-seed_run() {
-  local t=$1 t0; tag "$t"
-  t0=$(date +%s.%N)
-  REGISTRY=$registry GIT_URL=$git_url TAG=$t STATE=$state bash bench/seed-pipeline.sh >"$state/seed-$t.log" 2>&1 \
-    || { tail -20 "$state/seed-$t.log" >&2; exit 1; }
-  for s in "${services[@]}"; do kubectl -n "$ns_seed" set image "deployment/$s" "api=$registry/myevents/$s:$t" >/dev/null; done
-  for s in "${services[@]}"; do kubectl -n "$ns_seed" rollout status "deployment/$s" --timeout=300s >/dev/null; done
-  seconds_since "$t0"
-}
+seed_run() { seed_release "$1" "$ns_seed"; }
 deploybot_run() {  # deploybot_run PORT TAG
   local t=$2 t0 job st
   t0=$(date +%s.%N)

@@ -117,3 +117,16 @@ TOML
   pids+=($!); wait_port "$port"
   db_port=$port
 }
+
+# seed_release TAG NAMESPACE: the seed's shell pipeline builds and pushes TAG of the served
+# repository (bench/seed-pipeline.sh), then `kubectl set image` and `kubectl rollout status` for
+# each of $services in NAMESPACE; prints the seconds it all took. Needs kubectl() defined.
+seed_release() {
+  local t=$1 ns=$2 t0 s; tag "$t"
+  t0=$(date +%s.%N)
+  REGISTRY=$registry GIT_URL=$git_url TAG=$t STATE=$state bash "$root/bench/seed-pipeline.sh" >"$state/seed-$t.log" 2>&1 \
+    || { tail -20 "$state/seed-$t.log" >&2; exit 1; }
+  for s in "${services[@]}"; do kubectl -n "$ns" set image "deployment/$s" "api=$registry/myevents/$s:$t" >/dev/null; done
+  for s in "${services[@]}"; do kubectl -n "$ns" rollout status "deployment/$s" --timeout=300s >/dev/null; done
+  python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
+}
