@@ -388,3 +388,36 @@ async fn steps_sharing_a_pod_container_each_report_their_own_stage_and_a_missing
     );
     cb.cluster.delete().await;
 }
+
+/// A step replaces the committed context directory with a link out of the checkout: the
+/// builder refuses it, naming it, before buildah reads anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_context_a_step_links_out_of_the_checkout_fails_the_image_stage_naming_it() {
+    let Some(cb) = ClusterBuild::hello(|c| c).await else {
+        return;
+    };
+    let build = &cb.build;
+    let relink = "\n[[services.steps]]\nstage = \"compile\"\nimage = \"busybox\"\nworkdir = \".\"\ncommands = [\"rm -rf ctx\", \"ln -s /run/deploybot ctx\"]\n";
+
+    let (job, detail_) = build
+        .push_change("refs/tags/v1.0.0", |dir| {
+            std::fs::create_dir(dir.join("ctx")).unwrap();
+            std::fs::copy(dir.join("Dockerfile"), dir.join("ctx/Dockerfile")).unwrap();
+            std::fs::copy(dir.join("health"), dir.join("ctx/health")).unwrap();
+            let path = dir.join(".deploybot.toml");
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, text.replace("context = \".\"", "context = \"ctx\"")).unwrap();
+            hello_steps(relink)(dir);
+        })
+        .await;
+
+    assert_eq!(detail_.job.state, "failed", "{}", build.log(job));
+    assert_eq!(stage(&detail_, "web", "compile").state, "success");
+    let said = detail(&detail_, "web", "image");
+    assert!(
+        said.contains("build context ctx: ctx points outside the checkout"),
+        "{said}"
+    );
+    assert_eq!(build.registry.digest("myevents/web", "v1.0.0").await, None);
+    cb.cluster.delete().await;
+}

@@ -376,12 +376,15 @@ fn builder_container(plan: &ServicePlan, k: &KubernetesExecutor, nonce: &str) ->
         " > /dev/termination-log"
     };
     let mut script = format!(
-        "find {WORKSPACE} -type f -perm /6000 -exec chmod ug-s {{}} +\ncd {context} || exit 1\n\
-         link=$(find . -type l | while read -r l; do case \"$(realpath -m \"$l\")\" in {WORKSPACE}|{WORKSPACE}/*) ;; *) echo \"${{l#./}}\"; break ;; esac; done)\n\
-         code=0; result=\n\
-         if [ -n \"$link\" ]; then code={CONTEXT_EXIT}; result=\"build context {ctx}: $link points outside the checkout\"; else\n\
+        "find {WORKSPACE} -type f -perm /6000 -exec chmod ug-s {{}} +\n\
+         inside() {{ case \"$(realpath -m \"$1\")\" in {WORKSPACE}|{WORKSPACE}/*) return 0 ;; esac; return 1; }}\n\
+         code=0; result=; link=; name={ctx}\n\
+         if ! inside {dir}; then link={ctx}; else cd {dir} || exit 1\n\
+         link=$(find . -type l | while read -r l; do inside \"$l\" || {{ echo \"${{l#./}}\"; break; }}; done); fi\n\
+         if [ -n \"$link\" ]; then code={CONTEXT_EXIT}; result=\"build context $name: $link points outside the checkout\"; else\n\
          buildah bud --pull=missing --layers=false -f {FILES}/Dockerfile{labels} --iidfile /tmp/iid -t {tag} . || code=$?\n\
          [ $code -ne 0 ] || {{ result=$(cat /tmp/iid); printf '%s' \"$result\"{last}; }}\nfi\n",
+        dir = quote(&context),
         ctx = quote(&image.context),
         tag = quote(&image.tag),
     );

@@ -304,7 +304,9 @@ impl Executor for KubeExecutor {
             .segment(key, Segment::Image, spec.timeout, log, cancel)
             .await?;
         match end.code {
-            0 => Ok(end.result),
+            // An image id, nothing else, reaches the store.
+            0 if is_image_id(&end.result) => Ok(end.result),
+            0 => Err(ExecError::Build("buildah reported no image id".into())),
             CONTEXT_EXIT => Err(ExecError::Step(end.result)),
             code => Err(ExecError::Build(format!("buildah exited with {code}"))),
         }
@@ -400,6 +402,12 @@ fn delete_now() -> DeleteParams {
         grace_period_seconds: Some(0),
         ..DeleteParams::background()
     }
+}
+
+/// `sha256:<hex>` or bare hex, as buildah's `--iidfile` writes it.
+fn is_image_id(text: &str) -> bool {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    (12..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// `host:port` of a clone URL (`scheme://[user@]host[:port]/path`), the port the scheme's own

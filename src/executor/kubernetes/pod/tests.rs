@@ -260,3 +260,23 @@ fn a_step_that_asked_for_resources_has_them_reserved_and_others_get_the_default_
         "reserved: requests = limits"
     );
 }
+
+#[test]
+fn a_context_path_reaches_the_builders_shell_quoted() {
+    let k = executor();
+    let settings = PodSettings {
+        executor: &k,
+        deadline_secs: 3600,
+        nonce: "n0nce",
+    };
+    let mut hostile = plan();
+    hostile.image.context = "a b;touch /tmp/pwned".into();
+    let (pod, _) = pod("p", &labels("abc", 7, "eventservice"), &hostile, &settings);
+    let builder = &pod.spec.unwrap().containers[0];
+    let script = &builder.command.as_ref().unwrap()[2];
+    assert!(
+        script.contains("cd '/workspace/a b;touch /tmp/pwned'"),
+        "{script}"
+    );
+    assert!(!script.contains("cd /workspace/a b"), "{script}");
+}
