@@ -12,6 +12,7 @@ pub(crate) mod intake;
 pub(crate) mod keyed_lock;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
+pub(crate) mod recovery;
 pub(crate) mod registry;
 pub mod report;
 pub(crate) mod retention;

@@ -14,6 +14,9 @@ pub struct Metrics {
     registry: Registry,
     /// Deliveries by forge, event and outcome (queued, ignored, pong, duplicate, rejected).
     pub deliveries: IntCounterVec,
+    /// Missed pushes recovered, by project and how (`github_redelivery`, `gitlab_resend`:
+    /// redeliveries asked; `refs`: pushes recorded from the ref comparison).
+    pub recovered: IntCounterVec,
     /// Rejected deliveries by reason (bad_signature, malformed_body, ...).
     pub rejections: IntCounterVec,
     /// Time from request start to answer, by outcome.
@@ -113,6 +116,14 @@ impl Metrics {
             ),
         )?;
         registry.register(Box::new(deliveries.clone()))?;
+        let recovered = IntCounterVec::new(
+            Opts::new(
+                "recovered_total",
+                "Missed pushes recovered, by project and how",
+            ),
+            &["project", "how"],
+        )?;
+        registry.register(Box::new(recovered.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(intake_seconds.clone()))?;
         registry.register(Box::new(rejections_not_recorded.clone()))?;
@@ -187,6 +198,7 @@ impl Metrics {
         Ok(Metrics {
             registry,
             deliveries,
+            recovered,
             rejections,
             intake_seconds,
             rejections_not_recorded,

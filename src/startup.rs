@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::executor::{DockerEngine, KubeExecutor};
 use crate::intake::{self, BodyBudget, IntakeState, RejectionBudget};
 use crate::metrics::Metrics;
+use crate::recovery::Recovery;
 use crate::registry::RegistryClient;
 use crate::report::sender::Sender;
 use crate::retention::Retention;
@@ -32,6 +33,7 @@ pub struct Application {
     worker: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
     sender: (tokio::task::JoinHandle<()>, CancellationToken),
     retention: Retention,
+    recovery: Option<Recovery>,
 }
 
 impl Application {
@@ -88,6 +90,13 @@ impl Application {
             store.clone(),
             metrics.clone(),
         );
+        let recovery = (
+            settings.clone(),
+            store.clone(),
+            wake.clone(),
+            reports.clone(),
+            metrics.clone(),
+        );
         let state = web::Data::new(IntakeState {
             bodies: BodyBudget::new(settings.server.max_inflight_body_bytes),
             rejections: RejectionBudget::new(
@@ -106,6 +115,10 @@ impl Application {
         let (retention, data_dir, store, metrics) = retention;
         let retention = Retention::start(retention, &data_dir, store, metrics)
             .context("opening the store for retention")?;
+        // After the server is bound: a redelivery the forge sends must find it listening.
+        let (settings, store, wake, reports, metrics) = recovery;
+        let recovery = Recovery::start(settings, store, wake, reports, metrics)
+            .context("opening the store for recovery")?;
         Ok(Application {
             port,
             server,
@@ -113,6 +126,7 @@ impl Application {
             worker,
             sender: (sender, sender_stop),
             retention,
+            recovery,
         })
     }
 
@@ -131,6 +145,9 @@ impl Application {
         self.server.await?;
         // Before the writer is joined: the task holds a store handle.
         self.retention.stop().await;
+        if let Some(recovery) = self.recovery {
+            recovery.stop().await;
+        }
         if let Some((worker, stop)) = self.worker {
             // Running jobs stop at their next safe point and are resumed by the next start.
             stop.cancel();

@@ -7,8 +7,10 @@
 //! the same user can read.
 
 mod dockerignore;
+mod refs;
 mod tree;
 
+pub(crate) use refs::{list_refs, ListingLimits};
 pub use tree::Tree;
 
 use std::os::unix::fs::PermissionsExt;
@@ -306,6 +308,25 @@ async fn git(
     credentials: Option<&GitCredentials>,
     step: &'static str,
 ) -> Result<(), CheckoutError> {
+    let output = git_command(args, credentials)
+        .output()
+        .await
+        .map_err(|e| CheckoutError::Git {
+            step,
+            reason: e.to_string(),
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(CheckoutError::Git {
+        step,
+        reason: last_line(&output.stderr),
+    })
+}
+
+/// git with no terminal prompts, the credentials (if any) in its environment only, killed
+/// when dropped.
+fn git_command(args: &[&str], credentials: Option<&GitCredentials>) -> Command {
     let mut command = Command::new("git");
     command
         .args(args)
@@ -319,21 +340,18 @@ async fn git(
             .env("GIT_CONFIG_KEY_0", "http.extraHeader")
             .env("GIT_CONFIG_VALUE_0", credentials.header().expose_secret());
     }
-    let output = command.output().await.map_err(|e| CheckoutError::Git {
-        step,
-        reason: e.to_string(),
-    })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(CheckoutError::Git {
-        step,
-        reason: stderr
-            .lines()
-            .last()
-            .unwrap_or("no output")
-            .trim()
-            .to_owned(),
-    })
+    command
+}
+
+/// git's last line on stderr: its reason (it carries no credential: those are only in the
+/// environment).
+fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .last()
+        .unwrap_or("no output")
+        .trim()
+        .chars()
+        .take(300)
+        .collect()
 }

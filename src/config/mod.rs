@@ -45,6 +45,7 @@ pub struct Settings {
     pub toolchains: Vec<Toolchain>,
     pub report: ReportSettings,
     pub retention: RetentionSettings,
+    pub recovery: RecoverySettings,
     pub chat: Vec<ChatChannel>,
     /// The bearer token for actions on the web surface; None: actions are off.
     pub action_token: Option<SecretString>,
@@ -59,6 +60,23 @@ pub struct Settings {
 pub struct RetentionSettings {
     pub interval: Duration,
     pub limits: crate::store::RetentionLimits,
+}
+
+/// How deploybot finds pushes whose deliveries it missed.
+#[derive(Debug, Clone)]
+pub struct RecoverySettings {
+    pub enabled: bool,
+    pub interval: Duration,
+    /// Pages of a forge's delivery list walked per project and run.
+    pub max_pages: u32,
+    /// Redeliveries asked per project and run.
+    pub max_redeliveries: u32,
+    /// How often one delivery is asked for, ever.
+    pub max_asks: u32,
+    /// Pushes recorded from the ref comparison per project and run.
+    pub max_recovered: u32,
+    pub list_timeout: Duration,
+    pub max_listing_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +216,17 @@ pub struct Project {
     pub allow_dockerfile_run: bool,
     /// Commit statuses, when a token is configured.
     pub statuses: Option<StatusReporting>,
+    /// The project's webhook on its forge, when recovery may read and redeliver its
+    /// deliveries.
+    pub hook: Option<HookAccess>,
+}
+
+/// A project's webhook on its forge, and a token that may list and redeliver its deliveries.
+#[derive(Debug)]
+pub struct HookAccess {
+    pub id: u64,
+    pub api_url: String,
+    pub token: SecretString,
 }
 
 impl Settings {
@@ -213,6 +242,9 @@ impl Settings {
             }
             if let Some(statuses) = &project.statuses {
                 values.push(statuses.auth.secret().expose_secret().to_owned());
+            }
+            if let Some(hook) = &project.hook {
+                values.push(hook.token.expose_secret().to_owned());
             }
         }
         for channel in &self.chat {

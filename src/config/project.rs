@@ -7,7 +7,7 @@ use secrecy::SecretString;
 
 use super::raw::RawProject;
 use super::secret::SecretSpec;
-use super::{Problem, Project, StatusAuth, StatusReporting};
+use super::{HookAccess, Problem, Project, StatusAuth, StatusReporting};
 use crate::checkout::GitCredentials;
 use crate::domain::{ProjectName, RepoSlug};
 use crate::forge::{ForgeKind, GivenSecrets, SigningKey, WebhookSecrets};
@@ -66,6 +66,7 @@ pub fn project(
     );
     let allowed_deployments = check.patterns("allowed_deployments", &raw.allowed_deployments);
     let statuses = check.statuses(forge);
+    let hook = check.hook(forge, statuses.as_ref());
     if check.problems.len() != before {
         return None;
     }
@@ -82,6 +83,7 @@ pub fn project(
         allow_network: raw.allow_network,
         allow_dockerfile_run: raw.allow_dockerfile_run,
         statuses,
+        hook,
     })
 }
 
@@ -244,18 +246,54 @@ impl Checker<'_> {
     /// Commit statuses: a token, or a GitHub App; and the API root they go to.
     fn statuses(&mut self, forge: Option<ForgeKind>) -> Option<StatusReporting> {
         let auth = self.status_auth(forge)?;
-        let api_url = match (&self.raw.api_url, forge) {
-            (Some(api_url), _) => api_url.clone(),
-            (None, Some(ForgeKind::Github)) => "https://api.github.com".into(),
+        let api_url = self.api_root(forge, "status_token")?;
+        Some(StatusReporting { api_url, auth })
+    }
+
+    /// The forge's API root: `api_url`, or GitHub's public one; a GitLab project must name
+    /// its own, which `needed_by` needs.
+    fn api_root(&mut self, forge: Option<ForgeKind>, needed_by: &str) -> Option<String> {
+        match (&self.raw.api_url, forge) {
+            (Some(api_url), _) => Some(api_url.clone()),
+            (None, Some(ForgeKind::Github)) => Some("https://api.github.com".into()),
             (None, _) => {
                 self.report(
                     "api_url",
-                    "missing: a GitLab project with a status_token needs its API root, e.g. https://gitlab.example.com/api/v4".into(),
+                    format!("missing: a GitLab project with a {needed_by} needs its API root, e.g. https://gitlab.example.com/api/v4"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The hook recovery reads: its id, and a token (`hook_token`, else a `status_token`; a
+    /// GitHub App's JWT reaches only the App's own hook, which serves every installation).
+    fn hook(
+        &mut self,
+        forge: Option<ForgeKind>,
+        statuses: Option<&StatusReporting>,
+    ) -> Option<HookAccess> {
+        let raw = self.raw;
+        let (_, token) = self.secret(
+            "hook_token",
+            raw.hook_token.as_ref(),
+            raw.hook_token_env.as_ref(),
+            raw.hook_token_file.as_ref(),
+        );
+        let id = raw.hook_id?;
+        let token = match (token, statuses.map(|s| &s.auth)) {
+            (Some(token), _) => token,
+            (None, Some(StatusAuth::Token(token))) => token.clone(),
+            (None, _) => {
+                self.report(
+                    "hook_id",
+                    "needs hook_token (or a status_token) that may read and redeliver the hook's deliveries".into(),
                 );
                 return None;
             }
         };
-        Some(StatusReporting { api_url, auth })
+        let api_url = self.api_root(forge, "hook_id")?;
+        Some(HookAccess { id, api_url, token })
     }
 
     fn status_auth(&mut self, forge: Option<ForgeKind>) -> Option<StatusAuth> {

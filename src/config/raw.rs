@@ -21,6 +21,7 @@ pub struct RawSettings {
     pub toolchains: Vec<RawToolchain>,
     pub report: RawReport,
     pub retention: RawRetention,
+    pub recovery: RawRecovery,
     pub web: RawWeb,
     #[serde(default)]
     pub chat: Vec<RawChat>,
@@ -187,6 +188,19 @@ pub struct RawRetention {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawRecovery {
+    pub enabled: bool,
+    pub interval_secs: u64,
+    pub max_pages: u32,
+    pub max_redeliveries: u32,
+    pub max_asks: u32,
+    pub max_recovered: u32,
+    pub list_timeout_secs: u64,
+    pub max_listing_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub filter: String,
 }
@@ -232,6 +246,12 @@ pub struct RawProject {
     pub github_app_key: Option<SecretString>,
     pub github_app_key_env: Option<String>,
     pub github_app_key_file: Option<PathBuf>,
+    /// The project's webhook on its forge, whose failed deliveries recovery asks to redeliver.
+    pub hook_id: Option<u64>,
+    /// A token that may read the hook's deliveries and redeliver them (default: status_token).
+    pub hook_token: Option<SecretString>,
+    pub hook_token_env: Option<String>,
+    pub hook_token_file: Option<PathBuf>,
 }
 
 impl RawSettings {

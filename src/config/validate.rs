@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::raw::RawSettings;
 use super::secret::SecretSpec;
 use super::{
-    ChatChannel, ConfigError, LogSettings, Problem, RegistrySettings, ReportSettings,
-    RetentionSettings, ServerSettings, Settings,
+    ChatChannel, ConfigError, LogSettings, Problem, RecoverySettings, RegistrySettings,
+    ReportSettings, RetentionSettings, ServerSettings, Settings,
 };
 use crate::store::RetentionLimits;
 
@@ -45,6 +45,7 @@ pub fn settings(
         timeout: Duration::from_secs(raw.report.timeout_secs.max(1)),
     };
     let retention = retention(&raw, &mut problems);
+    let recovery = recovery(&raw, &mut problems);
     let chat = chat_channels(&raw, lookup_env, &mut problems);
     let environments = super::environment::environments(&raw, &mut problems);
     let executor = super::executor::executor(&raw, &worker, &toolchains, &mut problems);
@@ -77,6 +78,7 @@ pub fn settings(
             toolchains,
             report,
             retention,
+            recovery,
             chat,
             action_token,
             environments,
@@ -109,6 +111,30 @@ fn retention(raw: &RawSettings, problems: &mut Vec<Problem>) -> RetentionSetting
             logs_max_age: days(positive("logs_max_age_days", r.logs_max_age_days)),
             bodies_max_age: days(positive("bodies_max_age_days", r.bodies_max_age_days)),
         },
+    }
+}
+
+fn recovery(raw: &RawSettings, problems: &mut Vec<Problem>) -> RecoverySettings {
+    let r = &raw.recovery;
+    let mut positive = |field: &str, value: u64| {
+        if value == 0 {
+            problems.push(Problem {
+                field: format!("recovery.{field}"),
+                message: "must be greater than 0".into(),
+            });
+        }
+        value
+    };
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    RecoverySettings {
+        enabled: r.enabled,
+        interval: Duration::from_secs(positive("interval_secs", r.interval_secs)),
+        max_pages: small(positive("max_pages", r.max_pages.into())),
+        max_redeliveries: small(positive("max_redeliveries", r.max_redeliveries.into())),
+        max_asks: small(positive("max_asks", r.max_asks.into())),
+        max_recovered: small(positive("max_recovered", r.max_recovered.into())),
+        list_timeout: Duration::from_secs(positive("list_timeout_secs", r.list_timeout_secs)),
+        max_listing_bytes: positive("max_listing_bytes", r.max_listing_bytes),
     }
 }
 
@@ -359,6 +385,48 @@ mod tests {
                 "{expected:?} in {found:#?}"
             );
         }
+    }
+
+    #[test]
+    fn every_recovery_bound_of_zero_is_named_by_its_field() {
+        let found = problems(
+            "[recovery]\ninterval_secs = 0\nmax_pages = 0\nmax_redeliveries = 0\nmax_asks = 0\nmax_recovered = 0\nlist_timeout_secs = 0\nmax_listing_bytes = 0\n",
+        );
+        for field in [
+            "interval_secs",
+            "max_pages",
+            "max_redeliveries",
+            "max_asks",
+            "max_recovered",
+            "list_timeout_secs",
+            "max_listing_bytes",
+        ] {
+            let expected = format!("recovery.{field}: must be greater than 0");
+            assert!(found.contains(&expected), "{expected:?} in {found:#?}");
+        }
+    }
+
+    #[test]
+    fn a_hook_id_needs_a_token_and_on_gitlab_an_api_root() {
+        let github = problems(
+            "[[projects]]\nname = \"a\"\nforge = \"github\"\nrepository = \"o/a\"\nwebhook_secret = \"s\"\nhook_id = 1\n",
+        );
+        assert!(
+            github
+                .iter()
+                .any(|p| p.starts_with("projects[0].hook_id: needs hook_token")),
+            "{github:#?}"
+        );
+        let gitlab = problems(
+            "[[projects]]\nname = \"b\"\nforge = \"gitlab\"\nrepository = \"g/b\"\nwebhook_secret = \"s\"\nhook_id = 1\nhook_token = \"t\"\n",
+        );
+        assert!(
+            gitlab
+                .iter()
+                .any(|p| p
+                    .starts_with("projects[0].api_url: missing: a GitLab project with a hook_id")),
+            "{gitlab:#?}"
+        );
     }
 
     #[test]

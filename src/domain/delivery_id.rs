@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::ParseError;
+use super::{CommitSha, GitRef, ParseError};
 
 /// The forge's id for one delivery (GitHub's `X-GitHub-Delivery` GUID, GitLab's
 /// `Idempotency-Key` or `X-Gitlab-Event-UUID`). A redelivery carries the same id, which is
@@ -27,6 +27,16 @@ impl DeliveryId {
             ));
         }
         Ok(DeliveryId(s.to_owned()))
+    }
+}
+
+impl DeliveryId {
+    /// The id of a push deploybot recovered itself (no forge delivery named it): the sha and
+    /// a digest of the ref, so that finding the same push again names the same delivery.
+    pub fn recovered(git_ref: &GitRef, sha: &CommitSha) -> DeliveryId {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(git_ref.as_ref().as_bytes()));
+        DeliveryId(format!("recovered:{sha}:{}", &digest[..16]))
     }
 }
 
@@ -57,5 +67,16 @@ mod tests {
         for bad in ["", "a b", "x\n", "<script>", &"a".repeat(129)] {
             assert!(DeliveryId::parse(bad).is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn a_recovered_push_id_parses_and_tells_refs_and_shas_apart() {
+        let sha = CommitSha::parse(&"f".repeat(64)).unwrap();
+        let tag = GitRef::parse("refs/tags/v1.0.0").unwrap();
+        let branch = GitRef::parse("refs/heads/v1.0.0").unwrap();
+        let id = DeliveryId::recovered(&tag, &sha);
+        assert_eq!(DeliveryId::parse(id.as_ref()), Ok(id.clone()));
+        assert_ne!(id, DeliveryId::recovered(&branch, &sha));
+        assert_ne!(id, DeliveryId::recovered(&tag, &CommitSha::zero()));
     }
 }

@@ -21,6 +21,11 @@ impl CommitSha {
         Ok(CommitSha(s.to_ascii_lowercase()))
     }
 
+    /// Git's "no commit" (40 zeros): the `before` of a new ref.
+    pub fn zero() -> CommitSha {
+        CommitSha("0".repeat(40))
+    }
+
     /// Git writes all zeros for "no commit": the `before` of a new ref, the `after` of a
     /// deleted one.
     pub fn is_zero(&self) -> bool {
@@ -49,7 +54,7 @@ impl fmt::Display for CommitSha {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RefKind {
     Branch,
@@ -67,7 +72,7 @@ impl RefKind {
 
 /// A branch or tag ref, `refs/heads/<name>` or `refs/tags/<name>`. Other refs (pull-request
 /// heads, notes) are not something deploybot builds, so they do not parse.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GitRef {
     full: String,
     kind: RefKind,

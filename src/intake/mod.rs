@@ -14,4 +14,5 @@ pub use budget::BodyBudget;
 pub use error::IntakeError;
 pub use event::PushEvent;
 pub use rejections::RejectionBudget;
+pub(crate) use webhook::recovered_push;
 pub use webhook::{receive, IntakeState};

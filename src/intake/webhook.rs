@@ -22,7 +22,7 @@ use crate::config::{Project, ServerSettings, Settings};
 use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
 use crate::metrics::Metrics;
-use crate::store::{Action, NewDelivery, NewJob, NewReport, Recorded, Rejection, Store};
+use crate::store::{Action, NewDelivery, NewJob, NewReport, Origin, Recorded, Rejection, Store};
 
 /// What every intake request shares.
 pub struct IntakeState {
@@ -318,6 +318,15 @@ fn answer(id: &DeliveryId, recorded: Recorded) -> Answer {
             job,
             reason: Some("this delivery id was already recorded".into()),
         },
+        Recorded::AlreadyRecovered { job } => Answer {
+            code: 200,
+            delivery,
+            status: "duplicate",
+            job: Some(job),
+            reason: Some(format!(
+                "this push was recovered while its delivery was missing (job {job})"
+            )),
+        },
     }
 }
 
@@ -424,6 +433,69 @@ fn queued_status(
     Some(report.queued(project.name.as_ref(), "forge".into(), None))
 }
 
+/// Makes `record` queue a job for `push`, with its neutral event and its first status.
+fn queue_push(
+    record: &mut NewDelivery,
+    base_url: Option<&str>,
+    project: &Project,
+    id: &DeliveryId,
+    push: forge::Push,
+) {
+    let event = super::PushEvent::new(
+        project.forge,
+        &project.name,
+        push.clone(),
+        id.clone(),
+        record.received_at,
+    );
+    record.event_json = serde_json::to_string(&event).ok();
+    record.git_ref = Some(push.git_ref.to_string());
+    record.sha = Some(push.sha.to_string());
+    record
+        .reports
+        .extend(queued_status(base_url, project, &push));
+    record.action = Action::Queue(NewJob {
+        git_ref: push.git_ref.to_string(),
+        ref_kind: push.git_ref.kind(),
+        ref_name: push.git_ref.name().to_owned(),
+        sha: push.sha.to_string(),
+    });
+}
+
+/// A push that recovery found with no recorded delivery, as a delivery of its own: its id
+/// names the ref and sha (so finding it twice records it once), its origin says it was
+/// recovered, and its body is the push event deploybot made (there is no forge's body).
+pub(crate) fn recovered_push(
+    base_url: Option<&str>,
+    project: &Project,
+    push: forge::Push,
+    received_at: OffsetDateTime,
+) -> NewDelivery {
+    let id = DeliveryId::recovered(&push.git_ref, &push.sha);
+    let mut record = NewDelivery {
+        delivery_id: id.to_string(),
+        project: project.name.to_string(),
+        forge: project.forge.as_str(),
+        event: "push".into(),
+        repository: Some(project.repository.to_string()),
+        git_ref: None,
+        sha: None,
+        headers_json: "{}".into(),
+        event_json: None,
+        body: Bytes::new(),
+        received_at,
+        action: Action::Record {
+            outcome: "ignored",
+            reason: String::new(),
+        },
+        reports: Vec::new(),
+        origin: Origin::Recovered,
+    };
+    queue_push(&mut record, base_url, project, &id, push);
+    record.body = Bytes::from(record.event_json.clone().unwrap_or_default());
+    record
+}
+
 /// The store record for a verified delivery, with the neutral event for a push.
 fn to_record(
     base_url: Option<&str>,
@@ -461,29 +533,10 @@ fn to_record(
             reason: String::new(),
         },
         reports: Vec::new(),
+        origin: Origin::Webhook,
     };
     match hook {
-        Hook::Push(push) => {
-            let event = super::PushEvent::new(
-                forge.kind(),
-                &project.name,
-                push.clone(),
-                delivery.id.clone(),
-                received_at,
-            );
-            record.event_json = serde_json::to_string(&event).ok();
-            record.git_ref = Some(push.git_ref.to_string());
-            record.sha = Some(push.sha.to_string());
-            record
-                .reports
-                .extend(queued_status(base_url, project, &push));
-            record.action = Action::Queue(NewJob {
-                git_ref: push.git_ref.to_string(),
-                ref_kind: push.git_ref.kind(),
-                ref_name: push.git_ref.name().to_owned(),
-                sha: push.sha.to_string(),
-            });
-        }
+        Hook::Push(push) => queue_push(&mut record, base_url, project, &delivery.id, push),
         Hook::Ping { .. } => {
             record.action = Action::Record {
                 outcome: "pong",

@@ -11,6 +11,7 @@
 pub(crate) mod connection;
 mod deploys;
 mod jobs;
+mod ledger;
 mod outbox;
 mod reader;
 mod retention;
@@ -30,6 +31,7 @@ pub(crate) use deploys::{DeployUpdate, NewDeploy};
 pub use jobs::{
     BuiltImage, ClaimedJob, ImageRow, JobDetail, JobRow, Jobs, LogChunk, StageRow, StageUpdate,
 };
+pub(crate) use ledger::RecoveryLedger;
 pub use outbox::NewReport;
 pub(crate) use outbox::{Outbox, OutboxRow};
 pub use reader::{DeliveryRow, Reader};
@@ -100,6 +102,27 @@ pub struct NewDelivery {
     pub action: Action,
     /// Reports to send once this delivery's job is recorded (the first `pending` status).
     pub reports: Vec<NewReport>,
+    pub origin: Origin,
+}
+
+/// Where a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The forge called the webhook (first delivery or a redelivery).
+    Webhook,
+    /// deploybot found a ref with no recorded push and recorded the push itself. It is queued
+    /// only when no delivery of the same push (project, ref, sha) was queued before, and a
+    /// webhook delivery of that push arriving afterwards queues nothing.
+    Recovered,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Webhook => "webhook",
+            Origin::Recovered => "recovered",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -130,10 +153,16 @@ pub enum Recorded {
     Recorded {
         outcome: String,
     },
-    /// Seen before (a redelivery): nothing new was written.
+    /// Seen before (a redelivery, or a push recovery found already queued): nothing new was
+    /// written.
     Duplicate {
         outcome: String,
         job: Option<i64>,
+    },
+    /// A webhook delivery of a push that recovery had already queued: recorded as `ignored`,
+    /// no second job.
+    AlreadyRecovered {
+        job: i64,
     },
 }
 

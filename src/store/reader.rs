@@ -28,17 +28,22 @@ pub struct DeliveryRow {
     pub source: Option<String>,
     /// Further rejections from the same source counted on this one, not recorded one by one.
     pub repeats: i64,
+    /// `webhook`, or `recovered` for a push deploybot found missing and recorded itself.
+    pub origin: String,
 }
 
 impl DeliveryRow {
     /// What became of it, in a few words: `queued (job 7)`, `ignored: why`, `rejected: why
-    /// (+12 more from 203.0.113.7)`.
+    /// (+12 more from 203.0.113.7)`, `queued (job 9), recovered: its delivery never arrived`.
     pub fn outcome_text(&self) -> String {
         let mut text = match (self.outcome.as_str(), self.job, self.reason.as_deref()) {
             ("queued", Some(job), _) => format!("queued (job {job})"),
             (outcome, _, Some(reason)) if !reason.is_empty() => format!("{outcome}: {reason}"),
             (outcome, _, _) => outcome.to_owned(),
         };
+        if self.origin == "recovered" {
+            text.push_str(", recovered: its delivery never arrived");
+        }
         if self.repeats > 0 {
             let source = self.source.as_deref().unwrap_or("this source");
             text.push_str(&format!(" (+{} more from {source})", self.repeats));
@@ -77,7 +82,7 @@ impl Reader {
         let mut statement = self.conn.prepare_cached(
             "SELECT d.id, d.delivery_id, d.project, d.forge, d.event, d.repository, d.git_ref,
                     d.sha, d.outcome, d.reason, d.received_at, j.id, d.headers, d.event_json,
-                    d.source, d.repeats
+                    d.source, d.repeats, d.origin
              FROM deliveries d LEFT JOIN jobs j ON j.delivery = d.id
              ORDER BY d.id DESC LIMIT ?1",
         )?;
@@ -99,6 +104,7 @@ impl Reader {
                 event_json: row.get(13)?,
                 source: row.get(14)?,
                 repeats: row.get(15)?,
+                origin: row.get(16)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -254,6 +254,7 @@ mod tests {
                     received_at,
                     action,
                     reports: Vec::new(),
+                    origin: crate::store::Origin::Webhook,
                 })
                 .await
                 .unwrap();

@@ -167,7 +167,38 @@ const MIGRATIONS: &[&str] = &[
     // 9: where an image deploybot built was pushed (`repository@digest`), so that a later
     // release of the same inputs copies its manifest in the registry instead of pushing again.
     "ALTER TABLE built_images ADD COLUMN pushed TEXT;",
+    // 10: recovery of missed pushes; see RECOVERY.
+    RECOVERY,
 ];
+
+/// A delivery's `origin`: `webhook` (the forge called, or redelivered through its API) or
+/// `recovered` (deploybot found a ref with no recorded push and recorded one itself). A push is
+/// found by project, ref and sha, so a late real delivery of a recovered push is known for
+/// what it is. `known_refs` is the last listing of each project's refs that recovery compared
+/// against (`ref_listings` says a project has one); `redelivery_asks` counts how often
+/// deploybot asked its forge to redeliver a delivery, so no delivery is asked for forever.
+const RECOVERY: &str = "
+    ALTER TABLE deliveries ADD COLUMN origin TEXT NOT NULL DEFAULT 'webhook'
+        CHECK (origin IN ('webhook', 'recovered'));
+    CREATE INDEX deliveries_by_push ON deliveries (project, git_ref, sha)
+        WHERE outcome = 'queued';
+    CREATE TABLE ref_listings (
+        project     TEXT PRIMARY KEY,
+        listed_at   TEXT NOT NULL
+    );
+    CREATE TABLE known_refs (
+        project     TEXT NOT NULL REFERENCES ref_listings (project) ON DELETE CASCADE,
+        git_ref     TEXT NOT NULL,
+        sha         TEXT NOT NULL,
+        PRIMARY KEY (project, git_ref)
+    );
+    CREATE TABLE redelivery_asks (
+        project        TEXT NOT NULL,
+        forge_delivery TEXT NOT NULL,
+        asks           INTEGER NOT NULL,
+        last_asked_at  TEXT NOT NULL,
+        PRIMARY KEY (project, forge_delivery)
+    );";
 
 /// A rejection keeps the source it came from (the client address, or its IPv6 /64), and
 /// `repeats` counts the further rejections from that source that were counted on it instead

@@ -25,7 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::connection::open_connection;
 use super::segments::{self, BodyLocation, Segments};
 use super::{
-    bodies_dir, db_path, schema, timestamp, Action, NewDelivery, Recorded, Rejection, StoreError,
+    bodies_dir, db_path, schema, timestamp, Action, NewDelivery, Origin, Recorded, Rejection,
+    StoreError,
 };
 
 /// Requests waiting for the writer; bounded, so a stalled disk pushes back on intake.
@@ -342,16 +343,36 @@ fn insert_delivery(
     d: &NewDelivery,
     at: BodyLocation,
 ) -> Result<(Recorded, Option<i64>), StoreError> {
-    let (outcome, reason) = match &d.action {
-        Action::Queue(_) => ("queued", None),
-        Action::Record { outcome, reason } => (*outcome, Some(reason.as_str())),
+    let same_push = match &d.action {
+        Action::Queue(job) => queued_push(tx, &d.project, &job.git_ref, &job.sha)?,
+        Action::Record { .. } => None,
+    };
+    let recovered_before = match (same_push, d.origin) {
+        (Some(earlier), Origin::Recovered) => {
+            return Ok((
+                Recorded::Duplicate {
+                    outcome: "queued".into(),
+                    job: Some(earlier.job),
+                },
+                None,
+            ))
+        }
+        (Some(earlier), Origin::Webhook) if earlier.recovered => Some(earlier.job),
+        _ => None,
+    };
+    let already =
+        recovered_before.map(|job| format!("the same push was recovered before (job {job})"));
+    let (outcome, reason) = match (&d.action, &already) {
+        (_, Some(already)) => ("ignored", Some(already.as_str())),
+        (Action::Queue(_), None) => ("queued", None),
+        (Action::Record { outcome, reason }, None) => (*outcome, Some(reason.as_str())),
     };
     let received = timestamp(d.received_at);
     let mut statement = tx.prepare_cached(
         "INSERT OR IGNORE INTO deliveries (delivery_id, project, forge, event, repository,
             git_ref, sha, outcome, reason, received_at, headers, event_json, body_segment,
-            body_offset, body_len, body_crc32)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            body_offset, body_len, body_crc32, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?;
     let inserted = statement.execute(params![
         d.delivery_id,
@@ -370,11 +391,15 @@ fn insert_delivery(
         at.offset as i64,
         at.len as i64,
         at.crc32,
+        d.origin.as_str(),
     ])?;
     if inserted == 0 {
         return Ok((duplicate_of(tx, &d.project, &d.delivery_id)?, None));
     }
     let delivery_row = tx.last_insert_rowid();
+    if let Some(job) = recovered_before {
+        return Ok((Recorded::AlreadyRecovered { job }, Some(delivery_row)));
+    }
     let recorded = match &d.action {
         Action::Record { outcome, .. } => Recorded::Recorded {
             outcome: (*outcome).to_owned(),
@@ -400,6 +425,34 @@ fn insert_delivery(
         }
     };
     Ok((recorded, Some(delivery_row)))
+}
+
+/// The job of the push (project, ref, sha) queued earlier, if any, and whether recovery
+/// queued it.
+struct QueuedPush {
+    job: i64,
+    recovered: bool,
+}
+
+fn queued_push(
+    tx: &rusqlite::Transaction<'_>,
+    project: &str,
+    git_ref: &str,
+    sha: &str,
+) -> Result<Option<QueuedPush>, StoreError> {
+    let mut statement = tx.prepare_cached(
+        "SELECT j.id, d.origin FROM deliveries d JOIN jobs j ON j.delivery = d.id
+         WHERE d.project = ?1 AND d.git_ref = ?2 AND d.sha = ?3 AND d.outcome = 'queued'
+         ORDER BY d.origin = 'recovered' DESC, d.id LIMIT 1",
+    )?;
+    Ok(statement
+        .query_row(params![project, git_ref, sha], |row| {
+            Ok(QueuedPush {
+                job: row.get(0)?,
+                recovered: row.get::<_, String>(1)? == "recovered",
+            })
+        })
+        .optional()?)
 }
 
 fn duplicate_of(

@@ -71,7 +71,8 @@ pub struct ForgeDouble {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
-fn regex_escape(text: &str) -> String {
+/// `text` as a regular expression that matches only itself.
+pub fn regex_escape(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod cluster_build;
 pub mod fixtures;
 pub mod forge_double;
+pub mod hook_double;
 pub mod infra;
 pub mod slow_client;
 

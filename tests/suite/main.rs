@@ -20,6 +20,7 @@ mod in_cluster;
 mod intake_limits;
 mod operations;
 mod pipeline;
+mod recovery;
 mod registry;
 mod report;
 mod retention;

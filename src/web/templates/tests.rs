@@ -92,6 +92,7 @@ fn delivery_row(git_ref: &str, outcome: &str, reason: Option<&str>) -> DeliveryR
         event_json: None,
         source: Some(HOSTILE.into()),
         repeats: 3,
+        origin: "webhook".into(),
     }
 }
 
