@@ -8,8 +8,11 @@ pub(crate) mod deploy;
 pub mod domain;
 pub mod executor;
 pub mod forge;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod intake;
 pub(crate) mod keyed_lock;
+pub(crate) mod masking;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub(crate) mod recovery;

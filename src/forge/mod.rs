@@ -8,7 +8,7 @@ mod error;
 mod github;
 mod gitlab;
 mod secrets;
-mod signature;
+pub(crate) mod signature;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};

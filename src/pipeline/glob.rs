@@ -17,19 +17,22 @@ impl Pattern {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        matches(self.0.as_bytes(), name.as_bytes())
+        let pattern: Vec<char> = self.0.chars().collect();
+        let text: Vec<char> = name.chars().collect();
+        matches(&pattern, &text)
     }
 }
 
-fn matches(pattern: &[u8], text: &[u8]) -> bool {
+/// By characters, not bytes: `?` is one character of a name, however many bytes it takes.
+fn matches(pattern: &[char], text: &[char]) -> bool {
     // Iterative wildcard match with one backtrack point: linear enough for ref names.
     let (mut p, mut t) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
             p += 1;
             t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
+        } else if p < pattern.len() && pattern[p] == '*' {
             star = Some(p);
             mark = t;
             p += 1;
@@ -41,7 +44,7 @@ fn matches(pattern: &[u8], text: &[u8]) -> bool {
             return false;
         }
     }
-    pattern[p..].iter().all(|b| *b == b'*')
+    pattern[p..].iter().all(|c| *c == '*')
 }
 
 #[cfg(test)]
@@ -58,6 +61,9 @@ mod tests {
             ("release-?", "release-10", false),
             ("main", "main", true),
             ("*-rc*", "v1-rc2", true),
+            // Found by src/fuzz.rs: `?` is one character, not one byte.
+            ("?é*", "éé", true),
+            ("release-?", "release-é", true),
         ];
         for (pattern, name, expected) in cases {
             assert_eq!(

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::domain::StageName;
 use crate::executor::LogSink;
+pub use crate::masking::Masker;
 use crate::store::Jobs;
 
 /// How many of a service's last lines a failure report quotes, and how much of each.
@@ -28,35 +29,6 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
-
-/// Replaces secret values in text. Values shorter than 3 characters are not masked: they
-/// would turn every log into asterisks, and config validation should refuse them anyway.
-#[derive(Clone)]
-pub struct Masker {
-    secrets: Arc<Vec<String>>,
-}
-
-impl Masker {
-    pub fn new(mut secrets: Vec<String>) -> Masker {
-        secrets.retain(|s| s.len() >= 3);
-        // Longest first, so a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Masker {
-            secrets: Arc::new(secrets),
-        }
-    }
-
-    pub fn mask(&self, text: &str) -> String {
-        let mut masked = text.to_owned();
-        for secret in self.secrets.iter() {
-            if masked.contains(secret.as_str()) {
-                masked = masked.replace(secret.as_str(), "***");
-            }
-        }
-        masked
-    }
-}
 
 struct Pending {
     chunks: Vec<(String, String, String)>,
@@ -269,14 +241,5 @@ mod tests {
         assert_eq!(clip("short", 10), "short");
         let clipped = clip(&"é".repeat(100), 11);
         assert!(clipped.len() <= 11 && clipped.ends_with('…'), "{clipped}");
-    }
-
-    #[test]
-    fn every_secret_value_is_masked_longest_first() {
-        let masker = Masker::new(vec!["s3cret".into(), "s3cret-and-more".into(), "x".into()]);
-        assert_eq!(
-            masker.mask("token=s3cret-and-more pw=s3cret x"),
-            "token=*** pw=*** x"
-        );
     }
 }

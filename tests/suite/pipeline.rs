@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::build::{
-    config, finished, real_parts, signed_push, signed_push_by, stage, Build, SERVICES,
+    config, finished, hello_steps, real_parts, signed_push, signed_push_by, stage, Build, SERVICES,
 };
 use crate::common::chat_double::ChatDouble;
 use crate::common::{json, Delivery, TestApp};
@@ -815,4 +815,81 @@ async fn canceling_a_running_job_ends_its_commit_status_as_canceled() {
             .map(deploybot::domain::JobState::as_str),
         Some("canceled")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_a_step_prints_encoded_or_line_by_line_is_masked_in_the_log_statuses_and_chat() {
+    use crate::common::forge_double::{ForgeDouble, STATUS_TOKEN};
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use base64::Engine;
+    // A multi-line secret, as a key file holds one.
+    let key_lines = [
+        "-----BEGIN PRIVATE KEY-----",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj",
+        "MzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu",
+        "-----END PRIVATE KEY-----",
+    ];
+    let key = key_lines.join("\n");
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let chat = ChatDouble::start().await;
+    let extra = format!(
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nretry_base_ms = 20\n{}\n\n\
+         [[projects]]\nname = \"vault\"\nforge = \"github\"\nrepository = \"team/vault\"\n\
+         webhook_secret = \"\"\"{key}\"\"\"\n",
+        github.server.uri(),
+        chat.config()
+    );
+    let Some(build) = Build::hello(|c| format!("{c}{extra}")).await else {
+        return;
+    };
+    let password = build.registry.password.clone();
+    // What a careless step prints, and from which character on it is the secret's alone (a
+    // base64 value's first characters encode the prefix before the secret).
+    let printed = [
+        (STANDARD.encode(format!("deploybot:{password}")), 14),
+        (URL_SAFE.encode(format!("ab{password}")), 3),
+        (STANDARD.encode(&key), 0),
+        (
+            percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+            0,
+        ),
+        (key_lines[1].to_owned(), 0),
+        (key_lines[2].to_owned(), 0),
+    ];
+    let commands: Vec<String> = printed
+        .iter()
+        .map(|(p, _)| format!("\"echo {p}\""))
+        .collect();
+    let steps = format!(
+        "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [{}, \"exit 3\"]\n",
+        commands.join(", ")
+    );
+    let (job, detail) = build
+        .push_change("refs/tags/v0.0.9", hello_steps(&steps))
+        .await;
+    assert_eq!(detail.job.state, "failed", "{detail:#?}");
+    github
+        .wait_for_results("context", &["deploybot/web"], 30)
+        .await;
+
+    let log = build.log(job);
+    assert!(log.matches("***").count() >= printed.len(), "{log}");
+    let captured = format!(
+        "{log}{detail:?}{}{:?}",
+        github.everything_received().await,
+        chat.messages().await
+    );
+    for (form, (value, secret_from)) in printed.iter().enumerate() {
+        // Of a base64 value only the one or two characters the secret shares with what
+        // surrounds it may be left: no 12 characters of the secret's part in a row survive.
+        let secret_part = &value.as_bytes()[*secret_from..value.len() - 2];
+        let survives = secret_part
+            .windows(12)
+            .any(|w| captured.contains(std::str::from_utf8(w).unwrap()));
+        assert!(
+            !survives,
+            "form {form} ({value}) reached the log, a status or chat:\n{captured}"
+        );
+    }
 }
