@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine: install and start what the tests need (Docker,
 # docker-registry, git, Chromium, base images, a local Kubernetes v1.20.2 built from Debian's
 # sources: scripts/real-parts.sh), then format check, clippy, the JSON API against openapi.yaml
-# with schemathesis, and every test. Under CI=true a missing real part fails the test that needs
+# with schemathesis, every test, and then the fault drill. Under CI=true a missing real part fails the test that needs
 # it instead of skipping it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,11 @@ cargo build --locked --quiet
 bash scripts/api-check.sh
 echo "== cargo test"
 log=$(mktemp)
-cargo test --locked 2>&1 | tee "$log"
+# The suite first; then the fault drill (tests/faults), which restarts dockerd, fills a disk and
+# stops a registry: its own binary, one test at a time, after everything else.
+cargo test --locked --lib --bins --test suite 2>&1 | tee "$log"
+echo "== the fault drill"
+cargo test --locked --test faults -- --test-threads 1 2>&1 | tee -a "$log"
 # One closing line for the whole run, summed over the test binaries.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"

@@ -60,13 +60,21 @@ impl DockerEngine {
         }
     }
 
-    async fn remove(&self, id: &str) {
+    async fn remove(&self, id: &str) -> Result<(), ExecError> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        if let Err(e) = self.docker.remove_container(id, Some(options)).await {
-            tracing::warn!(container = id, error = %e, "Could not remove a step container");
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // Gone already (removed by a cancel or by the engine): what was wanted.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => {
+                tracing::warn!(container = id, error = %e, "Could not remove a step container");
+                Err(engine(e))
+            }
         }
     }
 
@@ -101,6 +109,45 @@ impl DockerEngine {
                 "the engine did not report the exit code".into(),
             )),
         }
+    }
+
+    /// One push through the engine; its digest as the registry reports it.
+    async fn push_once(&self, spec: &PushSpec<'_>, log: &dyn LogSink) -> Result<String, ExecError> {
+        let (reference, auth) = (spec.reference, spec.auth);
+        let (repository, tag) = split_reference(reference);
+        let push_error = |reason: String| ExecError::Push {
+            reference: reference.to_owned(),
+            reason,
+        };
+        // The engine's credential type derives Debug with the password inside: it lives only
+        // for this call and is never logged.
+        let credentials = auth.map(|a| DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.expose_secret().to_owned()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let options = PushImageOptionsBuilder::default().tag(tag).build();
+        let mut stream = self
+            .docker
+            .push_image(repository, Some(options), credentials);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| push_error(e.to_string()))?;
+            if let Some(error) = info.error_detail.and_then(|d| d.message).or(info.error) {
+                return Err(push_error(error));
+            }
+            if let (Some(status), None) = (&info.status, &info.progress) {
+                log.line(status);
+            }
+        }
+        let inspected = self.docker.inspect_image(reference).await.map_err(engine)?;
+        let prefix = format!("{repository}@");
+        inspected
+            .repo_digests
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
+            .ok_or_else(|| push_error("the registry reported no digest".into()))
     }
 }
 
@@ -186,7 +233,8 @@ impl Executor for DockerEngine {
             Err(stopped)
         }
         .await;
-        self.remove(&id).await;
+        // Logged when it fails; the job's end removes whatever is left by label.
+        let _ = self.remove(&id).await;
         result
     }
 
@@ -254,46 +302,14 @@ impl Executor for DockerEngine {
         }
     }
 
+    /// The engine's push, tried again with backoff while the registry fails in a way it may
+    /// get over; the last failure names the reference (and so the registry) and the tries.
     async fn push_image(
         &self,
         spec: &PushSpec<'_>,
         log: &dyn LogSink,
     ) -> Result<String, ExecError> {
-        let (reference, auth) = (spec.reference, spec.auth);
-        let (repository, tag) = split_reference(reference);
-        let push_error = |reason: String| ExecError::Push {
-            reference: reference.to_owned(),
-            reason,
-        };
-        // The engine's credential type derives Debug with the password inside: it lives only
-        // for this call and is never logged.
-        let credentials = auth.map(|a| DockerCredentials {
-            username: Some(a.username.clone()),
-            password: Some(a.password.expose_secret().to_owned()),
-            serveraddress: Some(a.server.clone()),
-            ..Default::default()
-        });
-        let options = PushImageOptionsBuilder::default().tag(tag).build();
-        let mut stream = self
-            .docker
-            .push_image(repository, Some(options), credentials);
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| push_error(e.to_string()))?;
-            if let Some(error) = info.error_detail.and_then(|d| d.message).or(info.error) {
-                return Err(push_error(error));
-            }
-            if let (Some(status), None) = (&info.status, &info.progress) {
-                log.line(status);
-            }
-        }
-        let inspected = self.docker.inspect_image(reference).await.map_err(engine)?;
-        let prefix = format!("{repository}@");
-        inspected
-            .repo_digests
-            .unwrap_or_default()
-            .into_iter()
-            .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
-            .ok_or_else(|| push_error("the registry reported no digest".into()))
+        super::with_push_retries(log, || self.push_once(spec, log)).await
     }
 
     async fn pin(&self, reference: &str) -> Result<Option<String>, ExecError> {
@@ -338,13 +354,14 @@ impl Executor for DockerEngine {
             .await
             .map_err(engine)?;
         let mut removed = 0;
-        for container in containers {
-            if let Some(id) = container.id {
-                self.remove(&id).await;
-                removed += 1;
+        let mut failed = None;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            match self.remove(&id).await {
+                Ok(()) => removed += 1,
+                Err(e) => failed = Some(e),
             }
         }
-        Ok(removed)
+        failed.map_or(Ok(removed), Err)
     }
 }
 

@@ -21,6 +21,65 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use docker::DockerEngine;
+
+/// A push that fails for a reason a registry may get over (unreachable, 5xx, a dropped
+/// connection) is tried again this many times in all, waiting `PUSH_RETRY_FIRST_SECS` and then
+/// twice as long before each next try (1 + 2 + 4 s); a refusal of the credentials is not.
+pub(crate) const PUSH_ATTEMPTS: u32 = 4;
+pub(crate) const PUSH_RETRY_FIRST_SECS: u64 = 1;
+
+/// The words (lower case) with which registries and engines say that the credentials or the
+/// repository were refused: trying again cannot help.
+pub(crate) const PUSH_REFUSED: [&str; 4] = [
+    "unauthorized",
+    "authentication required",
+    "denied",
+    "no basic auth",
+];
+
+/// Runs `push` until it succeeds, fails with a refusal, or has failed [`PUSH_ATTEMPTS`] times,
+/// waiting 1, 2, 4 s between tries and saying so in the log; the last failure says how many
+/// tries it took.
+pub(crate) async fn with_push_retries<F, Fut>(
+    log: &dyn LogSink,
+    mut push: F,
+) -> Result<String, ExecError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<String, ExecError>>,
+{
+    let mut wait = std::time::Duration::from_secs(PUSH_RETRY_FIRST_SECS);
+    let mut attempt = 1;
+    loop {
+        match push().await {
+            Err(ExecError::Push { reference, reason })
+                if attempt < PUSH_ATTEMPTS && !push_refused(&reason) =>
+            {
+                log.line(&format!(
+                    "push of {reference} failed ({reason}); trying again in {} s (attempt {} of {PUSH_ATTEMPTS})",
+                    wait.as_secs(),
+                    attempt + 1,
+                ));
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(ExecError::Push { reference, reason }) if attempt > 1 => {
+                return Err(ExecError::Push {
+                    reference,
+                    reason: format!("{reason} (after {attempt} attempts)"),
+                })
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a failed push's reason is a refusal ([`PUSH_REFUSED`]).
+pub(crate) fn push_refused(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    PUSH_REFUSED.iter().any(|word| reason.contains(word))
+}
 pub(crate) use kubernetes::KubeExecutor;
 
 /// The label every deploybot container and image carries, with the job id as value.

@@ -80,7 +80,8 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         flushing.cancel();
         let _ = flusher.await;
         if let Err(e) = self.executor.remove_containers(Some(id)).await {
-            tracing::warn!(parent: &span, error = %e, "Could not remove the job's containers");
+            tracing::warn!(parent: &span, error = %e, "Could not remove the job's containers; trying again in the background");
+            tokio::spawn(remove_eventually(self.executor.clone(), id));
         }
         self.checkouts.clean(id).await;
         let Some(ending) = self.ending(id, outcome, superseded.is_cancelled()).await else {
@@ -531,6 +532,29 @@ fn should_push(definition: &Definition, job: &ClaimedJob) -> bool {
         RefKind::Branch => &definition.push.branches,
     };
     patterns.iter().any(|p| p.matches(job.git_ref.name()))
+}
+
+/// Removes a job's containers once the engine can (it was restarting, say): tried again with
+/// backoff, 1 s doubling to a minute, for up to ten minutes; a later start removes what is
+/// still left by its instance label.
+async fn remove_eventually<E: Executor>(executor: std::sync::Arc<E>, job: i64) {
+    let started = tokio::time::Instant::now();
+    let mut wait = std::time::Duration::from_secs(1);
+    while started.elapsed() < std::time::Duration::from_secs(600) {
+        tokio::time::sleep(wait).await;
+        match executor.remove_containers(Some(job)).await {
+            Ok(removed) => {
+                tracing::info!(job, removed, "Removed the job's containers");
+                return;
+            }
+            Err(e) => tracing::debug!(job, error = %e, "The job's containers are not removed yet"),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(60));
+    }
+    tracing::warn!(
+        job,
+        "Gave up removing the job's containers; the next start removes them"
+    );
 }
 
 #[cfg(test)]

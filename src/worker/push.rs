@@ -129,14 +129,17 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             (PushSource::Copy { repository, digest }, Some(registry)) => {
                 let (name, tag) = name_and_tag(&repository, reference);
                 sink.line(&format!("copying {repository}@{digest} to the tag {tag}"));
-                registry
-                    .copy_tag(name, &digest, tag)
-                    .await
-                    .map_err(|e| ExecError::Push {
-                        reference: reference.to_owned(),
-                        reason: e.to_string(),
-                    })?;
-                Ok(digest)
+                crate::executor::with_push_retries(sink, || async {
+                    registry
+                        .copy_tag(name, &digest, tag)
+                        .await
+                        .map_err(|e| ExecError::Push {
+                            reference: reference.to_owned(),
+                            reason: e.to_string(),
+                        })?;
+                    Ok(digest.clone())
+                })
+                .await
             }
             _ => {
                 let auth = self.registry_auth();

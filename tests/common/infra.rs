@@ -122,14 +122,7 @@ impl Registry {
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new("/usr/bin/docker-registry")
-            .args(["serve", &config_path.display().to_string()])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry starts");
-        wait_for_port(port, "docker-registry");
+        let child = serve_registry(dir.path(), port);
         Some(Registry {
             address: format!("127.0.0.1:{port}"),
             username,
@@ -137,6 +130,24 @@ impl Registry {
             child,
             _dir: dir,
         })
+    }
+
+    /// Stops the registry (it refuses connections until [`Registry::restart`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port, with the same users and images.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self
+            .address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the registry's port");
+        self.child = serve_registry(self._dir.path(), port);
     }
 
     /// Pushes the local `image` as `repository:tag` with the docker CLI and returns the digest
@@ -253,6 +264,23 @@ fn docker_cli(config: &Path, args: &[&str], stdin: Option<&str>) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// docker-registry serving `dir/config.yml` on `port`, logging to `dir/registry.log`.
+fn serve_registry(dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))
+        .expect("log");
+    let child = Command::new("/usr/bin/docker-registry")
+        .args(["serve", &dir.join("config.yml").display().to_string()])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry starts");
+    wait_for_port(port, "docker-registry");
+    child
 }
 
 impl Drop for Registry {

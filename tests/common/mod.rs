@@ -1,6 +1,6 @@
 //! Shared test helpers: fixtures, signed deliveries, the app in-process on a random port, and
 //! the real binary with its logs captured.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod binary;
 pub mod build;

@@ -396,10 +396,19 @@ fn builder_container(plan: &ServicePlan, k: &KubernetesExecutor, nonce: &str) ->
         } else {
             ""
         };
+        // Tried again with backoff (buildah 1.28 has no --retry), unless the registry refused
+        // the credentials: the same policy as the Docker executor's.
         script.push_str(&format!(
-            "code=0; result=\nbuildah push{tls} --digestfile /tmp/digest {r} docker://{r} || code=$?\n\
+            "code=0; result=; wait={first}; try=1\n\
+             while :; do code=0; buildah push{tls} --digestfile /tmp/digest {r} docker://{r} 2>/tmp/push.err || code=$?\n\
+             cat /tmp/push.err >&2\n\
+             [ $code -ne 0 ] && [ $try -lt {attempts} ] && ! grep -qiE '{refused}' /tmp/push.err || break\n\
+             echo \"push failed; trying again in $wait s (attempt $((try + 1)) of {attempts})\"; sleep $wait; wait=$((wait * 2)); try=$((try + 1)); done\n\
              [ $code -ne 0 ] || {{ result=$(cat /tmp/digest); printf '%s' \"$result\" > /dev/termination-log; }}\n",
-            r = quote(&push.reference)
+            r = quote(&push.reference),
+            first = crate::executor::PUSH_RETRY_FIRST_SECS,
+            attempts = crate::executor::PUSH_ATTEMPTS,
+            refused = crate::executor::PUSH_REFUSED.join("|"),
         ));
         script.push_str(&print_marker(nonce, &Segment::Push));
         script.push_str("exit $code\n");
