@@ -571,11 +571,13 @@ impl Jobs {
     }
 
     /// Marks a job that was never started as superseded.
-    pub fn supersede(&self, job: i64) -> Result<(), StoreError> {
-        self.finish(
+    /// Ends a job a newer push to its branch replaced, with the reports that says so.
+    pub fn supersede(&self, job: i64, reports: &[super::NewReport]) -> Result<(), StoreError> {
+        self.finish_reporting(
             job,
             JobState::Superseded,
             Some("a newer push to the same branch replaced it"),
+            reports,
         )
     }
 

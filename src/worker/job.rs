@@ -52,7 +52,21 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             .unwrap_or(false)
         {
             tracing::info!(parent: &span, "Superseded before it started");
-            let _ = self.blocking(move |jobs| jobs.supersede(id)).await;
+            // Its `pending` status ends too, or the commit would show it pending for ever.
+            let reports = serde_json::from_str::<PushEvent>(&job.event_json)
+                .ok()
+                .map(|event| {
+                    Reporter::new(&self.settings, &event, id).finished(
+                        JobState::Superseded,
+                        None,
+                        None,
+                    )
+                })
+                .unwrap_or_default();
+            let _ = self
+                .blocking(move |jobs| jobs.supersede(id, &reports))
+                .await;
+            self.reports.notify_one();
             return;
         }
         let cancel = self.shutdown.child_token();

@@ -109,6 +109,12 @@ impl Server {
         self.child.id()
     }
 
+    /// `kill -9` of a server that is replaced in place (then started anew).
+    pub fn kill_hard_in_place(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `kill -9`: no chance to flush or clean up.
     pub fn kill_hard(mut self) -> String {
         let _ = self.child.kill();

@@ -191,7 +191,7 @@ pub fn signed_push_by(git_url: &str, git_ref: &str, sha: &str, pusher: &str) -> 
     })
 }
 
-fn signed_push_with(
+pub fn signed_push_with(
     git_url: &str,
     git_ref: &str,
     sha: &str,

@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod chaos;
 mod disk;
 mod dockerd;
 mod registry;
