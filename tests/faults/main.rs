@@ -1,5 +1,6 @@
 //! The fault drill: deploybot with a real part failing under it — the data directory full, the
-//! registry down at push time, dockerd restarted mid-build. These faults disturb what other
+//! registry down at push time, dockerd restarted mid-build, the API server stopped
+//! mid-rollout — and chaos (`kill -9` again and again under a stream of pushes). These faults disturb what other
 //! tests share (restarting dockerd also restarts the local cluster's pods), so they are a test
 //! binary of their own, run after the suite by `scripts/test.sh`, one test at a time. (The
 //! forge down is `report::a_status_waits_out_a_forge_outage_across_a_restart` in the suite: a
@@ -11,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod apiserver;
 mod chaos;
 mod disk;
 mod dockerd;

@@ -34,18 +34,36 @@ impl<C: Cluster> Rollout<'_, C> {
     ) -> Result<Waited, ClusterError> {
         let (cluster, target, note) = (self.cluster, self.target, self.note);
         let mut last = String::new();
+        let mut outage = Outage::default();
         loop {
-            let observed = cluster.read(target).await?;
+            let observed = match cluster.read(target).await {
+                Err(e) => {
+                    outage.wait(e, deadline, note).await?;
+                    continue;
+                }
+                Ok(observed) => observed,
+            };
+            outage.over(note);
             if let Some(done) = judge(&observed, since, ours, &mut last, note) {
                 return Ok(done);
             }
-            let mut changes = cluster.follow(target, &observed.resource_version).await?;
+            let mut changes = match cluster.follow(target, &observed.resource_version).await {
+                Err(e) => {
+                    outage.wait(e, deadline, note).await?;
+                    continue;
+                }
+                Ok(changes) => changes,
+            };
             loop {
                 match tokio::time::timeout_at(deadline, changes.next()).await {
                     Err(_) => return Ok(Waited::TimedOut(last)),
                     Ok(None) => break,
-                    Ok(Some(change)) => {
-                        if let Some(done) = judge(&change?, since, ours, &mut last, note) {
+                    Ok(Some(Err(e))) => {
+                        outage.wait(e, deadline, note).await?;
+                        break;
+                    }
+                    Ok(Some(Ok(change))) => {
+                        if let Some(done) = judge(&change, since, ours, &mut last, note) {
                             return Ok(done);
                         }
                     }
@@ -81,6 +99,47 @@ impl<C: Cluster> Rollout<'_, C> {
                 self.note(&format!("why its pods were not ready is not known: {e}"));
                 reason
             }
+        }
+    }
+}
+
+/// The API server unreachable while a rollout is followed (restarting, upgraded, its network
+/// down): waited for with backoff (1 s doubling to 10 s), said once, until the rollout's
+/// deadline; past it, or for any other error, the error ends the wait. A patch already sent
+/// stays sent: following again never patches again.
+#[derive(Default)]
+struct Outage {
+    pause: Option<Duration>,
+}
+
+impl Outage {
+    async fn wait(
+        &mut self,
+        error: ClusterError,
+        deadline: Instant,
+        note: Note<'_>,
+    ) -> Result<(), ClusterError> {
+        if !matches!(error, ClusterError::Unreachable { .. }) {
+            return Err(error);
+        }
+        let pause = self.pause.unwrap_or(Duration::from_secs(1));
+        if Instant::now() + pause >= deadline {
+            return Err(error);
+        }
+        if self.pause.is_none() {
+            note(&format!(
+                "{error}; waiting for it until the rollout's deadline"
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        self.pause = Some((pause * 2).min(Duration::from_secs(10)));
+        Ok(())
+    }
+
+    /// The server answers again.
+    fn over(&mut self, note: Note<'_>) {
+        if self.pause.take().is_some() {
+            note("the Kubernetes API server answers again; following the rollout");
         }
     }
 }
