@@ -22,7 +22,7 @@ pub enum IntakeError {
     MissingContentType,
     #[error("body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
-    /// The bodies already in memory fill the budget; the forge retries.
+    /// The bodies already in memory fill the budget (503: recovery finds the push later).
     #[error("too many large deliveries in flight; retry later")]
     Busy,
     #[error("reading the body failed: {0}")]

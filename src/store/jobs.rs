@@ -43,6 +43,8 @@ pub struct JobRow {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// Its push was recovered: no delivery of it ever arrived (see `recovery/`).
+    pub recovered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -594,7 +596,8 @@ impl Jobs {
     ) -> Result<Vec<JobRow>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error
+            "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error,
+                    (SELECT origin = 'recovered' FROM deliveries WHERE id = jobs.delivery)
              FROM jobs WHERE (?2 IS NULL OR project = ?2) AND (?3 IS NULL OR state = ?3)
              ORDER BY id DESC LIMIT ?1",
         )?;
@@ -610,7 +613,8 @@ impl Jobs {
             let conn = self.conn();
             let job = conn
             .query_row(
-                "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error
+                "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error,
+                    (SELECT origin = 'recovered' FROM deliveries WHERE id = jobs.delivery)
                  FROM jobs WHERE id = ?1",
                 [id],
                 job_row,
@@ -823,6 +827,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         started_at: row.get(7)?,
         finished_at: row.get(8)?,
         error: row.get(9)?,
+        recovered: row.get::<_, Option<bool>>(10)?.unwrap_or(false),
     })
 }
 

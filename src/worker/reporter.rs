@@ -264,6 +264,7 @@ webhook_url = "https://chat.example/hooks/x"
                 started_at: None,
                 finished_at: None,
                 error: None,
+                recovered: false,
             },
             stages: vec![StageRow {
                 service: "web".into(),

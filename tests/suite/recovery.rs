@@ -81,6 +81,7 @@ async fn tags_pushed_while_deploybot_was_down_are_each_built_once_when_it_starts
         );
         let detail = finished(&jobs, delivery.job.unwrap()).await;
         assert_eq!(detail.job.state, "success", "{tag}: {detail:#?}");
+        assert!(detail.job.recovered, "the job says its push was recovered");
         assert!(
             registry.digest("myevents/web", tag).await.is_some(),
             "{tag} pushed"

@@ -28,6 +28,7 @@ fn heading(job: &JobRow) -> Markup {
         p {
             (job.project) " · " (job.git_ref) " · " code { (job.sha) }
             " · attempt " (job.attempt)
+            @if job.recovered { " · recovered: its delivery never arrived" }
         }
         @if let Some(error) = &job.error { p class="error" { (error) } }
     }

@@ -156,7 +156,10 @@ fn or_dash(value: &Option<String>) -> &str {
 fn delivery_outcome(row: &DeliveryRow) -> Markup {
     match (row.outcome.as_str(), row.job) {
         ("queued", Some(job)) => {
-            html! { a href={ "/jobs/" (job) } { "queued (job " (job) ")" } }
+            html! {
+                a href={ "/jobs/" (job) } { "queued (job " (job) ")" }
+                @if row.origin == "recovered" { ", recovered: its delivery never arrived" }
+            }
         }
         _ => html! { (row.outcome_text()) },
     }

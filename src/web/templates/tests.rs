@@ -27,6 +27,7 @@ fn job_row() -> JobRow {
         started_at: None,
         finished_at: None,
         error: None,
+        recovered: false,
     }
 }
 
