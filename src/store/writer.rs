@@ -124,8 +124,7 @@ pub fn spawn(
 /// After a crash, the rows of the batch that was in flight may point at bodies that never
 /// reached the disk. None of them was acknowledged (answers wait for both syncs), so they are
 /// removed; recovery (or the forge, asked) sends again what nobody was told we have. Only the
-/// newest `max_batch` rows
-/// with a body can be affected; twice that many are checked.
+/// newest `max_batch` rows with a body can be affected; twice that many are checked.
 fn remove_unsynced_tail(
     conn: &mut Connection,
     bodies: &Path,
