@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::hooks::{bounded_json, DeliveryLog, FailedDelivery, LogError, MAX_PAGE_BYTES};
+use super::hooks::{bounded_json, send, DeliveryLog, FailedDelivery, LogError, MAX_PAGE_BYTES};
 use crate::config::HookAccess;
 use crate::domain::RepoSlug;
 
@@ -70,14 +70,7 @@ impl GitHubHookLog {
             request = request.query(&[("cursor", cursor)]);
         }
         let what = "listing the hook's deliveries";
-        let response = request
-            .send()
-            .await
-            .map_err(|e| LogError::Failed(format!("{what}: {}", e.without_url())))?;
-        let code = response.status().as_u16();
-        if code != 200 {
-            return Err(LogError::from_status(code, response.headers(), what));
-        }
+        let response = send(request, what).await?;
         let next = response
             .headers()
             .get(reqwest::header::LINK)
@@ -106,16 +99,12 @@ impl DeliveryLog for GitHubHookLog {
 
     async fn redeliver(&self, delivery: &FailedDelivery) -> Result<(), LogError> {
         let url = format!("{}/{}/attempts", self.deliveries, delivery.attempt);
-        let what = "asking GitHub to redeliver";
-        let response = self
-            .request(reqwest::Method::POST, &url)
-            .send()
-            .await
-            .map_err(|e| LogError::Failed(format!("{what}: {}", e.without_url())))?;
-        match response.status().as_u16() {
-            200..=299 => Ok(()),
-            code => Err(LogError::from_status(code, response.headers(), what)),
-        }
+        send(
+            self.request(reqwest::Method::POST, &url),
+            "asking GitHub to redeliver",
+        )
+        .await
+        .map(drop)
     }
 }
 

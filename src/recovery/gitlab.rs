@@ -11,7 +11,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::hooks::{bounded_json, DeliveryLog, FailedDelivery, LogError, MAX_PAGE_BYTES};
+use super::hooks::{bounded_json, send, DeliveryLog, FailedDelivery, LogError, MAX_PAGE_BYTES};
 use crate::config::HookAccess;
 use crate::domain::RepoSlug;
 
@@ -77,20 +77,12 @@ impl GitLabHookLog {
 
     async fn page(&self, page: u32) -> Result<(Vec<Event>, bool), LogError> {
         let what = "listing the hook's events";
-        let response = self
-            .request(reqwest::Method::GET, &self.events)
-            .query(&[
-                ("status", "server_failure".to_owned()),
-                ("per_page", "20".to_owned()),
-                ("page", page.to_string()),
-            ])
-            .send()
-            .await
-            .map_err(|e| LogError::Failed(format!("{what}: {}", e.without_url())))?;
-        let code = response.status().as_u16();
-        if code != 200 {
-            return Err(LogError::from_status(code, response.headers(), what));
-        }
+        let request = self.request(reqwest::Method::GET, &self.events).query(&[
+            ("status", "server_failure".to_owned()),
+            ("per_page", "20".to_owned()),
+            ("page", page.to_string()),
+        ]);
+        let response = send(request, what).await?;
         let more = response
             .headers()
             .get("x-next-page")
@@ -117,16 +109,12 @@ impl DeliveryLog for GitLabHookLog {
 
     async fn redeliver(&self, delivery: &FailedDelivery) -> Result<(), LogError> {
         let url = format!("{}/{}/resend", self.events, delivery.attempt);
-        let what = "asking GitLab to resend";
-        let response = self
-            .request(reqwest::Method::POST, &url)
-            .send()
-            .await
-            .map_err(|e| LogError::Failed(format!("{what}: {}", e.without_url())))?;
-        match response.status().as_u16() {
-            200..=299 => Ok(()),
-            code => Err(LogError::from_status(code, response.headers(), what)),
-        }
+        send(
+            self.request(reqwest::Method::POST, &url),
+            "asking GitLab to resend",
+        )
+        .await
+        .map(drop)
     }
 }
 

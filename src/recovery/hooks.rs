@@ -138,6 +138,21 @@ async fn blocking<T: Send + 'static>(
     super::on_ledger(ledger, f).await.map_err(LogError::Failed)
 }
 
+/// Sends `request`: a 2xx answer, or the error its status means; `what` names the call.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<reqwest::Response, LogError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| LogError::Failed(format!("{what}: {}", e.without_url())))?;
+    match response.status().as_u16() {
+        200..=299 => Ok(response),
+        code => Err(LogError::from_status(code, response.headers(), what)),
+    }
+}
+
 /// An API reply's JSON, read up to `limit` bytes (a forge's reply is untrusted too).
 pub async fn bounded_json<T: serde::de::DeserializeOwned>(
     mut response: reqwest::Response,

@@ -449,3 +449,21 @@ impl Drop for GitServer {
         let _ = self.child.wait();
     }
 }
+
+/// How many containers of `job` the engine holds for the deploybot whose store is `data_dir`
+/// (every test's store numbers its jobs from 1, so the instance label tells them apart).
+pub fn job_containers(data_dir: &Path, job: i64) -> usize {
+    let instance = deploybot::executor::instance_id(data_dir);
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=deploybot.job={job}"),
+            "--filter",
+            &format!("label=deploybot.instance={instance}"),
+        ])
+        .output()
+        .expect("docker ps runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}

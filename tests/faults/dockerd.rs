@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::build::{hello_steps, Build};
+use crate::common::infra::job_containers;
 
 /// Stops dockerd and starts it again the way scripts/real-parts.sh does; waits until it
 /// answers.
@@ -89,23 +90,8 @@ async fn dockerd_restarted_mid_build_ends_the_job_clearly_with_no_container_left
             .is_none());
     }
     // The job's end removes its containers, once the engine is back to do it.
-    let instance = deploybot::executor::instance_id(build.app.data_dir.path());
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=deploybot.job={job}"),
-                "--filter",
-                &format!("label=deploybot.instance={instance}"),
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&left.stdout).trim().is_empty() {
-            break;
-        }
+    while job_containers(build.app.data_dir.path(), job) > 0 {
         assert!(Instant::now() < deadline, "a container of the job is left");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -12,6 +12,7 @@ use crate::common::build::{
     config, finished, hello_steps, real_parts, signed_push, signed_push_by, stage, Build, SERVICES,
 };
 use crate::common::chat_double::ChatDouble;
+use crate::common::infra::job_containers;
 use crate::common::{json, Delivery, TestApp};
 
 fn image_label(reference: &str, label: &str) -> String {
@@ -324,22 +325,9 @@ async fn a_build_killed_mid_way_completes_once_after_a_restart() {
             "{service}: one push, one digest"
         );
     }
-    let leftovers = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=deploybot.job={job}"),
-            "--filter",
-            &format!(
-                "label=deploybot.instance={}",
-                deploybot::executor::instance_id(&dir.path().join("data"))
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&leftovers.stdout).trim().is_empty(),
+    assert_eq!(
+        job_containers(&dir.path().join("data"), job),
+        0,
         "no step container is left"
     );
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::build::{detail, hello_steps, signed_push, stage, Build};
+use crate::common::infra::job_containers;
 
 /// A folder outside every checkout holding what an operator would not hand out: a secret,
 /// and a Dockerfile and pipeline that would copy it into an image.
@@ -451,24 +452,6 @@ async fn a_step_writing_one_endless_line_is_cut_and_its_failure_detail_stays_sma
     );
 }
 
-/// How many containers of `job` the engine has (of this test's deploybot: every test's store
-/// numbers its jobs from 1).
-fn containers_of(build: &Build, job: i64) -> usize {
-    let instance = deploybot::executor::instance_id(build.app.data_dir.path());
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=deploybot.job={job}"),
-            "--filter",
-            &format!("label=deploybot.instance={instance}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_step_is_stopped_at_once_not_when_its_job_ends() {
     let Some(build) =
@@ -499,7 +482,7 @@ async fn a_timed_out_step_is_stopped_at_once_not_when_its_job_ends() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let containers = containers_of(&build, job);
+    let containers = job_containers(build.app.data_dir.path(), job);
 
     assert_eq!(stage(&running_later, "web", "check").state, "failed");
     assert!(
