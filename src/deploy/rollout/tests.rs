@@ -24,10 +24,23 @@ struct Fake {
     stalls: bool,
     /// Listing pods is forbidden (a Role without `list` on pods).
     pods_hidden: bool,
+    /// After each image change, this many reads find the API server unreachable.
+    outage_after_patch: u32,
+    outage: Mutex<u32>,
 }
 
 impl Cluster for Fake {
-    async fn read(&self, _: &DeploymentRef) -> Result<Observed, ClusterError> {
+    async fn read(&self, target: &DeploymentRef) -> Result<Observed, ClusterError> {
+        let mut outage = self.outage.lock().unwrap();
+        if *outage > 0 {
+            *outage -= 1;
+            return Err(ClusterError::Unreachable {
+                verb: "get",
+                target: target.clone(),
+                message: "connection refused".into(),
+            });
+        }
+        drop(outage);
         let mut observed = self.observed.lock().unwrap().clone();
         if self.stalls && observed.images["api"] == "web:2" {
             observed.updated = 0;
@@ -59,6 +72,7 @@ impl Cluster for Fake {
             return Err(ClusterError::Conflict(target.clone()));
         }
         *self.patches.lock().unwrap() += 1;
+        *self.outage.lock().unwrap() = self.outage_after_patch;
         observed
             .images
             .insert(change.container.into(), change.image.into());
@@ -152,6 +166,8 @@ fn fake(conflicts: u32, then_someone_sets: Option<&'static str>) -> Fake {
         then_someone_sets,
         stalls: false,
         pods_hidden: false,
+        outage_after_patch: 0,
+        outage: Mutex::new(0),
     }
 }
 
@@ -231,11 +247,15 @@ async fn run_on(fake: Fake, earlier: Option<(RolloutState, i64)>, image: &str) -
         })
         .unwrap();
     }
+    let mut environment = environment();
+    if fake.outage_after_patch > 0 {
+        // Room to wait out the outage (1 s, then 2 s).
+        environment.rollout_timeout = Duration::from_secs(30);
+    }
     let deployer = Deployer::new(
         HashMap::from([("production".into(), Ok(fake))]),
         jobs.clone(),
     );
-    let environment = environment();
     let request = Request {
         cause,
         project: "myevents",
@@ -500,4 +520,25 @@ async fn an_unchanged_rollout_recorded_as_planned_annotates_again_and_ends_uncha
     assert_eq!(ran.outcome, Outcome::Unchanged { running: v1 });
     assert_eq!((ran.patches, ran.annotated.len()), (0, 1));
     assert_eq!(ran.record.state, RolloutState::Unchanged);
+}
+
+#[tokio::test]
+async fn an_api_server_that_stops_answering_mid_rollout_is_waited_for_and_the_change_is_sent_once()
+{
+    let fake = Fake {
+        outage_after_patch: 2,
+        ..fake(0, None)
+    };
+    let (outcome, notes, patches, record) = deploy_on(fake).await;
+    assert!(matches!(outcome, Outcome::Deployed { .. }), "{outcome:?}");
+    assert_eq!(patches, 1, "following again never patches again");
+    assert_eq!(record.state, RolloutState::Deployed);
+    let said = notes.join("\n");
+    assert_eq!(
+        said.matches("waiting for it until the rollout's deadline")
+            .count(),
+        1,
+        "the outage is said once: {said}"
+    );
+    assert!(said.contains("answers again"), "{said}");
 }
