@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::signature::verify_github;
 use super::{
     json_bytes, recorded_headers, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource,
-    Hook, HookError, Push, VerifyContext,
+    Hook, HookError, PullAction, PullRequest, Push, VerifyContext,
 };
 use super::{GivenSecrets, SecretsProblem, WebhookSecrets};
 use crate::domain::{CommitSha, DeliveryId, GitRef, RepoSlug};
@@ -81,6 +81,7 @@ impl Forge for GitHub {
         match event {
             "push" => "push",
             "ping" => "ping",
+            "pull_request" => "pull_request",
             _ => "other",
         }
     }
@@ -89,6 +90,7 @@ impl Forge for GitHub {
         let json = json_bytes(encoding, body)?;
         match event {
             "push" => parse_push(&json),
+            "pull_request" => parse_pull(&json),
             "ping" => {
                 let envelope: Envelope = serde_json::from_slice(&json).map_err(HookError::json)?;
                 Ok(Hook::Ping {
@@ -196,6 +198,71 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
     }))
 }
 
+/// The fields of a `pull_request` payload deploybot uses.
+#[derive(Deserialize)]
+struct PullPayload {
+    action: String,
+    number: u64,
+    pull_request: PullBody,
+    repository: EnvelopeRepository,
+}
+
+#[derive(Deserialize)]
+struct PullBody {
+    title: Option<String>,
+    user: Option<Sender>,
+    #[serde(default)]
+    draft: bool,
+    #[serde(default)]
+    merged: bool,
+    head: PullSide,
+    base: PullSide,
+}
+
+#[derive(Deserialize)]
+struct PullSide {
+    #[serde(rename = "ref")]
+    branch: String,
+    sha: String,
+    /// Null when the head's repository (a fork) was deleted.
+    repo: Option<EnvelopeRepository>,
+}
+
+fn parse_pull(json: &[u8]) -> Result<Hook, HookError> {
+    let payload: PullPayload = serde_json::from_slice(json).map_err(HookError::json)?;
+    let field = |field: &'static str| {
+        move |e: crate::domain::ParseError| HookError::BadField {
+            field,
+            reason: e.to_string(),
+        }
+    };
+    let pull = payload.pull_request;
+    let action = match payload.action.as_str() {
+        "opened" => PullAction::Opened,
+        "reopened" => PullAction::Reopened,
+        "synchronize" => PullAction::NewCommits,
+        "ready_for_review" => PullAction::ReadyForReview,
+        "closed" if pull.merged => PullAction::Merged,
+        "closed" => PullAction::Closed,
+        other => PullAction::Other(other.chars().take(64).collect()),
+    };
+    let base = pull.base.repo.map(|r| r.full_name);
+    let head = pull.head.repo.map(|r| r.full_name);
+    Ok(Hook::PullRequest(PullRequest {
+        repository: RepoSlug::parse(&payload.repository.full_name)
+            .map_err(field("repository.full_name"))?,
+        number: payload.number,
+        action,
+        head_sha: CommitSha::parse(&pull.head.sha).map_err(field("pull_request.head.sha"))?,
+        source_branch: pull.head.branch,
+        target_branch: pull.base.branch,
+        from_fork: head.is_none() || head != base,
+        title: pull.title.unwrap_or_default(),
+        author: pull.user.and_then(|u| u.login).unwrap_or_default(),
+        draft: pull.draft,
+    }))
+}
+
 /// GitHub verifies every delivery with the HMAC secret, and has no signing tokens.
 pub(super) fn webhook_secrets(given: GivenSecrets) -> Result<WebhookSecrets, SecretsProblem> {
     match given {
@@ -229,6 +296,60 @@ pub(super) fn web_root(api_url: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forge::pull::parse_fixture;
+
+    #[test]
+    fn each_published_pull_request_event_reads_as_its_action_number_and_head() {
+        let head = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        for (name, action, draft) in [
+            ("opened", PullAction::Opened, false),
+            ("synchronize", PullAction::NewCommits, false),
+            ("reopened", PullAction::Reopened, false),
+            ("ready_for_review", PullAction::ReadyForReview, false),
+            ("closed", PullAction::Closed, false),
+            (
+                "converted_to_draft",
+                PullAction::Other("converted_to_draft".into()),
+                true,
+            ),
+        ] {
+            let pull = parse_fixture(
+                &GitHub,
+                "pull_request",
+                &format!("github/pull_request.{name}.json"),
+            );
+            assert_eq!(pull.action, action, "{name}");
+            assert_eq!(pull.draft, draft, "{name}");
+            assert_eq!((pull.number, pull.head_sha.as_ref()), (2, head), "{name}");
+            assert_eq!(pull.repository.as_ref(), "Codertocat/Hello-World");
+            assert_eq!(pull.source_branch, "changes");
+            assert!(!pull.from_fork, "{name}: head and base are one repository");
+            assert_eq!(pull.head_ref(ForgeKind::Github), "refs/pull/2/head");
+        }
+    }
+
+    #[test]
+    fn a_pull_request_whose_head_is_another_repository_is_from_a_fork() {
+        // No published example comes from a fork: the opened one, its head repository renamed.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/github/pull_request.opened.json");
+        let mut payload: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        payload["pull_request"]["head"]["repo"]["full_name"] = "stranger/Hello-World".into();
+        let body = serde_json::to_vec(&payload).unwrap();
+        let Ok(Hook::PullRequest(pull)) = GitHub.parse("pull_request", BodyEncoding::Json, &body)
+        else {
+            panic!("not a pull request");
+        };
+        assert!(pull.from_fork);
+        payload["pull_request"]["head"]["repo"] = serde_json::Value::Null;
+        let body = serde_json::to_vec(&payload).unwrap();
+        let Ok(Hook::PullRequest(pull)) = GitHub.parse("pull_request", BodyEncoding::Json, &body)
+        else {
+            panic!("not a pull request");
+        };
+        assert!(pull.from_fork, "a deleted fork is still a fork");
+    }
 
     #[test]
     fn a_form_body_carries_the_json_in_its_payload_field() {

@@ -9,7 +9,7 @@ use super::signature::{
 };
 use super::{
     json_bytes, recorded_headers, BodyEncoding, DeliveryHeaders, Forge, ForgeKind, HeaderSource,
-    Hook, HookError, Push, VerifyContext,
+    Hook, HookError, PullAction, PullRequest, Push, VerifyContext,
 };
 use super::{GivenSecrets, SecretsProblem, WebhookSecrets};
 use crate::domain::{CommitSha, DeliveryId, GitRef, RepoSlug};
@@ -112,6 +112,7 @@ impl Forge for GitLab {
         match event {
             "Push Hook" => "Push Hook",
             "Tag Push Hook" => "Tag Push Hook",
+            "Merge Request Hook" => "Merge Request Hook",
             _ => "other",
         }
     }
@@ -120,6 +121,7 @@ impl Forge for GitLab {
         let json = json_bytes(encoding, body)?;
         match event {
             "Push Hook" | "Tag Push Hook" => parse_push(&json),
+            "Merge Request Hook" => parse_merge_request(&json),
             other => {
                 let envelope: Envelope = serde_json::from_slice(&json).map_err(HookError::json)?;
                 Ok(Hook::Ignored {
@@ -228,6 +230,75 @@ fn parse_push(json: &[u8]) -> Result<Hook, HookError> {
     }))
 }
 
+/// The fields of a `Merge Request Hook` payload deploybot uses.
+#[derive(Deserialize)]
+struct MergePayload {
+    project: EnvelopeProject,
+    user: Option<MergeUser>,
+    object_attributes: MergeAttributes,
+}
+
+#[derive(Deserialize)]
+struct MergeUser {
+    username: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MergeAttributes {
+    iid: u64,
+    /// Absent in payloads older than GitLab 9.
+    action: Option<String>,
+    source_branch: String,
+    target_branch: String,
+    source_project_id: Option<u64>,
+    target_project_id: Option<u64>,
+    title: Option<String>,
+    draft: Option<bool>,
+    #[serde(default)]
+    work_in_progress: bool,
+    /// The head before an update that brought new commits; absent otherwise.
+    oldrev: Option<String>,
+    last_commit: MergeCommit,
+}
+
+#[derive(Deserialize)]
+struct MergeCommit {
+    id: String,
+}
+
+fn parse_merge_request(json: &[u8]) -> Result<Hook, HookError> {
+    let payload: MergePayload = serde_json::from_slice(json).map_err(HookError::json)?;
+    let field = |field: &'static str| {
+        move |e: crate::domain::ParseError| HookError::BadField {
+            field,
+            reason: e.to_string(),
+        }
+    };
+    let mr = payload.object_attributes;
+    let action = match mr.action.as_deref().unwrap_or("") {
+        "open" => PullAction::Opened,
+        "reopen" => PullAction::Reopened,
+        "update" if mr.oldrev.is_some() => PullAction::NewCommits,
+        "close" => PullAction::Closed,
+        "merge" => PullAction::Merged,
+        other => PullAction::Other(other.chars().take(64).collect()),
+    };
+    Ok(Hook::PullRequest(PullRequest {
+        repository: RepoSlug::parse(&payload.project.path_with_namespace)
+            .map_err(field("project.path_with_namespace"))?,
+        number: mr.iid,
+        action,
+        head_sha: CommitSha::parse(&mr.last_commit.id)
+            .map_err(field("object_attributes.last_commit.id"))?,
+        source_branch: mr.source_branch,
+        target_branch: mr.target_branch,
+        from_fork: mr.source_project_id != mr.target_project_id,
+        title: mr.title.unwrap_or_default(),
+        author: payload.user.and_then(|u| u.username).unwrap_or_default(),
+        draft: mr.draft.unwrap_or(mr.work_in_progress),
+    }))
+}
+
 /// GitLab verifies with `X-Gitlab-Token`, Standard Webhooks signatures, or both; a project
 /// with neither would accept anything, so it is refused.
 pub(super) fn webhook_secrets(given: GivenSecrets) -> Result<WebhookSecrets, SecretsProblem> {
@@ -249,5 +320,58 @@ pub(super) fn web_root(api_url: Option<&str>) -> String {
     match api_url.map(|u| u.trim_end_matches('/')) {
         None => "https://gitlab.com".into(),
         Some(api) => api.trim_end_matches("/api/v4").to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::pull::parse_fixture;
+
+    #[test]
+    fn each_published_merge_request_event_reads_as_its_action_iid_and_head() {
+        let closed = "c4c79227ed610f1151f05bbc5be33b4f340d39c8";
+        for (name, action, iid, head, draft) in [
+            (
+                "opened",
+                PullAction::Opened,
+                1,
+                "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+                false,
+            ),
+            (
+                "update",
+                PullAction::NewCommits,
+                3,
+                "c136499ec574e1034b24c5d306de9acda3005367",
+                false,
+            ),
+            (
+                "update-draft",
+                PullAction::Other("update".into()),
+                3,
+                "ffd71529ecdfb41a530ee13f91b8fdd3e743c754",
+                true,
+            ),
+            ("close", PullAction::Closed, 1, closed, false),
+            ("reopen", PullAction::Reopened, 1, closed, false),
+            ("merge", PullAction::Merged, 1, closed, false),
+        ] {
+            let fixture = format!("gitlab/merge_request.{name}.json");
+            let pull = parse_fixture(&GitLab, "Merge Request Hook", &fixture);
+            assert_eq!(pull.action, action, "{name}");
+            assert_eq!((pull.number, pull.head_sha.as_ref()), (iid, head), "{name}");
+            assert_eq!(pull.draft, draft, "{name}");
+            assert!(!pull.from_fork, "{name}: source and target are one project");
+        }
+        let pull = parse_fixture(
+            &GitLab,
+            "Merge Request Hook",
+            "gitlab/merge_request.opened.json",
+        );
+        assert_eq!(
+            pull.head_ref(ForgeKind::Gitlab),
+            "refs/merge-requests/1/head"
+        );
     }
 }

@@ -7,6 +7,7 @@
 mod error;
 mod github;
 mod gitlab;
+mod pull;
 mod secrets;
 pub(crate) mod signature;
 
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 pub use error::HookError;
 pub(crate) use github::GitHub;
 pub(crate) use gitlab::GitLab;
+pub use pull::{PullAction, PullRequest};
 pub use secrets::WebhookSecrets;
 pub(crate) use secrets::{GivenSecrets, SecretsProblem};
 pub(crate) use signature::token_matches;
@@ -120,6 +122,8 @@ pub struct Push {
 pub enum Hook {
     /// A branch or tag was pushed: build it.
     Push(Push),
+    /// Something happened to a pull request (merge request).
+    PullRequest(PullRequest),
     /// The forge checks that the hook works.
     Ping { repository: Option<String> },
     /// Recorded and answered, nothing else: another event, a deleted ref.
@@ -137,6 +141,8 @@ impl Hook {
         match self {
             Hook::Push(push) => Some(push.git_ref.to_string()),
             Hook::Ignored { git_ref, .. } => git_ref.clone(),
+            // Its ref depends on the forge: `PullRequest::head_ref`.
+            Hook::PullRequest(_) => None,
             Hook::Ping { .. } => None,
         }
     }
@@ -144,6 +150,7 @@ impl Hook {
     pub fn repository(&self) -> Option<&str> {
         match self {
             Hook::Push(push) => Some(push.repository.as_ref()),
+            Hook::PullRequest(pull) => Some(pull.repository.as_ref()),
             Hook::Ping { repository } | Hook::Ignored { repository, .. } => repository.as_deref(),
         }
     }

@@ -549,6 +549,19 @@ fn to_record(
                 reason,
             }
         }
+        Hook::PullRequest(pull) => {
+            record.git_ref = Some(pull.head_ref(project.forge));
+            record.sha = Some(pull.head_sha.to_string());
+            let from = if pull.from_fork { "a fork's " } else { "" };
+            let branch: String = pull.source_branch.chars().take(100).collect();
+            record.action = Action::Record {
+                outcome: "ignored",
+                reason: format!(
+                    "pull request #{} ({}) from {from}branch {branch}: pull requests are not built yet",
+                    pull.number, pull.action
+                ),
+            }
+        }
     }
     record
 }
