@@ -150,7 +150,12 @@ fn next_cursor(link: &str) -> Option<String> {
         let query = target.split_once('?')?.1;
         query.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=')?;
-            (key == "cursor").then(|| value.to_owned())
+            // Decoded: the query builder encodes it again.
+            (key == "cursor").then(|| {
+                percent_encoding::percent_decode_str(value)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
         })
     })
 }
@@ -197,6 +202,8 @@ mod tests {
     fn the_next_page_is_the_cursor_of_the_next_link_only() {
         let link = "<https://api.github.com/repos/o/r/hooks/1/deliveries?per_page=100&cursor=v1_123>; rel=\"next\", <https://api.github.com/repos/o/r/hooks/1/deliveries?cursor=v1_1>; rel=\"prev\"";
         assert_eq!(next_cursor(link).as_deref(), Some("v1_123"));
+        let encoded = "<https://api.github.com/app/hook/deliveries?cursor=v1%3D12>; rel=\"next\"";
+        assert_eq!(next_cursor(encoded).as_deref(), Some("v1=12"));
         assert_eq!(next_cursor("<https://x/?cursor=a>; rel=\"prev\""), None);
         assert_eq!(next_cursor("garbage"), None);
     }
