@@ -53,13 +53,15 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         {
             tracing::info!(parent: &span, "Superseded before it started");
             // Its `pending` status ends too, or the commit would show it pending for ever.
+            // An earlier attempt (before a restart) may have opened its services' too.
+            let detail = self.blocking(move |jobs| jobs.get(id)).await.ok().flatten();
             let reports = serde_json::from_str::<PushEvent>(&job.event_json)
                 .ok()
                 .map(|event| {
                     Reporter::new(&self.settings, &event, id).finished(
                         JobState::Superseded,
                         None,
-                        None,
+                        detail.as_ref(),
                     )
                 })
                 .unwrap_or_default();

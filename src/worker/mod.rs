@@ -47,10 +47,11 @@ pub fn report_canceled(
     else {
         return Ok(());
     };
+    let detail = jobs.get(job)?;
     let reports = reporter::Reporter::new(settings, &event, job).finished(
         crate::domain::JobState::Canceled,
         None,
-        None,
+        detail.as_ref(),
     );
     jobs.queue_reports(job, &reports)
 }

@@ -70,6 +70,11 @@ impl Reporter {
         let (state, words) = final_status(result, error);
         let mut reports = self.status(None, state, &words);
         if matches!(result, JobState::Superseded | JobState::Canceled) {
+            // Its services' contexts end too, or a commit would show them pending for ever
+            // (the chaos drill found one).
+            for service in detail.map(open_services).unwrap_or_default() {
+                reports.extend(self.status(Some(service), state, &words));
+            }
             return reports;
         }
         if let Some(detail) = detail {
@@ -165,6 +170,45 @@ fn final_status(result: JobState, error: Option<&str>) -> (StatusState, String) 
             (StatusState::Failure, error.unwrap_or("failed").to_owned())
         }
     }
+}
+
+/// The services whose commit status has not reached a result yet: none of their stages
+/// failed, and a stage is still to run or they got neither to a deploy that ended nor to a
+/// push that was their last stage (skipped by policy, or pushed with no deploy after it).
+fn open_services(detail: &JobDetail) -> Vec<&str> {
+    let mut services: Vec<&str> = detail
+        .stages
+        .iter()
+        .map(|s| s.service.as_str())
+        .filter(|s| *s != "-")
+        .collect();
+    services.sort_unstable();
+    services.dedup();
+    services.retain(|service| {
+        let stages: Vec<_> = detail
+            .stages
+            .iter()
+            .filter(|s| s.service == *service)
+            .collect();
+        let state_of = |name: StageName| stages.iter().find(|s| s.stage == name).map(|s| s.state);
+        let failed = stages
+            .iter()
+            .any(|s| matches!(s.state, StageState::Failed | StageState::RolledBack));
+        let unfinished = stages
+            .iter()
+            .any(|s| matches!(s.state, StageState::Pending | StageState::Running));
+        let deployed = matches!(
+            state_of(StageName::Deploy),
+            Some(StageState::Success | StageState::Skipped)
+        );
+        let pushed_last = match state_of(StageName::Push) {
+            Some(StageState::Skipped) => true,
+            Some(StageState::Success) => state_of(StageName::Deploy).is_none(),
+            _ => false,
+        };
+        !(failed || (!unfinished && (deployed || pushed_last)))
+    });
+    services
 }
 
 /// One line per service: how it ended (failed at a stage, rolled back, deployed, ok) and its
@@ -315,5 +359,41 @@ webhook_url = "https://chat.example/hooks/x"
             2,
             "only the tail's own block: {text}"
         );
+    }
+
+    fn stage(service: &str, stage: StageName, state: StageState) -> StageRow {
+        StageRow {
+            service: service.into(),
+            stage,
+            state,
+            exit_code: None,
+            detail: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn a_superseded_job_ends_only_the_service_contexts_still_open() {
+        use StageName::{Check, Compile, Deploy, Image, Push};
+        use StageState::{Failed, Running, Skipped, Success};
+        let mut detail = failed_at_check("");
+        detail.stages = vec![
+            stage("-", StageName::Checkout, Success),
+            stage("building", Check, Success),
+            stage("building", Compile, Running),
+            stage("failed", Check, Failed),
+            stage("not-pushing", Image, Success),
+            stage("not-pushing", Push, Skipped),
+            // Planned skipped from the start; its image is still being built.
+            stage("imaging", Image, Running),
+            stage("imaging", Push, Skipped),
+            stage("pushed", Push, Success),
+            stage("deploying", Push, Success),
+            stage("deploying", Deploy, Running),
+            stage("deployed", Push, Success),
+            stage("deployed", Deploy, Success),
+        ];
+        assert_eq!(open_services(&detail), ["building", "deploying", "imaging"]);
     }
 }
