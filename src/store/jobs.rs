@@ -686,15 +686,16 @@ impl Jobs {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Puts a finished job back in the queue: its stages are cleared, its log gets a line, its
-    /// pushed digests stay (a re-run of the same commit reuses them). False if the job is
-    /// queued or running.
+    /// Puts a finished job back in the queue as a new run: its stages are cleared, its
+    /// attempts counted from none again, its log gets a line, its pushed digests stay (a
+    /// re-run of the same commit reuses them). False if the job is queued or running.
     pub fn rerun(&self, job: i64) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let changed = tx.execute(
             "UPDATE jobs SET state = 'queued', error = NULL, finished_at = NULL, lease_owner = NULL,
-                lease_until = NULL, updated_at = ?2
+                lease_until = NULL, updated_at = ?2, attempt = 0,
+                run_from = (SELECT COALESCE(MAX(id), 0) FROM outbox)
              WHERE id = ?1 AND state NOT IN ('queued', 'running')",
             params![job, now_text()],
         )?;
@@ -710,6 +711,19 @@ impl Jobs {
         }
         tx.commit()?;
         Ok(changed == 1)
+    }
+
+    /// The payloads of the commit statuses this run of `job` queued, oldest first.
+    pub fn run_statuses(&self, job: i64) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT payload FROM outbox
+             WHERE job = ?1 AND channel = 'forge'
+               AND id > (SELECT run_from FROM jobs WHERE id = ?1)
+             ORDER BY id",
+        )?;
+        let rows = statement.query_map([job], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Cancels a queued or running job. A running one stops at its worker's next lease check
@@ -924,6 +938,63 @@ mod tests {
         );
         let detail = jobs.get(1).unwrap().unwrap();
         assert_eq!(detail.images[0].digest.as_deref(), Some("sha256:first"));
+    }
+
+    #[test]
+    fn stage_writes_from_two_connections_at_once_wait_their_turn_instead_of_failing() {
+        let (_dir, first, second) = two_workers();
+        first.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+        let update = |stage| StageUpdate::new("web", stage, StageState::Running);
+
+        let failures = std::thread::scope(|scope| {
+            let other = scope.spawn(|| {
+                (0..200)
+                    .filter(|_| second.set_stage(1, &update(StageName::Image)).is_err())
+                    .count()
+            });
+            let own = (0..200)
+                .filter(|_| {
+                    first
+                        .set_stage_reporting(1, &update(StageName::Check), &[])
+                        .is_err()
+                })
+                .count();
+            own + other.join().unwrap()
+        });
+
+        assert_eq!(
+            failures, 0,
+            "every write (a lease read, then the stage) committed"
+        );
+    }
+
+    fn status_report(state: &str) -> crate::store::NewReport {
+        crate::store::NewReport {
+            project: "p".into(),
+            channel: "forge".into(),
+            job: Some(1),
+            key: "abc/deploybot/web".into(),
+            payload: state.into(),
+        }
+    }
+
+    #[test]
+    fn a_rerun_starts_a_new_run_with_no_statuses_and_its_attempts_counted_from_one() {
+        let (_dir, jobs, _) = two_workers();
+        jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+        let web = StageUpdate::new("web", StageName::Push, StageState::Success);
+        jobs.set_stage_reporting(1, &web, &[status_report("first run")])
+            .unwrap();
+        assert_eq!(jobs.run_statuses(1).unwrap(), ["first run"]);
+        jobs.finish(1, JobState::Success, None).unwrap();
+
+        assert!(jobs.rerun(1).unwrap());
+        let again = jobs.claim_next(Duration::from_secs(60)).unwrap().unwrap();
+        jobs.set_stage_reporting(1, &web, &[status_report("second run")])
+            .unwrap();
+
+        assert_eq!(again.attempt, 1);
+        assert_eq!(jobs.run_statuses(1).unwrap(), ["second run"]);
     }
 
     #[test]

@@ -169,6 +169,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE built_images ADD COLUMN pushed TEXT;",
     // 10: recovery of missed pushes; see RECOVERY.
     RECOVERY,
+    // 11: where a job's current run starts in the outbox: the reports of a job with a greater
+    // id are this run's (a re-run starts a new one), so a job taken back after a crash knows
+    // which of its commit statuses already reached a result.
+    "ALTER TABLE jobs ADD COLUMN run_from INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A delivery's `origin`: `webhook` (the forge called, or redelivered through its API) or

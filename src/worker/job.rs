@@ -87,9 +87,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             async move { log.flush_until(stop).await }
         });
 
-        let reporter = serde_json::from_str::<PushEvent>(&job.event_json)
-            .ok()
-            .map(|event| Reporter::new(&self.settings, &event, id));
+        let reporter = self.reporter_for(&job).await;
         let outcome = self.attempt(&job, &log, &cancel, reporter.as_ref()).await;
 
         keeper.abort();
@@ -114,6 +112,22 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             .blocking(move |jobs| jobs.finish_reporting(id, state, error.as_deref(), &reports))
             .await;
         self.reports.notify_one();
+    }
+
+    /// The job's reporter; one that takes the job back after a crash knows which of its
+    /// commit statuses already reached a result, and never sends them back to `pending`.
+    async fn reporter_for(&self, job: &ClaimedJob) -> Option<Reporter> {
+        let event = serde_json::from_str::<PushEvent>(&job.event_json).ok()?;
+        let reporter = Reporter::new(&self.settings, &event, job.id);
+        if job.attempt <= 1 {
+            return Some(reporter);
+        }
+        let id = job.id;
+        let earlier = self
+            .blocking(move |jobs| jobs.run_statuses(id))
+            .await
+            .unwrap_or_default();
+        Some(reporter.taking_back(&earlier))
     }
 
     fn observe_queue_wait(&self, job: &ClaimedJob) {

@@ -53,6 +53,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             job.project.clone(),
             format!("{}@{digest}", repository_of(&reference)),
         );
+        // Nothing deploys an image whose push is not on record.
         self.record_stage(
             &service.name,
             StageName::Push,
@@ -60,15 +61,22 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             reports,
             move |jobs, reports| {
                 jobs.record_push(id, &name, &reference, &digest, reports)?;
-                // A later release of the same inputs copies this in the registry.
-                match input {
-                    Some(input) => jobs.record_built_push(&project, &input, &in_registry),
-                    None => Ok(()),
+                // A later release of the same inputs copies this in the registry; without the
+                // note it is built again, so its failure fails nothing.
+                if let Some(input) = input {
+                    if let Err(e) = jobs.record_built_push(&project, &input, &in_registry) {
+                        tracing::warn!(error = %e, "Could not note where the image was pushed");
+                    }
                 }
+                Ok(())
             },
         )
-        .await;
-        Ok(())
+        .await
+        .map_err(|e| Failure {
+            stage: StageName::Push,
+            exit_code: None,
+            reason: format!("pushed {pushed}, but could not record it: {e}"),
+        })
     }
 
     /// The tag's digest: the one it was first pushed with (same commit), or a fresh push.

@@ -76,23 +76,26 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
     ) {
         let (service, detail) = (update.service.to_owned(), update.detail.map(str::to_owned));
         let (stage, state, exit_code) = (update.stage, update.state, update.exit_code);
-        self.record_stage(
-            update.service,
-            stage,
-            state,
-            reports,
-            move |jobs, reports| {
-                let update = StageUpdate {
-                    service: &service,
-                    stage,
-                    state,
-                    exit_code,
-                    detail: detail.as_deref(),
-                };
-                jobs.set_stage_reporting(job, &update, reports)
-            },
-        )
-        .await
+        // A failed write is logged by `blocking`; the stage goes on (the push's record is the
+        // one whose failure stops a service: see `push_stage`).
+        let _ = self
+            .record_stage(
+                update.service,
+                stage,
+                state,
+                reports,
+                move |jobs, reports| {
+                    let update = StageUpdate {
+                        service: &service,
+                        stage,
+                        state,
+                        exit_code,
+                        detail: detail.as_deref(),
+                    };
+                    jobs.set_stage_reporting(job, &update, reports)
+                },
+            )
+            .await;
     }
 
     /// Every stage change goes through here: the duration histogram, the store write that
@@ -105,13 +108,14 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         state: StageState,
         reports: Vec<NewReport>,
         write: impl FnOnce(&Jobs, &[NewReport]) -> Result<(), StoreError> + Send + 'static,
-    ) {
+    ) -> Result<(), StoreError> {
         self.time_stage(service, stage, state);
         let queued = !reports.is_empty();
-        let _ = self.blocking(move |jobs| write(jobs, &reports)).await;
+        let written = self.blocking(move |jobs| write(jobs, &reports)).await;
         if queued {
             self.reports.notify_one();
         }
+        written
     }
 
     /// Feeds the stage-duration histogram: a stage's clock starts when it runs and stops when

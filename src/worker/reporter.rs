@@ -2,11 +2,13 @@
 //! `deploybot/<service>` context per service) and, at the end, chat messages. This only builds
 //! the outbox rows; the worker writes them with the state change that causes them.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::config::Settings;
 use crate::domain::{JobState, StageName, StageState};
 use crate::intake::PushEvent;
 use crate::report::text::{self, ServiceLine, StatusFor};
-use crate::report::StatusState;
+use crate::report::{Report, StatusState};
 use crate::store::{JobDetail, NewReport};
 
 pub struct Reporter {
@@ -21,6 +23,9 @@ pub struct Reporter {
     /// The chat channels that want this project's successes, and its failures.
     chat_on_success: Vec<String>,
     chat_on_failed: Vec<String>,
+    /// The contexts an earlier attempt of this run (before a crash or kill) already brought
+    /// to a result: a `pending` for them would take a check back, so none is sent.
+    decided: HashSet<String>,
 }
 
 impl Reporter {
@@ -39,7 +44,26 @@ impl Reporter {
             job,
             chat_on_success: chats_wanting(settings, &event.project, "success"),
             chat_on_failed: chats_wanting(settings, &event.project, "failed"),
+            decided: HashSet::new(),
         }
+    }
+
+    /// The reporter of an attempt that takes the job back, given the commit statuses its run
+    /// queued before (their payloads, oldest first): a context whose newest status there is a
+    /// result gets no `pending` again, only its result (the same, or a new one).
+    pub fn taking_back(mut self, earlier: &[String]) -> Reporter {
+        let mut newest: HashMap<String, StatusState> = HashMap::new();
+        for payload in earlier {
+            if let Ok(Report::Status { context, state, .. }) = serde_json::from_str(payload) {
+                newest.insert(context, state);
+            }
+        }
+        self.decided = newest
+            .into_iter()
+            .filter(|(_, state)| *state != StatusState::Pending)
+            .map(|(context, _)| context)
+            .collect();
+        self
     }
 
     /// A commit status for `context` (None: the overall one), if the project reports them.
@@ -48,6 +72,9 @@ impl Reporter {
             return Vec::new();
         }
         let context = service.map_or_else(|| text::CONTEXT.to_owned(), text::service_context);
+        if state == StatusState::Pending && self.decided.contains(&context) {
+            return Vec::new();
+        }
         let status = StatusFor {
             repository: &self.repository,
             sha: &self.sha,
@@ -261,6 +288,7 @@ name = "myevents"
 forge = "github"
 repository = "bradrydzewski/drone-test-go"
 webhook_secret = "s"
+status_token = "t"
 
 [[chat]]
 name = "oncall"
@@ -358,6 +386,46 @@ webhook_url = "https://chat.example/hooks/x"
             text.matches("```").count(),
             2,
             "only the tail's own block: {text}"
+        );
+    }
+
+    fn payload_of(report: &NewReport) -> String {
+        report.payload.clone()
+    }
+
+    #[test]
+    fn a_job_taken_back_sends_no_pending_to_a_context_its_run_already_decided() {
+        // Arrange: the first attempt pushed `web` (a result) and was building `api`.
+        let first = Reporter::new(&settings(), &hostile_push(), 7);
+        let earlier: Vec<String> = [
+            first.status(Some("web"), StatusState::Pending, "Building web"),
+            first.status(Some("api"), StatusState::Pending, "Building api"),
+            first.status(Some("web"), StatusState::Success, "Pushed web"),
+        ]
+        .iter()
+        .flatten()
+        .map(payload_of)
+        .collect();
+
+        // Act
+        let again = Reporter::new(&settings(), &hostile_push(), 7).taking_back(&earlier);
+
+        // Assert
+        assert!(again
+            .status(Some("web"), StatusState::Pending, "Building web")
+            .is_empty());
+        assert_eq!(
+            again
+                .status(Some("web"), StatusState::Failure, "push failed")
+                .len(),
+            1,
+            "a new result is still sent"
+        );
+        assert_eq!(
+            again
+                .status(Some("api"), StatusState::Pending, "Building api")
+                .len(),
+            1
         );
     }
 
