@@ -103,9 +103,12 @@ impl Application {
                 settings.server.rejections_per_source,
                 settings.server.rejections_window,
             ),
-            settings,
             wake,
             reports,
+            jobs: Arc::new(
+                Jobs::open(&settings.server.data_dir, "intake").context("opening the store")?,
+            ),
+            settings,
             store,
             metrics,
         });

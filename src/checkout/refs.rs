@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::{git_command, last_line, CheckoutError, GitCredentials};
-use crate::domain::{CommitSha, GitRef};
+use crate::domain::{CommitSha, GitRef, RefKind};
 
 /// What a listing may cost.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +77,11 @@ fn parse_listing(out: &[u8]) -> BTreeMap<GitRef, CommitSha> {
             if name.ends_with("^{}") {
                 return None;
             }
-            Some((GitRef::parse(name).ok()?, CommitSha::parse(sha).ok()?))
+            let git_ref = GitRef::parse(name).ok()?;
+            if git_ref.kind() == RefKind::Pull {
+                return None;
+            }
+            Some((git_ref, CommitSha::parse(sha).ok()?))
         })
         .collect()
 }

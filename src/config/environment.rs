@@ -57,13 +57,13 @@ pub enum ClusterAccess {
 }
 
 impl Environment {
-    /// Whether a push of `git_ref` to `project` deploys here.
+    /// Whether a push of `git_ref` to `project` deploys here (a pull request never does).
     pub fn takes(&self, project: &str, git_ref: &GitRef) -> bool {
         let ref_name = git_ref.name();
-        let patterns = if git_ref.kind() == RefKind::Tag {
-            &self.tags
-        } else {
-            &self.branches
+        let patterns = match git_ref.kind() {
+            RefKind::Tag => &self.tags,
+            RefKind::Branch => &self.branches,
+            RefKind::Pull => return false,
         };
         (self.projects.is_empty() || self.projects.iter().any(|p| p == project))
             && patterns.iter().any(|p| p.matches(ref_name))

@@ -9,6 +9,7 @@
 mod environment;
 mod executor;
 mod project;
+mod pulls;
 mod raw;
 mod secret;
 mod validate;
@@ -27,6 +28,7 @@ use crate::forge::ForgeKind;
 
 pub use environment::{ClusterAccess, DeployOrder, Environment};
 pub use executor::{ExecutorSettings, KubernetesExecutor};
+pub use pulls::{ForkPolicy, PullRequestPolicy};
 
 /// The embedded defaults (`config/default.toml`), compiled into the binary.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
@@ -219,6 +221,8 @@ pub struct Project {
     /// The project's webhook on its forge, when recovery may read and redeliver its
     /// deliveries.
     pub hook: Option<HookAccess>,
+    /// Which pull request events build, drafts, forks.
+    pub pull_requests: PullRequestPolicy,
 }
 
 /// A project's webhook on its forge, and a token that may list and redeliver its deliveries.

@@ -67,6 +67,7 @@ pub fn project(
     let allowed_deployments = check.patterns("allowed_deployments", &raw.allowed_deployments);
     let statuses = check.statuses(forge);
     let hook = check.hook(forge, statuses.as_ref());
+    let pull_requests = forge.and_then(|forge| check.pull_requests(forge));
     if check.problems.len() != before {
         return None;
     }
@@ -84,6 +85,7 @@ pub fn project(
         allow_dockerfile_run: raw.allow_dockerfile_run,
         statuses,
         hook,
+        pull_requests: pull_requests?,
     })
 }
 
@@ -268,6 +270,19 @@ impl Checker<'_> {
 
     /// The hook recovery reads: its id, and a token (`hook_token`, else a `status_token`; a
     /// GitHub App's JWT reaches only the App's own hook, which serves every installation).
+    fn pull_requests(&mut self, forge: ForgeKind) -> Option<super::PullRequestPolicy> {
+        let raw = self.raw;
+        let policy = super::pulls::policy(
+            forge,
+            raw.pull_request_events.as_deref(),
+            raw.pull_request_drafts,
+            raw.fork_pull_requests.as_deref(),
+        );
+        policy
+            .map_err(|(key, message)| self.report(key, message))
+            .ok()
+    }
+
     fn hook(
         &mut self,
         forge: Option<ForgeKind>,

@@ -252,6 +252,13 @@ pub struct RawProject {
     pub hook_token: Option<SecretString>,
     pub hook_token_env: Option<String>,
     pub hook_token_file: Option<PathBuf>,
+    /// The pull request events that build, in the forge's words (default: all that can).
+    pub pull_request_events: Option<Vec<String>>,
+    /// Whether a draft pull request builds.
+    #[serde(default)]
+    pub pull_request_drafts: bool,
+    /// `approve` (default), `build` or `ignore`: what a pull request from a fork does.
+    pub fork_pull_requests: Option<String>,
 }
 
 impl RawSettings {

@@ -59,6 +59,9 @@ impl fmt::Display for CommitSha {
 pub enum RefKind {
     Branch,
     Tag,
+    /// The head of a pull request (GitHub) or merge request (GitLab), kept by the forge in the
+    /// base repository: built and checked, never pushed or deployed.
+    Pull,
 }
 
 impl RefKind {
@@ -66,12 +69,17 @@ impl RefKind {
         match self {
             RefKind::Branch => "branch",
             RefKind::Tag => "tag",
+            RefKind::Pull => "pull",
         }
     }
 }
 
-/// A branch or tag ref, `refs/heads/<name>` or `refs/tags/<name>`. Other refs (pull-request
-/// heads, notes) are not something deploybot builds, so they do not parse.
+/// The forges' refs for a pull request's head: GitHub's and GitLab's.
+const PULL_PREFIXES: [&str; 2] = ["refs/pull/", "refs/merge-requests/"];
+
+/// A branch or tag ref (`refs/heads/<name>`, `refs/tags/<name>`) or a pull request's head
+/// (`refs/pull/<N>/head`, `refs/merge-requests/<N>/head`). Other refs (notes, a pull
+/// request's merge ref) are not something deploybot builds, so they do not parse.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GitRef {
     full: String,
@@ -80,6 +88,9 @@ pub struct GitRef {
 
 impl GitRef {
     pub fn parse(s: &str) -> Result<GitRef, ParseError> {
+        if PULL_PREFIXES.iter().any(|prefix| s.starts_with(prefix)) {
+            return parse_pull(s);
+        }
         let (kind, name) = if let Some(name) = s.strip_prefix("refs/heads/") {
             (RefKind::Branch, name)
         } else if let Some(name) = s.strip_prefix("refs/tags/") {
@@ -116,13 +127,49 @@ impl GitRef {
         self.kind
     }
 
-    /// The branch or tag name, without `refs/heads/` or `refs/tags/`.
+    /// The branch or tag name, without `refs/heads/` or `refs/tags/`; a pull request's number.
     pub fn name(&self) -> &str {
-        let prefix = match self.kind {
-            RefKind::Branch => "refs/heads/".len(),
-            RefKind::Tag => "refs/tags/".len(),
-        };
-        &self.full[prefix..]
+        match self.kind {
+            RefKind::Branch => &self.full["refs/heads/".len()..],
+            RefKind::Tag => &self.full["refs/tags/".len()..],
+            RefKind::Pull => self.full.rsplit('/').nth(1).unwrap_or_default(),
+        }
+    }
+
+    /// What people call it: the branch or tag name, `pull request #N` (GitHub) or `merge
+    /// request !N` (GitLab).
+    pub fn label(&self) -> String {
+        match self.kind {
+            RefKind::Pull if self.full.starts_with("refs/pull/") => {
+                format!("pull request #{}", self.name())
+            }
+            RefKind::Pull => format!("merge request !{}", self.name()),
+            RefKind::Branch | RefKind::Tag => self.name().to_owned(),
+        }
+    }
+}
+
+/// `refs/pull/<N>/head` or `refs/merge-requests/<N>/head`, N a number as the forges write it.
+fn parse_pull(s: &str) -> Result<GitRef, ParseError> {
+    let number = PULL_PREFIXES
+        .iter()
+        .find_map(|prefix| s.strip_prefix(prefix))
+        .and_then(|rest| rest.strip_suffix("/head"));
+    match number {
+        Some(n)
+            if (1..=12).contains(&n.len())
+                && !n.starts_with('0')
+                && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Ok(GitRef {
+                full: s.to_owned(),
+                kind: RefKind::Pull,
+            })
+        }
+        _ => Err(ParseError(format!(
+            "\"{}\" is not a pull request's head (refs/pull/N/head or refs/merge-requests/N/head)",
+            s.chars().take(80).collect::<String>()
+        ))),
     }
 }
 
@@ -188,9 +235,25 @@ mod tests {
     }
 
     #[test]
+    fn pull_and_merge_request_heads_parse_into_their_number() {
+        let pull = GitRef::parse("refs/pull/42/head").unwrap();
+        assert_eq!((pull.kind(), pull.name()), (RefKind::Pull, "42"));
+        assert_eq!(pull.label(), "pull request #42");
+        let merge = GitRef::parse("refs/merge-requests/7/head").unwrap();
+        assert_eq!((merge.kind(), merge.name()), (RefKind::Pull, "7"));
+        assert_eq!(merge.label(), "merge request !7");
+    }
+
+    #[test]
     fn other_refs_and_bad_names_do_not_parse() {
         for bad in [
-            "refs/pull/1/head",
+            "refs/pull/1/merge",
+            "refs/pull//head",
+            "refs/pull/01/head",
+            "refs/pull/1a/head",
+            "refs/pull/1/head/x",
+            "refs/merge-requests/1/merge",
+            "refs/pull/1234567890123/head",
             "master",
             "refs/heads/",
             "refs/tags/a..b",

@@ -24,6 +24,22 @@ pub struct PushEvent {
     pub delivery_id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    /// The pull request, for a job of a pull request's head (absent in events stored before
+    /// pull requests were built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullSummary>,
+}
+
+/// What a pull request job says of its request: pages, statuses and the rules for forks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullSummary {
+    pub number: u64,
+    pub title: String,
+    pub author: String,
+    pub source_branch: String,
+    pub target_branch: String,
+    /// Its head lives in another repository than the base: untrusted code.
+    pub from_fork: bool,
 }
 
 impl PushEvent {
@@ -48,6 +64,7 @@ impl PushEvent {
             head_commit_message: push.head_commit_message,
             delivery_id: delivery_id.to_string(),
             received_at,
+            pull: None,
         }
     }
 }

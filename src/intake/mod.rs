@@ -7,6 +7,7 @@
 mod budget;
 mod error;
 mod event;
+mod pull;
 mod rejections;
 mod webhook;
 

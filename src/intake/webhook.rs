@@ -16,13 +16,17 @@ use time::OffsetDateTime;
 use tracing::{field, Instrument};
 
 use super::budget::Reservation;
+use super::event::PullSummary;
+use super::pull::{PullBuild, PullOutcome};
 use super::rejections::Verdict;
 use super::{BodyBudget, IntakeError, RejectionBudget};
 use crate::config::{Project, ServerSettings, Settings};
 use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
 use crate::metrics::Metrics;
-use crate::store::{Action, NewDelivery, NewJob, NewReport, Origin, Recorded, Rejection, Store};
+use crate::store::{
+    Action, Jobs, NewDelivery, NewJob, NewPull, NewReport, Origin, Recorded, Rejection, Store,
+};
 
 /// What every intake request shares.
 pub struct IntakeState {
@@ -35,6 +39,9 @@ pub struct IntakeState {
     /// Which rejections are recorded one by one and which only counted, per source.
     pub rejections: RejectionBudget,
     pub store: Store,
+    /// Reports the end of the queued jobs a closed pull request canceled (a running one's
+    /// worker reports its own).
+    pub jobs: Arc<Jobs>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -275,7 +282,8 @@ async fn commit(
         Action::Record {
             outcome: "ignored",
             reason,
-        } => Some(reason.clone()),
+        }
+        | Action::Cancel { reason, .. } => Some(reason.clone()),
         _ => None,
     };
     let recorded = state
@@ -287,11 +295,34 @@ async fn commit(
         state.wake.notify_one();
         state.reports.notify_one();
     }
+    if let Recorded::Canceled { queued, .. } = &recorded {
+        report_canceled(state, queued.clone()).await;
+    }
     let mut answer = answer(id, recorded);
-    if answer.status == "ignored" {
+    if matches!(answer.status, "ignored" | "canceled") {
         answer.reason = note;
     }
     Ok(answer)
+}
+
+/// The commit statuses of queued jobs a closed pull request canceled: nobody else ends them.
+/// After the commit, as an operator's cancel does; a crash in between leaves their `pending`.
+async fn report_canceled(state: &IntakeState, queued: Vec<i64>) {
+    if queued.is_empty() {
+        return;
+    }
+    let (settings, jobs) = (state.settings.clone(), state.jobs.clone());
+    let reported = tokio::task::spawn_blocking(move || {
+        queued
+            .into_iter()
+            .try_for_each(|job| crate::worker::report_canceled(&settings, &jobs, job))
+    })
+    .await;
+    match reported {
+        Ok(Ok(())) => state.reports.notify_one(),
+        Ok(Err(e)) => tracing::error!(error = %e, "Could not report the canceled jobs' end"),
+        Err(e) => tracing::error!(error = %e, "Could not report the canceled jobs' end"),
+    }
 }
 
 fn answer(id: &DeliveryId, recorded: Recorded) -> Answer {
@@ -317,6 +348,13 @@ fn answer(id: &DeliveryId, recorded: Recorded) -> Answer {
             status: "duplicate",
             job,
             reason: Some("this delivery id was already recorded".into()),
+        },
+        Recorded::Canceled { queued, running } => Answer {
+            code: 200,
+            delivery,
+            status: "canceled",
+            job: queued.iter().chain(&running).max().copied(),
+            reason: None,
         },
         Recorded::AlreadyRecovered { job } => Answer {
             code: 200,
@@ -420,7 +458,7 @@ fn queued_status(
         crate::report::StatusState::Pending,
         &format!(
             "Queued: {} accepted, waiting for a worker",
-            push.git_ref.name()
+            push.git_ref.label()
         ),
     );
     if let crate::report::Report::Status {
@@ -433,21 +471,32 @@ fn queued_status(
     Some(report.queued(project.name.as_ref(), "forge".into(), None))
 }
 
-/// Makes `record` queue a job for `push`, with its neutral event and its first status.
-fn queue_push(
+/// Makes `record` queue a job for `push` (a pull request's head, when `pull` says which),
+/// with its neutral event and its first status.
+fn queue(
     record: &mut NewDelivery,
     base_url: Option<&str>,
     project: &Project,
     id: &DeliveryId,
     push: forge::Push,
+    pull: Option<PullSummary>,
 ) {
-    let event = super::PushEvent::new(
+    let mut event = super::PushEvent::new(
         project.forge,
         &project.name,
         push.clone(),
         id.clone(),
         record.received_at,
     );
+    let new_pull = pull.as_ref().map(|p| NewPull {
+        number: i64::try_from(p.number).unwrap_or(i64::MAX),
+        title: p.title.clone(),
+        author: p.author.clone(),
+        source_branch: p.source_branch.clone(),
+        target_branch: p.target_branch.clone(),
+        from_fork: p.from_fork,
+    });
+    event.pull = pull;
     record.event_json = serde_json::to_string(&event).ok();
     record.git_ref = Some(push.git_ref.to_string());
     record.sha = Some(push.sha.to_string());
@@ -459,6 +508,7 @@ fn queue_push(
         ref_kind: push.git_ref.kind(),
         ref_name: push.git_ref.name().to_owned(),
         sha: push.sha.to_string(),
+        pull: new_pull,
     });
 }
 
@@ -491,7 +541,7 @@ pub(crate) fn recovered_push(
         reports: Vec::new(),
         origin: Origin::Recovered,
     };
-    queue_push(&mut record, base_url, project, &id, push);
+    queue(&mut record, base_url, project, &id, push, None);
     record.body = Bytes::from(record.event_json.clone().unwrap_or_default());
     record
 }
@@ -536,7 +586,7 @@ fn to_record(
         origin: Origin::Webhook,
     };
     match hook {
-        Hook::Push(push) => queue_push(&mut record, base_url, project, &delivery.id, push),
+        Hook::Push(push) => queue(&mut record, base_url, project, &delivery.id, push, None),
         Hook::Ping { .. } => {
             record.action = Action::Record {
                 outcome: "pong",
@@ -552,14 +602,30 @@ fn to_record(
         Hook::PullRequest(pull) => {
             record.git_ref = Some(pull.head_ref(project.forge));
             record.sha = Some(pull.head_sha.to_string());
-            let from = if pull.from_fork { "a fork's " } else { "" };
-            let branch: String = pull.source_branch.chars().take(100).collect();
-            record.action = Action::Record {
-                outcome: "ignored",
-                reason: format!(
-                    "pull request #{} ({}) from {from}branch {branch}: pull requests are not built yet",
-                    pull.number, pull.action
-                ),
+            match super::pull::decide(project, pull) {
+                PullOutcome::Build(build) => {
+                    let PullBuild { push, summary } = *build;
+                    queue(
+                        &mut record,
+                        base_url,
+                        project,
+                        &delivery.id,
+                        push,
+                        Some(summary),
+                    );
+                }
+                PullOutcome::Cancel { git_ref, reason } => {
+                    record.action = Action::Cancel {
+                        git_ref: git_ref.to_string(),
+                        reason,
+                    }
+                }
+                PullOutcome::Ignore(reason) => {
+                    record.action = Action::Record {
+                        outcome: "ignored",
+                        reason,
+                    }
+                }
             }
         }
     }

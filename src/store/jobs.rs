@@ -334,10 +334,10 @@ impl Jobs {
         Ok(changed == 1)
     }
 
-    /// Whether a newer push to the same branch is waiting or running: then this job's work
-    /// is stale. Tags are never superseded.
+    /// Whether a newer push to the same branch (or pull request) is waiting or running: then
+    /// this job's work is stale. Tags are never superseded.
     pub fn is_superseded(&self, job: &ClaimedJob) -> Result<bool, StoreError> {
-        if job.git_ref.kind() != RefKind::Branch {
+        if job.git_ref.kind() == RefKind::Tag {
             return Ok(false);
         }
         let newer: i64 = self.conn().query_row(

@@ -134,6 +134,9 @@ pub enum Action {
         outcome: &'static str,
         reason: String,
     },
+    /// Record the delivery (`ignored`, with why) and, in the same transaction, cancel the
+    /// queued and running jobs of the project's `git_ref` (a pull request closed or merged).
+    Cancel { git_ref: String, reason: String },
 }
 
 #[derive(Debug)]
@@ -142,6 +145,21 @@ pub struct NewJob {
     pub ref_kind: RefKind,
     pub ref_name: String,
     pub sha: String,
+    /// The pull request it builds, for a job of a pull request's head.
+    pub pull: Option<NewPull>,
+}
+
+/// What the pages show of a pull request a job builds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NewPull {
+    /// GitHub's number, GitLab's `iid`.
+    pub number: i64,
+    pub title: String,
+    pub author: String,
+    pub source_branch: String,
+    pub target_branch: String,
+    /// Its head lives in another repository than the base.
+    pub from_fork: bool,
 }
 
 /// What the store did with a delivery.
@@ -163,6 +181,12 @@ pub enum Recorded {
     /// no second job.
     AlreadyRecovered {
         job: i64,
+    },
+    /// Recorded, and these jobs canceled: those that were queued (nobody reports their end
+    /// yet) and those that were running (their workers stop and report it).
+    Canceled {
+        queued: Vec<i64>,
+        running: Vec<i64>,
     },
 }
 

@@ -228,6 +228,7 @@ mod tests {
         async fn deliver(&self, id: &str, received_at: OffsetDateTime, queue: bool) {
             let action = if queue {
                 Action::Queue(NewJob {
+                    pull: None,
                     git_ref: "refs/heads/main".into(),
                     ref_kind: RefKind::Branch,
                     ref_name: "main".into(),

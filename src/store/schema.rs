@@ -173,7 +173,56 @@ const MIGRATIONS: &[&str] = &[
     // id are this run's (a re-run starts a new one), so a job taken back after a crash knows
     // which of its commit statuses already reached a result.
     "ALTER TABLE jobs ADD COLUMN run_from INTEGER NOT NULL DEFAULT 0;",
+    // 12: pull requests; see PULL_REQUESTS.
+    PULL_REQUESTS,
 ];
+
+/// A job may build a pull request's head (`ref_kind = 'pull'`), and `pull_requests` keeps
+/// what its pages show of the request. SQLite cannot change a CHECK in place, so `jobs` is
+/// rebuilt as its documentation says (a new table with the same columns in the same order,
+/// every row copied, the old one dropped, the new one renamed, its index made again); the
+/// tables that reference `jobs` name it, not its copy, so they point at the new one. The
+/// migration runs with foreign keys off and is checked before it commits (`migrate_to`).
+const PULL_REQUESTS: &str = "
+    CREATE TABLE jobs_new (
+        id          INTEGER PRIMARY KEY,
+        delivery    INTEGER NOT NULL UNIQUE REFERENCES deliveries (id),
+        project     TEXT NOT NULL,
+        git_ref     TEXT NOT NULL,
+        ref_kind    TEXT NOT NULL CHECK (ref_kind IN ('branch', 'tag', 'pull')),
+        ref_name    TEXT NOT NULL,
+        sha         TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        attempt     INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_until INTEGER,
+        started_at  TEXT,
+        finished_at TEXT,
+        error       TEXT,
+        lease_epoch INTEGER NOT NULL DEFAULT 0,
+        run_from    INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO jobs_new (id, delivery, project, git_ref, ref_kind, ref_name, sha, state,
+            created_at, updated_at, attempt, lease_owner, lease_until, started_at, finished_at,
+            error, lease_epoch, run_from)
+        SELECT id, delivery, project, git_ref, ref_kind, ref_name, sha, state,
+            created_at, updated_at, attempt, lease_owner, lease_until, started_at, finished_at,
+            error, lease_epoch, run_from
+        FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_new RENAME TO jobs;
+    CREATE INDEX jobs_by_state ON jobs (state, id);
+    CREATE TABLE pull_requests (
+        job             INTEGER PRIMARY KEY REFERENCES jobs (id),
+        number          INTEGER NOT NULL,
+        title           TEXT NOT NULL,
+        author          TEXT NOT NULL,
+        source_branch   TEXT NOT NULL,
+        target_branch   TEXT NOT NULL,
+        from_fork       INTEGER NOT NULL
+    );";
 
 /// A delivery's `origin`: `webhook` (the forge called, or redelivered through its API) or
 /// `recovered` (deploybot found a ref with no recorded push and recorded one itself). A push is
@@ -274,13 +323,42 @@ fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
+    // A table rebuilt under its references (SQLite's way to change a CHECK) needs foreign keys
+    // off while it runs (they cannot change inside a transaction); every migration is checked
+    // for a broken reference before it commits instead.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let migrated = (|| {
+        for (index, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            if let Some(broken) = broken_reference(&tx)? {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {} would leave {broken}",
+                    index + 1
+                )));
+            }
+            tx.pragma_update(None, "user_version", index + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrated
+}
+
+/// The first row whose reference points nowhere, as `table row N referencing parent`.
+fn broken_reference(conn: &Connection) -> Result<Option<String>, StoreError> {
+    let mut statement = conn.prepare("PRAGMA foreign_key_check")?;
+    let mut rows = statement.query([])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let (table, rowid, parent): (String, Option<i64>, String) =
+        (row.get(0)?, row.get(1)?, row.get(2)?);
+    Ok(Some(format!(
+        "{table} row {} referencing a missing {parent}",
+        rowid.unwrap_or_default()
+    )))
 }
 
 #[cfg(test)]
@@ -357,6 +435,55 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(broken.is_empty(), "no row lost its job: {broken:?}");
+    }
+
+    fn every_job(conn: &Connection) -> Vec<Vec<Value>> {
+        let mut statement = conn.prepare("SELECT * FROM jobs ORDER BY id").unwrap();
+        let width = statement.column_count();
+        statement
+            .query_map([], |row| (0..width).map(|i| row.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_from_before_pull_requests_keeps_every_job_and_reference_and_takes_a_pull_job() {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = store_at_version_7(&dir.path().join("store.db"));
+        migrate_to(&mut conn, 11).unwrap();
+        let deploys_before = every_deploy(&conn);
+        // A delivery (id) and its job (same id) of a pull request.
+        let pull_job = |conn: &Connection, id: i64, kind: &str| {
+            conn.execute_batch(&format!(
+                "INSERT INTO deliveries (id, project, outcome, received_at)
+                     VALUES ({id}, 'myevents', 'queued', 't');
+                 INSERT INTO jobs (id, delivery, project, git_ref, ref_kind, ref_name, sha, state,
+                         created_at, updated_at)
+                     VALUES ({id}, {id}, 'myevents', 'refs/pull/3/head', '{kind}', '3', 'abc',
+                         'queued', 't', 't');"
+            ))
+        };
+        assert!(pull_job(&conn, 2, "pull").is_err(), "refused before");
+        let jobs_before = every_job(&conn);
+
+        // Act
+        migrate(&mut conn).unwrap();
+
+        // Assert
+        assert_eq!(every_job(&conn), jobs_before, "every job, every column");
+        assert_eq!(every_deploy(&conn), deploys_before);
+        assert!(
+            pull_job(&conn, 3, "note").is_err(),
+            "the kind is still checked"
+        );
+        pull_job(&conn, 4, "pull").unwrap();
+        let dangling = conn.execute(
+            "INSERT INTO stages (job, service, stage, state) VALUES (99, 'web', 'check', 'pending')",
+            [],
+        );
+        assert!(dangling.is_err(), "foreign keys are on again");
     }
 
     #[test]

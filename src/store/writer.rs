@@ -166,9 +166,13 @@ fn remove_unsynced_tail(
 }
 
 fn delete_deliveries(tx: &rusqlite::Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    let mut pulls = tx.prepare_cached(
+        "DELETE FROM pull_requests WHERE job IN (SELECT id FROM jobs WHERE delivery = ?1)",
+    )?;
     let mut jobs = tx.prepare_cached("DELETE FROM jobs WHERE delivery = ?1")?;
     let mut deliveries = tx.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?;
     for id in ids {
+        pulls.execute([id])?;
         jobs.execute([id])?;
         deliveries.execute([id])?;
     }
@@ -345,7 +349,7 @@ fn insert_delivery(
 ) -> Result<(Recorded, Option<i64>), StoreError> {
     let same_push = match &d.action {
         Action::Queue(job) => queued_push(tx, &d.project, &job.git_ref, &job.sha)?,
-        Action::Record { .. } => None,
+        Action::Record { .. } | Action::Cancel { .. } => None,
     };
     let recovered_before = match (same_push, d.origin) {
         (Some(earlier), Origin::Recovered) => {
@@ -366,6 +370,7 @@ fn insert_delivery(
         (_, Some(already)) => ("ignored", Some(already.as_str())),
         (Action::Queue(_), None) => ("queued", None),
         (Action::Record { outcome, reason }, None) => (*outcome, Some(reason.as_str())),
+        (Action::Cancel { reason, .. }, None) => ("ignored", Some(reason.as_str())),
     };
     let received = timestamp(d.received_at);
     let mut statement = tx.prepare_cached(
@@ -404,6 +409,7 @@ fn insert_delivery(
         Action::Record { outcome, .. } => Recorded::Recorded {
             outcome: (*outcome).to_owned(),
         },
+        Action::Cancel { git_ref, reason } => cancel_open_jobs(tx, &d.project, git_ref, reason)?,
         Action::Queue(job) => {
             let mut statement = tx.prepare_cached(
                 "INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
@@ -419,12 +425,71 @@ fn insert_delivery(
                 job.sha,
                 received,
             ])?;
-            let job = tx.last_insert_rowid();
-            super::outbox::insert(tx, &d.reports, Some(job))?;
-            Recorded::Queued { job }
+            let job_id = tx.last_insert_rowid();
+            if let Some(pull) = &job.pull {
+                insert_pull(tx, job_id, pull)?;
+            }
+            super::outbox::insert(tx, &d.reports, Some(job_id))?;
+            Recorded::Queued { job: job_id }
         }
     };
     Ok((recorded, Some(delivery_row)))
+}
+
+/// Cancels the queued and running jobs of `git_ref` in `project`, saying why.
+fn cancel_open_jobs(
+    tx: &rusqlite::Transaction<'_>,
+    project: &str,
+    git_ref: &str,
+    reason: &str,
+) -> Result<Recorded, StoreError> {
+    let open: Vec<(i64, String)> = tx
+        .prepare_cached(
+            "SELECT id, state FROM jobs
+             WHERE project = ?1 AND git_ref = ?2 AND state IN ('queued', 'running')",
+        )?
+        .query_map(params![project, git_ref], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let now = timestamp(time::OffsetDateTime::now_utc());
+    let mut cancel = tx.prepare_cached(
+        "UPDATE jobs SET state = 'canceled', error = ?2, finished_at = ?3, updated_at = ?3
+         WHERE id = ?1",
+    )?;
+    let (mut queued, mut running) = (Vec::new(), Vec::new());
+    for (job, state) in open {
+        cancel.execute(params![job, reason, now])?;
+        if state == "queued" {
+            queued.push(job);
+        } else {
+            running.push(job);
+        }
+    }
+    Ok(Recorded::Canceled { queued, running })
+}
+
+/// What the pages show of the pull request job `job` builds.
+fn insert_pull(
+    tx: &rusqlite::Transaction<'_>,
+    job: i64,
+    pull: &super::NewPull,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO pull_requests (job, number, title, author, source_branch, target_branch,
+            from_fork)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        job,
+        pull.number,
+        pull.title,
+        pull.author,
+        pull.source_branch,
+        pull.target_branch,
+        pull.from_fork
+    ])?;
+    Ok(())
 }
 
 /// The job of the push (project, ref, sha) queued earlier, if any, and whether recovery

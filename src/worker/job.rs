@@ -335,7 +335,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                     (StageName::Check, Some(reporter)) => reporter.status(
                         Some(&service.name),
                         StatusState::Pending,
-                        &format!("Building {} ({})", service.name, cx.job.git_ref.name()),
+                        &format!("Building {} ({})", service.name, cx.job.git_ref.label()),
                     ),
                     _ => Vec::new(),
                 };
@@ -543,12 +543,14 @@ pub(super) fn cache_volume(project: &str, caches: &str, path: &str) -> String {
     format!("deploybot-cache-{project}-{caches}-{path}")
 }
 
-/// `registry/image:tag` for a tag push, `registry/image:sha-<12>` for a branch.
+/// `registry/image:tag` for a tag push, `registry/image:sha-<12>` for a branch,
+/// `registry/image:pr-<N>-<12>` for a pull request (built only, never pushed).
 fn image_reference(registry: Option<&str>, service: &Service, job: &ClaimedJob) -> String {
     let tag = match job.git_ref.kind() {
         // Docker tags allow `[A-Za-z0-9_.-]`, up to 128 characters.
         RefKind::Tag => crate::domain::tag_safe(job.git_ref.name(), 128),
         RefKind::Branch => format!("sha-{}", job.sha.prefix(12)),
+        RefKind::Pull => format!("pr-{}-{}", job.git_ref.name(), job.sha.prefix(12)),
     };
     match registry {
         Some(registry) => format!("{registry}/{}:{tag}", service.image),
@@ -556,10 +558,12 @@ fn image_reference(registry: Option<&str>, service: &Service, job: &ClaimedJob) 
     }
 }
 
+/// Whether the pipeline pushes this ref's images; a pull request's never are.
 fn should_push(definition: &Definition, job: &ClaimedJob) -> bool {
     let patterns = match job.git_ref.kind() {
         RefKind::Tag => &definition.push.tags,
         RefKind::Branch => &definition.push.branches,
+        RefKind::Pull => return false,
     };
     patterns.iter().any(|p| p.matches(job.git_ref.name()))
 }

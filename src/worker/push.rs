@@ -9,7 +9,7 @@ use super::image::{repository_of, PushSource};
 use super::job::{log_mask, with_timeout, Failure};
 use super::runner::{JobContext, Runner};
 use crate::deploy::Cluster;
-use crate::domain::{StageName, StageState};
+use crate::domain::{RefKind, StageName, StageState};
 use crate::executor::{ExecError, Executor, PushSpec, RegistryAuth};
 use crate::pipeline::Service;
 use crate::report::StatusState;
@@ -27,10 +27,17 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         let (job, reference) = (cx.job, push.reference);
         if !cx.pushes {
             // Built, and by policy not pushed: that is this service's success.
-            let words = format!(
-                "Built {reference}; not pushed ({} is not a pushing ref)",
-                job.git_ref.name()
-            );
+            let words = if job.git_ref.kind() == RefKind::Pull {
+                format!(
+                    "Built {reference} for {}; never pushed",
+                    job.git_ref.label()
+                )
+            } else {
+                format!(
+                    "Built {reference}; not pushed ({} is not a pushing ref)",
+                    job.git_ref.name()
+                )
+            };
             let reports = cx.status(&service.name, StatusState::Success, &words);
             let update = StageUpdate::new(&service.name, StageName::Push, StageState::Skipped);
             self.stage_with(job.id, update, reports).await;

@@ -17,6 +17,10 @@ pub struct Reporter {
     repository: String,
     sha: String,
     git_ref: String,
+    /// What people call the ref: a branch or tag name, or `pull request #N`.
+    ref_label: String,
+    /// A pull request's job: its checks say everything, no chat message.
+    pull: bool,
     pusher: String,
     base_url: Option<String>,
     job: i64,
@@ -39,6 +43,8 @@ impl Reporter {
             repository: event.repository.clone(),
             sha: event.sha.to_string(),
             git_ref: event.git_ref.to_string(),
+            ref_label: event.git_ref.label(),
+            pull: event.git_ref.kind() == crate::domain::RefKind::Pull,
             pusher: event.pusher.clone(),
             base_url: settings.report.base_url.clone(),
             job,
@@ -94,7 +100,12 @@ impl Reporter {
         error: Option<&str>,
         detail: Option<&JobDetail>,
     ) -> Vec<NewReport> {
-        let (state, words) = final_status(result, error);
+        let pushed = detail.is_some_and(|d| {
+            d.stages
+                .iter()
+                .any(|s| s.stage == StageName::Push && s.state == StageState::Success)
+        });
+        let (state, words) = final_status(result, error, pushed);
         let mut reports = self.status(None, state, &words);
         if matches!(result, JobState::Superseded | JobState::Canceled) {
             // Its services' contexts end too, or a commit would show them pending for ever
@@ -104,7 +115,9 @@ impl Reporter {
             }
             return reports;
         }
-        if let Some(detail) = detail {
+        // Chat is for releases and branches people deploy; a pull request's result is its
+        // checks.
+        if let (Some(detail), false) = (detail, self.pull) {
             reports.extend(self.chat(result, detail));
         }
         reports
@@ -120,10 +133,6 @@ impl Reporter {
             .and_then(|s| s.detail.as_deref());
         let seconds = duration_seconds(detail);
         let link = text::target_url(self.base_url.as_deref(), self.job);
-        let ref_name = self
-            .git_ref
-            .trim_start_matches("refs/tags/")
-            .trim_start_matches("refs/heads/");
         let channels = if matches!(result, JobState::Success | JobState::Deployed) {
             &self.chat_on_success
         } else {
@@ -134,7 +143,7 @@ impl Reporter {
             .map(|name| {
                 let message = text::chat_message(&text::FinishedJob {
                     project: &self.project,
-                    git_ref: ref_name,
+                    git_ref: &self.ref_label,
                     sha: &self.sha,
                     pusher: &self.pusher,
                     result: result.as_str(),
@@ -174,11 +183,15 @@ fn duration_seconds(detail: &JobDetail) -> i64 {
 }
 
 /// The overall status of a finished job, and its words.
-fn final_status(result: JobState, error: Option<&str>) -> (StatusState, String) {
+fn final_status(result: JobState, error: Option<&str>, pushed: bool) -> (StatusState, String) {
     match result {
-        JobState::Success => (
+        JobState::Success if pushed => (
             StatusState::Success,
             "Built and pushed every service".to_owned(),
+        ),
+        JobState::Success => (
+            StatusState::Success,
+            "Built and checked every service; nothing pushed".to_owned(),
         ),
         JobState::Deployed => (
             StatusState::Success,
@@ -320,6 +333,7 @@ webhook_url = "https://chat.example/hooks/x"
             head_commit_message: None,
             delivery_id: "d".into(),
             received_at: time::OffsetDateTime::now_utc(),
+            pull: None,
         }
     }
 

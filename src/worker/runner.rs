@@ -53,12 +53,14 @@ pub(super) struct JobContext<'a> {
 }
 
 impl JobContext<'_> {
-    /// Which dependency caches the job's steps use: tags (releases) and branches have their
-    /// own, so a branch's build cannot poison what a release is built with.
+    /// Which dependency caches the job's steps use: tags (releases), branches and pull
+    /// requests each have their own, so a branch's or a pull request's build cannot poison
+    /// what a release (or a branch) is built with.
     pub(super) fn caches(&self) -> &'static str {
         match self.job.git_ref.kind() {
             RefKind::Tag => "tags",
             RefKind::Branch => "branches",
+            RefKind::Pull => "pulls",
         }
     }
 

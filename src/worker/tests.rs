@@ -257,6 +257,7 @@ impl Harness {
             head_commit_message: None,
             delivery_id: "d".into(),
             received_at: time::OffsetDateTime::now_utc(),
+            pull: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         let job = self

@@ -84,6 +84,18 @@ repository = "gitlabhq/gitlab-test"
 webhook_secret = "deploybot-test-secret"
 
 [[projects]]
+name = "woodpecker"
+forge = "gitlab"
+repository = "anbraten/woodpecker"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
+name = "meet"
+forge = "gitlab"
+repository = "rathod.meetsatish/meet"
+webhook_secret = "deploybot-test-secret"
+
+[[projects]]
 name = "signed"
 forge = "gitlab"
 repository = "mike/diaspora"
@@ -108,6 +120,8 @@ pub fn project_for(fixture: &str) -> &'static str {
         "jsmith/example" => "example",
         "gitlab-org/hello-world" => "hello-world",
         "gitlabhq/gitlab-test" => "gitlab-test",
+        "anbraten/woodpecker" => "woodpecker",
+        "rathod.meetsatish/meet" => "meet",
         other => panic!("no test project for {other}"),
     }
 }

@@ -129,12 +129,8 @@ async fn a_ping_is_answered_with_pong_and_recorded() {
 async fn events_other_than_push_are_recorded_and_ignored() {
     for (fixture, reason) in [
         (
-            "github/pull_request.opened",
-            "pull request #2 (opened) from branch changes: pull requests are not built yet",
-        ),
-        (
-            "github/pull_request.synchronize",
-            "pull request #2 (new commits) from branch changes",
+            "github/pull_request.converted_to_draft",
+            "pull request #2 (converted_to_draft): not an event this project builds",
         ),
         ("github/create.tag", "not acted on"),
     ] {

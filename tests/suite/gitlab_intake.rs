@@ -79,16 +79,6 @@ async fn a_deleted_branch_or_tag_is_recorded_and_ignored_without_a_job() {
 }
 
 #[tokio::test]
-async fn a_merge_request_hook_is_recorded_and_ignored() {
-    let app = TestApp::spawn().await;
-    let (response, _) = app.deliver_fixture("gitlab/merge_request.opened").await;
-
-    assert_eq!(response.status(), 200);
-    assert_eq!(json(response).await["status"], "ignored");
-    assert_eq!(app.jobs(), 0);
-}
-
-#[tokio::test]
 async fn the_event_uuid_is_the_delivery_id_when_there_is_no_idempotency_key() {
     let app = TestApp::spawn().await;
     let delivery = Delivery::fixture("gitlab/push.branch")

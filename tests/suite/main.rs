@@ -20,6 +20,7 @@ mod in_cluster;
 mod intake_limits;
 mod operations;
 mod pipeline;
+mod pull_requests;
 mod recovery;
 mod registry;
 mod report;
