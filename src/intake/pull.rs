@@ -12,8 +12,13 @@ use super::event::PullSummary;
 pub(super) enum PullOutcome {
     /// Queue a job of the request's head.
     Build(Box<PullBuild>),
-    /// Cancel the queued and running jobs of the request's head ref: why.
-    Cancel { git_ref: GitRef, reason: String },
+    /// Cancel the queued and running jobs of the request's head ref: why (the delivery's
+    /// reason, and the jobs' error).
+    Cancel {
+        git_ref: GitRef,
+        reason: String,
+        error: String,
+    },
     /// Record it and do nothing: why.
     Ignore(String),
 }
@@ -38,6 +43,7 @@ pub(super) fn decide(project: &Project, pull: PullRequest) -> PullOutcome {
     if matches!(pull.action, PullAction::Closed | PullAction::Merged) {
         return PullOutcome::Cancel {
             reason: format!("{what}: its queued and running jobs are canceled"),
+            error: format!("canceled: {} was {}", head.label(), pull.action),
             git_ref: head,
         };
     }

@@ -614,10 +614,15 @@ fn to_record(
                         Some(summary),
                     );
                 }
-                PullOutcome::Cancel { git_ref, reason } => {
+                PullOutcome::Cancel {
+                    git_ref,
+                    reason,
+                    error,
+                } => {
                     record.action = Action::Cancel {
                         git_ref: git_ref.to_string(),
                         reason,
+                        error,
                     }
                 }
                 PullOutcome::Ignore(reason) => {

@@ -135,8 +135,13 @@ pub enum Action {
         reason: String,
     },
     /// Record the delivery (`ignored`, with why) and, in the same transaction, cancel the
-    /// queued and running jobs of the project's `git_ref` (a pull request closed or merged).
-    Cancel { git_ref: String, reason: String },
+    /// queued and running jobs of the project's `git_ref` (a pull request closed or merged),
+    /// each with `error`.
+    Cancel {
+        git_ref: String,
+        reason: String,
+        error: String,
+    },
 }
 
 #[derive(Debug)]

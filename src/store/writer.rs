@@ -409,7 +409,7 @@ fn insert_delivery(
         Action::Record { outcome, .. } => Recorded::Recorded {
             outcome: (*outcome).to_owned(),
         },
-        Action::Cancel { git_ref, reason } => cancel_open_jobs(tx, &d.project, git_ref, reason)?,
+        Action::Cancel { git_ref, error, .. } => cancel_open_jobs(tx, &d.project, git_ref, error)?,
         Action::Queue(job) => {
             let mut statement = tx.prepare_cached(
                 "INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
@@ -436,12 +436,12 @@ fn insert_delivery(
     Ok((recorded, Some(delivery_row)))
 }
 
-/// Cancels the queued and running jobs of `git_ref` in `project`, saying why.
+/// Cancels the queued and running jobs of `git_ref` in `project`, with `error` saying why.
 fn cancel_open_jobs(
     tx: &rusqlite::Transaction<'_>,
     project: &str,
     git_ref: &str,
-    reason: &str,
+    error: &str,
 ) -> Result<Recorded, StoreError> {
     let open: Vec<(i64, String)> = tx
         .prepare_cached(
@@ -459,7 +459,7 @@ fn cancel_open_jobs(
     )?;
     let (mut queued, mut running) = (Vec::new(), Vec::new());
     for (job, state) in open {
-        cancel.execute(params![job, reason, now])?;
+        cancel.execute(params![job, error, now])?;
         if state == "queued" {
             queued.push(job);
         } else {

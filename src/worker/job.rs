@@ -185,7 +185,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             .ok()
             .flatten();
         if now == Some(JobState::Canceled) {
-            tracing::info!("Canceled by an operator");
+            tracing::info!("Canceled (by an operator, or its pull request was closed)");
             let settings = self.settings.clone();
             let _ = self
                 .blocking(move |jobs| super::report_canceled(&settings, jobs, id))
@@ -411,8 +411,18 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             .exit_code
             .map(|c| format!(" (exit {c})"))
             .unwrap_or_default();
-        let words = format!("{} failed{code}: {}", failure.stage, failure.reason);
-        let reports = cx.status(&service.name, StatusState::Failure, &words);
+        // A step killed because the job was stopped did not fail: its check says it stopped.
+        let (state, words) = if cx.cancel.is_cancelled() {
+            let why = "the job was canceled or superseded, or deploybot is stopping";
+            (
+                StatusState::Error,
+                format!("Stopped at {}: {why}", failure.stage),
+            )
+        } else {
+            let words = format!("{} failed{code}: {}", failure.stage, failure.reason);
+            (StatusState::Failure, words)
+        };
+        let reports = cx.status(&service.name, state, &words);
         let update = StageUpdate {
             exit_code: failure.exit_code,
             detail: Some(&detail),

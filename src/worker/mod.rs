@@ -48,9 +48,10 @@ pub fn report_canceled(
         return Ok(());
     };
     let detail = jobs.get(job)?;
+    let error = detail.as_ref().and_then(|d| d.job.error.as_deref());
     let reports = reporter::Reporter::new(settings, &event, job).finished(
         crate::domain::JobState::Canceled,
-        None,
+        error,
         detail.as_ref(),
     );
     jobs.queue_reports(job, &reports)

@@ -105,7 +105,10 @@ impl Reporter {
                 .iter()
                 .any(|s| s.stage == StageName::Push && s.state == StageState::Success)
         });
-        let (state, words) = final_status(result, error, pushed);
+        let (state, mut words) = final_status(result, error, pushed);
+        if result == JobState::Superseded && self.pull {
+            words = format!("Superseded by a newer commit to {}", self.ref_label);
+        }
         let mut reports = self.status(None, state, &words);
         if matches!(result, JobState::Superseded | JobState::Canceled) {
             // Its services' contexts end too, or a commit would show them pending for ever
@@ -205,11 +208,22 @@ fn final_status(result: JobState, error: Option<&str>, pushed: bool) -> (StatusS
             StatusState::Error,
             "Superseded by a newer push to this branch".to_owned(),
         ),
-        JobState::Canceled => (StatusState::Error, "Canceled by an operator".to_owned()),
+        JobState::Canceled => (StatusState::Error, canceled_words(error)),
         JobState::Failed | JobState::Queued | JobState::Running => {
             (StatusState::Failure, error.unwrap_or("failed").to_owned())
         }
     }
+}
+
+/// Why a job was canceled, as its status says it: the job's error with a capital letter
+/// (`canceled by an operator`, `canceled: pull request #3 was closed`).
+fn canceled_words(error: Option<&str>) -> String {
+    let error = error.unwrap_or("canceled by an operator");
+    let mut chars = error.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// The services whose commit status has not reached a result yet: none of their stages

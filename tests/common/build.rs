@@ -207,6 +207,21 @@ pub fn signed_push_with(
     fixture.with_github_body(serde_json::to_vec(&payload).unwrap(), TEST_SECRET)
 }
 
+/// The published GitHub pull request event for `action` (octokit/webhooks' example), made a
+/// request of the test project's repository (#`number`, head at `sha`) and signed.
+pub fn signed_pull(action: &str, number: u64, sha: &str) -> Delivery {
+    let fixture = Delivery::fixture(&format!("github/pull_request.{action}")).with_unique_id();
+    let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
+    let repository = "bradrydzewski/drone-test-go";
+    payload["number"] = number.into();
+    payload["pull_request"]["number"] = number.into();
+    payload["pull_request"]["head"]["sha"] = sha.into();
+    payload["repository"]["full_name"] = repository.into();
+    payload["pull_request"]["base"]["repo"]["full_name"] = repository.into();
+    payload["pull_request"]["head"]["repo"]["full_name"] = repository.into();
+    fixture.with_github_body(serde_json::to_vec(&payload).unwrap(), TEST_SECRET)
+}
+
 pub fn stage<'a>(
     detail: &'a deploybot::store::JobDetail,
     service: &str,

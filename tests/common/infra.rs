@@ -426,6 +426,22 @@ impl GitServer {
         sha
     }
 
+    /// Points `git_ref` of the served repository at `sha`, as a forge keeps a pull request's
+    /// head (`refs/pull/N/head`) in the base repository.
+    pub fn set_ref(&self, git_ref: &str, sha: &str) {
+        let bare = self.bare.display().to_string();
+        git(
+            &self.work,
+            &[
+                "push",
+                "--quiet",
+                "--force",
+                &bare,
+                &format!("{sha}:{git_ref}"),
+            ],
+        );
+    }
+
     /// Tags `sha` in the served repository.
     pub fn tag(&self, tag: &str, sha: &str) {
         let bare = self.bare.display().to_string();

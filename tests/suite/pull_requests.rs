@@ -1,8 +1,12 @@
 //! Pull requests (GitHub) and merge requests (GitLab): which events build the request's head,
 //! which cancel its jobs, and what a build of one does (checks, never a push or a deploy).
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
+use crate::common::build::{hello_steps, signed_pull, stage, Build, SERVICES};
+use crate::common::forge_double::{states, ForgeDouble, Seen, STATUS_TOKEN};
 use crate::common::{json, project_for, Delivery, TestApp, FIXTURE_PROJECTS};
 
 /// The published fixture's head commit and the job it queued, after delivering it.
@@ -182,5 +186,251 @@ async fn pull_request_events_name_only_the_forges_words_in_check_config() {
     assert!(
         problems.contains("projects[4].pull_request_events: \"synchronize\" is not a gitlab pull request event that builds (one of open, reopen, update)"),
         "{problems}"
+    );
+}
+
+/// A deploybot building the sample MyEvents repository, reporting statuses to a GitHub
+/// double; None where a real part is missing outside CI.
+async fn myevents_reporting() -> Option<(Build, ForgeDouble)> {
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let extra = format!(
+        "status_token = \"{STATUS_TOKEN}\"\napi_url = \"{}\"\n\n[report]\nretry_base_ms = 20\n",
+        github.server.uri()
+    );
+    let build = Build::start_with(None, &extra).await?;
+    Some((build, github))
+}
+
+#[tokio::test]
+async fn a_pull_request_builds_every_service_pushes_nothing_and_reports_on_its_head() {
+    // Arrange: a branch with a commit, kept by the forge as pull request #7's head.
+    let Some((build, github)) = myevents_reporting().await else {
+        return;
+    };
+    let sha = build
+        .git
+        .commit("a change to review", "feature", None, |dir| {
+            std::fs::write(dir.join("REVIEW.md"), "please look\n").unwrap();
+        });
+    build.git.set_ref("refs/pull/7/head", &sha);
+
+    // Act
+    let response = build
+        .app
+        .post("myevents", &signed_pull("opened", 7, &sha))
+        .await;
+
+    // Assert
+    assert_eq!(response.status(), 202);
+    let job = json(response).await["job"].as_i64().unwrap();
+    let detail = build.finished(job).await;
+    assert_eq!(detail.job.state, "success", "{detail:#?}");
+    assert_eq!(detail.job.git_ref, "refs/pull/7/head");
+    for service in SERVICES {
+        assert_eq!(
+            stage(&detail, service, "compile").state,
+            "success",
+            "{service}"
+        );
+        assert_eq!(
+            stage(&detail, service, "push").state,
+            "skipped",
+            "{service}"
+        );
+        assert_eq!(
+            stage(&detail, service, "deploy").state,
+            "skipped",
+            "{service}"
+        );
+        let reference = format!("myevents/{service}");
+        let tag = format!("pr-7-{}", &sha[..12]);
+        assert_eq!(
+            build.registry.digest(&reference, &tag).await,
+            None,
+            "{service}"
+        );
+    }
+    assert!(
+        detail.images.iter().all(|i| i.digest.is_none()),
+        "{detail:#?}"
+    );
+    let contexts: Vec<String> = std::iter::once("deploybot".to_owned())
+        .chain(SERVICES.iter().map(|s| format!("deploybot/{s}")))
+        .collect();
+    let names: Vec<&str> = contexts.iter().map(String::as_str).collect();
+    let seen = github.wait_for_results("context", &names, 60).await;
+    for context in &names {
+        assert_eq!(
+            states(&seen, "context", context).last().map(String::as_str),
+            Some("success"),
+            "{context}"
+        );
+    }
+    assert!(seen
+        .iter()
+        .all(|s| s.path.ends_with(&format!("/statuses/{sha}"))));
+    let said = |context: &str, state: &str| {
+        seen.iter()
+            .find(|s| s.body["context"] == context && s.body["state"] == state)
+            .map(|s| s.body["description"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    assert!(said("deploybot", "pending").starts_with("Queued: pull request #7 accepted"));
+    assert!(said("deploybot/frontend", "pending").contains("pull request #7"));
+    assert!(said("deploybot/frontend", "success").ends_with("for pull request #7; never pushed"));
+    assert_eq!(
+        said("deploybot", "success"),
+        "Built and checked every service; nothing pushed"
+    );
+}
+
+/// A check step that runs long enough for something to happen while it runs.
+const SLOW_CHECK: &str =
+    "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"sleep 120\"]\n";
+
+/// A deploybot building `tests/fixtures/hello` (statuses to a GitHub double), with pull
+/// request #3's head at a commit whose check is slow, and that request opened: the build,
+/// the double, the head and its job, once the slow check runs.
+async fn slow_pull_request_running() -> Option<(Build, ForgeDouble, String, i64)> {
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let uri = github.server.uri();
+    let build = Build::hello(|config| {
+        config.replacen(
+            "allow_network = true\n",
+            &format!(
+                "allow_network = true\nstatus_token = \"{STATUS_TOKEN}\"\napi_url = \"{uri}\"\n"
+            ),
+            1,
+        )
+    })
+    .await?;
+    let sha = build
+        .git
+        .commit("slow check", "feature", None, hello_steps(SLOW_CHECK));
+    build.git.set_ref("refs/pull/3/head", &sha);
+    let response = build
+        .app
+        .post("myevents", &signed_pull("opened", 3, &sha))
+        .await;
+    assert_eq!(response.status(), 202);
+    let job = json(response).await["job"].as_i64().unwrap();
+    wait_for_running_check(&build, job).await;
+    Some((build, github, sha, job))
+}
+
+async fn wait_for_running_check(build: &Build, job: i64) {
+    // Generous: the whole suite shares two cores with it.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let jobs = build.jobs();
+    while !jobs
+        .get(job)
+        .unwrap()
+        .unwrap()
+        .stages
+        .iter()
+        .any(|s| s.stage == "check" && s.state == "running")
+    {
+        assert!(Instant::now() < deadline, "the check never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last state and description of the overall status of `sha`.
+fn overall(seen: &[Seen], sha: &str) -> Option<(String, String)> {
+    seen.iter()
+        .rev()
+        .find(|s| s.body["context"] == "deploybot" && s.path.ends_with(sha))
+        .map(|s| {
+            (
+                s.body["state"].as_str().unwrap_or("").to_owned(),
+                s.body["description"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+}
+
+#[tokio::test]
+async fn a_new_commit_to_a_pull_request_supersedes_its_running_job() {
+    // Arrange
+    let Some((build, github, first, old_job)) = slow_pull_request_running().await else {
+        return;
+    };
+    // The new head drops the slow step again.
+    let second = build.git.commit("faster", "feature", None, |dir| {
+        let path = dir.join(".deploybot.toml");
+        let definition = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(path, definition.replace(SLOW_CHECK, "")).unwrap();
+    });
+    build.git.set_ref("refs/pull/3/head", &second);
+
+    // Act
+    let response = build
+        .app
+        .post("myevents", &signed_pull("synchronize", 3, &second))
+        .await;
+
+    // Assert
+    assert_eq!(response.status(), 202);
+    let new_job = json(response).await["job"].as_i64().unwrap();
+    assert_eq!(build.finished(old_job).await.job.state, "superseded");
+    assert_eq!(build.finished(new_job).await.job.state, "success");
+    let seen = github
+        .wait_until(60, |seen| {
+            overall(seen, &first).is_some_and(|(state, _)| state == "error")
+                && overall(seen, &second).is_some_and(|(state, _)| state == "success")
+        })
+        .await;
+    assert_eq!(
+        overall(&seen, &first),
+        Some((
+            "error".into(),
+            "Superseded by a newer commit to pull request #3".into()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn closing_a_pull_request_cancels_its_running_job_and_ends_its_status() {
+    // Arrange
+    let Some((build, github, sha, job)) = slow_pull_request_running().await else {
+        return;
+    };
+
+    // Act
+    let response = build
+        .app
+        .post("myevents", &signed_pull("closed", 3, &sha))
+        .await;
+
+    // Assert
+    assert_eq!(response.status(), 200);
+    assert_eq!(json(response).await["status"], "canceled");
+    let detail = build.finished(job).await;
+    assert_eq!(detail.job.state, "canceled");
+    assert_eq!(
+        detail.job.error.as_deref(),
+        Some("canceled: pull request #3 was closed")
+    );
+    let seen = github
+        .wait_until(60, |seen| {
+            overall(seen, &sha).is_some_and(|(state, _)| state == "error")
+                && states(seen, "context", "deploybot/web")
+                    .last()
+                    .map(String::as_str)
+                    == Some("error")
+        })
+        .await;
+    assert_eq!(
+        overall(&seen, &sha),
+        Some((
+            "error".into(),
+            "Canceled: pull request #3 was closed".into()
+        ))
+    );
+    assert_eq!(
+        states(&seen, "context", "deploybot/web")
+            .last()
+            .map(String::as_str),
+        Some("error"),
+        "the service's check ends too"
     );
 }
