@@ -244,6 +244,67 @@ impl Checkouts {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
+    /// The text of `path` at the head of `branch` of `url` (fetched into the project's mirror
+    /// first), None when the branch has no such file: what a pull request from a fork is
+    /// built by is its base branch's, never its own. At most `max_bytes`.
+    pub async fn read_on_branch(
+        &self,
+        project: &str,
+        url: &str,
+        branch: &crate::domain::GitRef,
+        path: &str,
+        max_bytes: u64,
+        credentials: Option<&GitCredentials>,
+    ) -> Result<Option<String>, CheckoutError> {
+        let mirror = self.mirrors.join(format!("{project}.git"));
+        let mirror_arg = mirror.to_string_lossy().into_owned();
+        let refspec = format!("+{branch}:{branch}");
+        {
+            let _one_at_a_time = self.mirror_locks.lock(project.to_owned()).await;
+            if !mirror.join("HEAD").exists() {
+                private_dir(&self.mirrors).await?;
+                git(&["init", "--bare", "--quiet", &mirror_arg], None, "init").await?;
+            }
+            let fetch = [
+                "-C",
+                &mirror_arg,
+                "fetch",
+                "--quiet",
+                "--force",
+                "--no-tags",
+                url,
+            ];
+            git(
+                &[&fetch[..], &[refspec.as_str()]].concat(),
+                credentials,
+                "fetch",
+            )
+            .await?;
+        }
+        let object = format!("{branch}:{path}");
+        let Ok(size) =
+            git_output(&["-C", &mirror_arg, "cat-file", "-s", &object], "cat-file").await
+        else {
+            return Ok(None);
+        };
+        if size
+            .trim()
+            .parse::<u64>()
+            .map_or(true, |size| size > max_bytes)
+        {
+            return Err(CheckoutError::Git {
+                step: "cat-file",
+                reason: format!("{path} on {branch} is over {max_bytes} bytes"),
+            });
+        }
+        git_output(
+            &["-C", &mirror_arg, "cat-file", "blob", &object],
+            "cat-file",
+        )
+        .await
+        .map(Some)
+    }
+
     /// Removes a job's workspace and scratch files (after the job, whatever its result).
     pub async fn clean(&self, job: i64) {
         let _ = tokio::fs::remove_dir_all(self.workspace(job)).await;
@@ -321,6 +382,27 @@ async fn git(
     Err(CheckoutError::Git {
         step,
         reason: last_line(&output.stderr),
+    })
+}
+
+/// What a local git command printed (nothing here reaches the network).
+async fn git_output(args: &[&str], step: &'static str) -> Result<String, CheckoutError> {
+    let output = git_command(args, None)
+        .output()
+        .await
+        .map_err(|e| CheckoutError::Git {
+            step,
+            reason: e.to_string(),
+        })?;
+    if !output.status.success() {
+        return Err(CheckoutError::Git {
+            step,
+            reason: last_line(&output.stderr),
+        });
+    }
+    String::from_utf8(output.stdout).map_err(|_| CheckoutError::Git {
+        step,
+        reason: "not UTF-8 text".into(),
     })
 }
 

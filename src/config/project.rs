@@ -277,6 +277,7 @@ impl Checker<'_> {
             raw.pull_request_events.as_deref(),
             raw.pull_request_drafts,
             raw.fork_pull_requests.as_deref(),
+            raw.fork_network,
         );
         policy
             .map_err(|(key, message)| self.report(key, message))

@@ -11,6 +11,8 @@ pub struct PullRequestPolicy {
     /// Whether a draft builds.
     pub drafts: bool,
     pub forks: ForkPolicy,
+    /// Whether a fork's steps and image builds get the network (only where the project's do).
+    pub fork_network: bool,
 }
 
 /// What happens to a pull request from a fork: its code is not the project's.
@@ -60,6 +62,7 @@ pub fn policy(
     events: Option<&[String]>,
     drafts: bool,
     forks: Option<&str>,
+    fork_network: bool,
 ) -> Result<PullRequestPolicy, (&'static str, String)> {
     let words = event_words(forge);
     let events = match events {
@@ -100,6 +103,7 @@ pub fn policy(
         events,
         drafts,
         forks,
+        fork_network,
     })
 }
 
@@ -109,7 +113,7 @@ mod tests {
 
     #[test]
     fn by_default_opened_reopened_and_new_commits_build_and_forks_wait_for_approval() {
-        let github = policy(ForgeKind::Github, None, false, None).unwrap();
+        let github = policy(ForgeKind::Github, None, false, None, false).unwrap();
         assert_eq!(
             github.events,
             [
@@ -120,7 +124,7 @@ mod tests {
             ]
         );
         assert_eq!((github.drafts, github.forks), (false, ForkPolicy::Approve));
-        let gitlab = policy(ForgeKind::Gitlab, None, false, None).unwrap();
+        let gitlab = policy(ForgeKind::Gitlab, None, false, None, false).unwrap();
         assert_eq!(
             gitlab.events,
             [
@@ -138,6 +142,7 @@ mod tests {
             Some(&["update".into()]),
             true,
             Some("build"),
+            false,
         );
         assert_eq!(
             gitlab.map(|p| (p.events, p.forks)),
@@ -148,6 +153,7 @@ mod tests {
             Some(&["synchronize".into()]),
             false,
             None,
+            false,
         )
         .unwrap_err();
         assert_eq!(field, "pull_request_events");
@@ -159,7 +165,8 @@ mod tests {
 
     #[test]
     fn an_unknown_fork_rule_is_named() {
-        let (field, message) = policy(ForgeKind::Github, None, false, Some("trust")).unwrap_err();
+        let (field, message) =
+            policy(ForgeKind::Github, None, false, Some("trust"), false).unwrap_err();
         assert_eq!(field, "fork_pull_requests");
         assert_eq!(message, "\"trust\" is not one of approve, build, ignore");
     }

@@ -259,6 +259,10 @@ pub struct RawProject {
     pub pull_request_drafts: bool,
     /// `approve` (default), `build` or `ignore`: what a pull request from a fork does.
     pub fork_pull_requests: Option<String>,
+    /// Whether a fork's steps and image builds get the network (where `allow_network` gives
+    /// the project's).
+    #[serde(default)]
+    pub fork_network: bool,
 }
 
 impl RawSettings {

@@ -53,6 +53,8 @@ macro_rules! text_enum {
 text_enum! {
     /// A job, from queued to how it ended.
     JobState {
+        /// A pull request from a fork: nothing runs until an operator approves it.
+        Waiting = "waiting",
         Queued = "queued",
         Running = "running",
         /// Built (and pushed, where the ref pushes); nothing deploys.
@@ -69,9 +71,12 @@ text_enum! {
 }
 
 impl JobState {
-    /// Queued or running: not over yet.
+    /// Waiting, queued or running: not over yet.
     pub fn is_active(self) -> bool {
-        matches!(self, JobState::Queued | JobState::Running)
+        matches!(
+            self,
+            JobState::Waiting | JobState::Queued | JobState::Running
+        )
     }
 }
 

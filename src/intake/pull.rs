@@ -23,11 +23,13 @@ pub(super) enum PullOutcome {
     Ignore(String),
 }
 
-/// A pull request's head as a push to build, and what its pages show of the request.
+/// A pull request's head as a push to build, what its pages show of the request, and
+/// whether it waits for an operator's approval first.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct PullBuild {
     pub(super) push: Push,
     pub(super) summary: PullSummary,
+    pub(super) waits_for_approval: bool,
 }
 
 /// The most of a branch name or title kept in a recorded reason.
@@ -57,21 +59,25 @@ pub(super) fn decide(project: &Project, pull: PullRequest) -> PullOutcome {
             "{what}: a draft; this project builds drafts only with pull_request_drafts = true"
         ));
     }
-    if pull.from_fork {
-        let branch: String = pull.source_branch.chars().take(NAME_CHARS).collect();
-        return PullOutcome::Ignore(match rules.forks {
-            ForkPolicy::Ignore => {
-                format!("{what} from a fork's branch {branch}: fork_pull_requests = \"ignore\"")
-            }
-            ForkPolicy::Approve | ForkPolicy::Build => format!(
-                "{what} from a fork's branch {branch}: pull requests from forks are not built yet"
-            ),
-        });
-    }
-    PullOutcome::Build(Box::new(build(project, head, pull)))
+    let waits_for_approval = match (pull.from_fork, rules.forks) {
+        (false, _) | (true, ForkPolicy::Build) => false,
+        (true, ForkPolicy::Approve) => true,
+        (true, ForkPolicy::Ignore) => {
+            let branch: String = pull.source_branch.chars().take(NAME_CHARS).collect();
+            return PullOutcome::Ignore(format!(
+                "{what} from a fork's branch {branch}: fork_pull_requests = \"ignore\""
+            ));
+        }
+    };
+    PullOutcome::Build(Box::new(build(project, head, pull, waits_for_approval)))
 }
 
-fn build(project: &Project, head: GitRef, pull: PullRequest) -> PullBuild {
+fn build(
+    project: &Project,
+    head: GitRef,
+    pull: PullRequest,
+    waits_for_approval: bool,
+) -> PullBuild {
     let summary = PullSummary {
         number: pull.number,
         title: pull.title.chars().take(255).collect(),
@@ -90,5 +96,9 @@ fn build(project: &Project, head: GitRef, pull: PullRequest) -> PullBuild {
         clone_url: project.clone_url.clone(),
         head_commit_message: Some(summary.title.clone()),
     };
-    PullBuild { push, summary }
+    PullBuild {
+        push,
+        summary,
+        waits_for_approval,
+    }
 }

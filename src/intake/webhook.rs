@@ -286,6 +286,7 @@ async fn commit(
         | Action::Cancel { reason, .. } => Some(reason.clone()),
         _ => None,
     };
+    let waits = matches!(&record.action, Action::Queue(job) if job.waits_for_approval);
     let recorded = state
         .store
         .record(record)
@@ -301,6 +302,11 @@ async fn commit(
     let mut answer = answer(id, recorded);
     if matches!(answer.status, "ignored" | "canceled") {
         answer.reason = note;
+    }
+    if waits && answer.status == "queued" {
+        answer.status = "waiting";
+        answer.reason =
+            Some("a pull request from a fork: it runs once an operator approves it".into());
     }
     Ok(answer)
 }
@@ -444,6 +450,7 @@ fn queued_status(
     base_url: Option<&str>,
     project: &Project,
     push: &crate::forge::Push,
+    waits_for_approval: bool,
 ) -> Option<NewReport> {
     project.statuses.as_ref()?;
     let status = crate::report::text::StatusFor {
@@ -453,13 +460,16 @@ fn queued_status(
         base_url,
         job: 0,
     };
+    let label = push.git_ref.label();
+    let words = if waits_for_approval {
+        format!("Waiting for approval: {label} comes from a fork")
+    } else {
+        format!("Queued: {label} accepted, waiting for a worker")
+    };
     let mut report = status.status(
         crate::report::text::CONTEXT.to_owned(),
         crate::report::StatusState::Pending,
-        &format!(
-            "Queued: {} accepted, waiting for a worker",
-            push.git_ref.label()
-        ),
+        &words,
     );
     if let crate::report::Report::Status {
         target_url: Some(url),
@@ -471,16 +481,20 @@ fn queued_status(
     Some(report.queued(project.name.as_ref(), "forge".into(), None))
 }
 
-/// Makes `record` queue a job for `push` (a pull request's head, when `pull` says which),
-/// with its neutral event and its first status.
+/// Makes `record` queue a job for `push` (a pull request's head, when `pull` says which, and
+/// whether it waits for approval), with its neutral event and its first status.
 fn queue(
     record: &mut NewDelivery,
     base_url: Option<&str>,
     project: &Project,
     id: &DeliveryId,
     push: forge::Push,
-    pull: Option<PullSummary>,
+    pull: Option<(PullSummary, bool)>,
 ) {
+    let (pull, waits_for_approval) = match pull {
+        Some((summary, waits)) => (Some(summary), waits),
+        None => (None, false),
+    };
     let mut event = super::PushEvent::new(
         project.forge,
         &project.name,
@@ -502,13 +516,14 @@ fn queue(
     record.sha = Some(push.sha.to_string());
     record
         .reports
-        .extend(queued_status(base_url, project, &push));
+        .extend(queued_status(base_url, project, &push, waits_for_approval));
     record.action = Action::Queue(NewJob {
         git_ref: push.git_ref.to_string(),
         ref_kind: push.git_ref.kind(),
         ref_name: push.git_ref.name().to_owned(),
         sha: push.sha.to_string(),
         pull: new_pull,
+        waits_for_approval,
     });
 }
 
@@ -604,15 +619,13 @@ fn to_record(
             record.sha = Some(pull.head_sha.to_string());
             match super::pull::decide(project, pull) {
                 PullOutcome::Build(build) => {
-                    let PullBuild { push, summary } = *build;
-                    queue(
-                        &mut record,
-                        base_url,
-                        project,
-                        &delivery.id,
+                    let PullBuild {
                         push,
-                        Some(summary),
-                    );
+                        summary,
+                        waits_for_approval,
+                    } = *build;
+                    let pull = Some((summary, waits_for_approval));
+                    queue(&mut record, base_url, project, &delivery.id, push, pull);
                 }
                 PullOutcome::Cancel {
                     git_ref,

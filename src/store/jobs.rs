@@ -342,7 +342,8 @@ impl Jobs {
         }
         let newer: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM jobs WHERE project = ?1 AND git_ref = ?2 AND id > ?3
-               AND state IN ('queued', 'running', 'success', 'failed', 'deployed', 'rolled_back')",
+               AND state IN ('waiting', 'queued', 'running', 'success', 'failed', 'deployed',
+                             'rolled_back')",
             params![job.project, job.git_ref.as_ref(), job.id],
             |row| row.get(0),
         )?;
@@ -696,7 +697,7 @@ impl Jobs {
             "UPDATE jobs SET state = 'queued', error = NULL, finished_at = NULL, lease_owner = NULL,
                 lease_until = NULL, updated_at = ?2, attempt = 0,
                 run_from = (SELECT COALESCE(MAX(id), 0) FROM outbox)
-             WHERE id = ?1 AND state NOT IN ('queued', 'running')",
+             WHERE id = ?1 AND state NOT IN ('waiting', 'queued', 'running')",
             params![job, now_text()],
         )?;
         if changed == 1 {
@@ -726,13 +727,33 @@ impl Jobs {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Cancels a queued or running job. A running one stops at its worker's next lease check
+    /// Lets a job waiting for approval (a pull request from a fork) run: it is queued, and its
+    /// log says who let it. False if it was not waiting.
+    pub fn approve(&self, job: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'queued', updated_at = ?2 WHERE id = ?1 AND state = 'waiting'",
+            params![job, now_text()],
+        )?;
+        if changed == 1 {
+            tx.execute(
+                "INSERT INTO log_chunks (job, service, stage, text, at)
+                 VALUES (?1, '-', 'approve', '[deploybot] approved by an operator\n', ?2)",
+                params![job, now_text()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// Cancels a waiting, queued or running job. A running one stops at its worker's next lease check
     /// (its containers are killed). False if the job had already ended.
     pub fn cancel(&self, job: i64) -> Result<bool, StoreError> {
         let changed = self.conn().execute(
             "UPDATE jobs SET state = 'canceled', error = 'canceled by an operator',
                 finished_at = ?2, updated_at = ?2
-             WHERE id = ?1 AND state IN ('queued', 'running')",
+             WHERE id = ?1 AND state IN ('waiting', 'queued', 'running')",
             params![job, now_text()],
         )?;
         Ok(changed == 1)
@@ -1007,7 +1028,7 @@ mod tests {
         let err = jobs.state(1).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("store: column jobs.state: unexpected value \"done\" (deploybot writes queued, running,"),
+                .starts_with("store: column jobs.state: unexpected value \"done\" (deploybot writes waiting, queued, running,"),
             "{err}"
         );
         assert!(

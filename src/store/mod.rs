@@ -152,6 +152,8 @@ pub struct NewJob {
     pub sha: String,
     /// The pull request it builds, for a job of a pull request's head.
     pub pull: Option<NewPull>,
+    /// It waits for an operator's approval (`waiting`) instead of being `queued`.
+    pub waits_for_approval: bool,
 }
 
 /// What the pages show of a pull request a job builds.
@@ -187,8 +189,8 @@ pub enum Recorded {
     AlreadyRecovered {
         job: i64,
     },
-    /// Recorded, and these jobs canceled: those that were queued (nobody reports their end
-    /// yet) and those that were running (their workers stop and report it).
+    /// Recorded, and these jobs canceled: those that were queued or waiting (nobody reports
+    /// their end yet) and those that were running (their workers stop and report it).
     Canceled {
         queued: Vec<i64>,
         running: Vec<i64>,

@@ -153,12 +153,13 @@ const SURPLUS_REJECTIONS: &str = "DELETE FROM deliveries WHERE id IN (
 /// Log chunks written before `?1` of jobs that are neither queued nor running.
 const OLD_LOG_CHUNKS: &str = "DELETE FROM log_chunks WHERE id IN (
     SELECT c.id FROM log_chunks c JOIN jobs j ON j.id = c.job
-    WHERE c.at < ?1 AND j.state NOT IN ('queued', 'running') LIMIT ?2)";
+    WHERE c.at < ?1 AND j.state NOT IN ('waiting', 'queued', 'running') LIMIT ?2)";
 
 /// Whether segment `?1` holds a body received at or after `?2`, or a queued or running job's.
 const SEGMENT_NEEDED: &str = "SELECT EXISTS (
     SELECT 1 FROM deliveries d LEFT JOIN jobs j ON j.delivery = d.id
-    WHERE d.body_segment = ?1 AND (d.received_at >= ?2 OR j.state IN ('queued', 'running')))";
+    WHERE d.body_segment = ?1
+      AND (d.received_at >= ?2 OR j.state IN ('waiting', 'queued', 'running')))";
 
 /// Forgets where the bodies in segment `?1` are (the rows stay).
 const DROP_BODIES: &str = "UPDATE deliveries
@@ -229,6 +230,7 @@ mod tests {
             let action = if queue {
                 Action::Queue(NewJob {
                     pull: None,
+                    waits_for_approval: false,
                     git_ref: "refs/heads/main".into(),
                     ref_kind: RefKind::Branch,
                     ref_name: "main".into(),

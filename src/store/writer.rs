@@ -19,6 +19,7 @@ use std::sync::mpsc as sync_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::domain::JobState;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
@@ -414,8 +415,13 @@ fn insert_delivery(
             let mut statement = tx.prepare_cached(
                 "INSERT INTO jobs (delivery, project, git_ref, ref_kind, ref_name, sha, state,
                     created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
             )?;
+            let state = if job.waits_for_approval {
+                JobState::Waiting
+            } else {
+                JobState::Queued
+            };
             statement.execute(params![
                 delivery_row,
                 d.project,
@@ -423,6 +429,7 @@ fn insert_delivery(
                 job.ref_kind.as_str(),
                 job.ref_name,
                 job.sha,
+                state.as_str(),
                 received,
             ])?;
             let job_id = tx.last_insert_rowid();
@@ -446,7 +453,7 @@ fn cancel_open_jobs(
     let open: Vec<(i64, String)> = tx
         .prepare_cached(
             "SELECT id, state FROM jobs
-             WHERE project = ?1 AND git_ref = ?2 AND state IN ('queued', 'running')",
+             WHERE project = ?1 AND git_ref = ?2 AND state IN ('waiting', 'queued', 'running')",
         )?
         .query_map(params![project, git_ref], |row| {
             Ok((row.get(0)?, row.get(1)?))
@@ -460,7 +467,7 @@ fn cancel_open_jobs(
     let (mut queued, mut running) = (Vec::new(), Vec::new());
     for (job, state) in open {
         cancel.execute(params![job, error, now])?;
-        if state == "queued" {
+        if state != "running" {
             queued.push(job);
         } else {
             running.push(job);

@@ -1,4 +1,4 @@
-//! Actions: re-run a job, cancel one, roll a service back. Pages and reads need no token;
+//! Actions: re-run a job, cancel one, approve one from a fork, roll a service back. Pages and reads need no token;
 //! these do.
 //!
 //! Authentication is a bearer token from config (`web.action_token`), compared in constant
@@ -83,7 +83,14 @@ const CANCEL: Action = Action {
     name: "Cancel",
     apply: crate::store::Jobs::cancel,
     leaves: "canceled",
-    only: "only a queued or running job can be canceled",
+    only: "only a waiting, queued or running job can be canceled",
+};
+
+const APPROVE: Action = Action {
+    name: "Approve",
+    apply: crate::store::Jobs::approve,
+    leaves: "queued",
+    only: "only a job waiting for approval can be approved",
 };
 
 /// Takes the action; answers the response and, when it was taken, the state the job was in.
@@ -140,11 +147,34 @@ pub async fn cancel(
 ) -> HttpResponse {
     let id = id.into_inner();
     let (response, before) = act(&request, &views, &token, id, CANCEL).await;
-    // A running job's worker reports its end; a queued one has no worker yet.
-    if before == Some(JobState::Queued) {
+    // A running job's worker reports its end; a queued or waiting one has no worker yet.
+    if matches!(before, Some(JobState::Queued | JobState::Waiting)) {
         let settings = intake.settings.clone();
         let reported = views
             .read(move |v| crate::worker::report_canceled(&settings, &v.jobs, id))
+            .await;
+        if reported.is_ok() {
+            intake.reports.notify_one();
+        }
+    }
+    response
+}
+
+/// Lets a pull request from a fork run; its status says it was approved.
+pub async fn approve(
+    request: HttpRequest,
+    views: web::Data<Arc<Views>>,
+    token: web::Data<ActionToken>,
+    intake: web::Data<crate::intake::IntakeState>,
+    id: web::Path<i64>,
+) -> HttpResponse {
+    let id = id.into_inner();
+    let (response, before) = act(&request, &views, &token, id, APPROVE).await;
+    if before.is_some() {
+        intake.wake.notify_one();
+        let settings = intake.settings.clone();
+        let reported = views
+            .read(move |v| crate::worker::report_approved(&settings, &v.jobs, id))
             .await;
         if reported.is_ok() {
             intake.reports.notify_one();

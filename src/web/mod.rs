@@ -58,6 +58,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
             "POST",
             actions::cancel
         ))
+        .service(only!(
+            "/api/v1/jobs/{id}/approve",
+            post,
+            "POST",
+            actions::approve
+        ))
         .service(only!("/api/v1/rollback", post, "POST", actions::rollback));
 }
 

@@ -108,7 +108,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             sink.note(&format!(
                 "build context {} ({size} bytes){}",
                 service.context,
-                if cx.project.allow_network {
+                if cx.network() {
                     "; network on"
                 } else {
                     "; network off"
@@ -122,7 +122,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             dockerfile: service.dockerfile.clone(),
             tag: reference.to_owned(),
             labels: self.labels(cx),
-            network: cx.project.allow_network,
+            network: cx.network(),
             limits: self.settings.worker.limits,
             timeout: self.settings.worker.step_timeout,
         };

@@ -215,8 +215,11 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             .ok_or_else(|| format!("project \"{}\" is no longer configured", job.project))?;
         let event: PushEvent = serde_json::from_str(&job.event_json)
             .map_err(|e| format!("the job's push event is unreadable: {e}"))?;
+        let fork = event.pull.as_ref().is_some_and(|p| p.from_fork);
         let (workspace, tree) = self.checkout_stage(job, project, log, cancel).await?;
-        let definition = self.pipeline_stage(job, project, log, &tree).await?;
+        let definition = self
+            .pipeline_stage(job, project, &event, log, &tree)
+            .await?;
         let pushes = should_push(&definition, job) && self.settings.registry.is_some();
         let environments = if pushes {
             self.environments_for(&job.project, &job.git_ref)
@@ -231,6 +234,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             workspace: &workspace,
             tree,
             pushes,
+            fork,
             environments,
             log,
             cancel,
@@ -281,17 +285,43 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         }
     }
 
-    /// The repository's pipeline, as the project's policy allows it; the log says what it
-    /// will do.
+    /// The repository's pipeline (a fork's pull request: its base branch's), as the project's
+    /// policy allows it; the log says what it will do.
     async fn pipeline_stage(
         &self,
         job: &ClaimedJob,
         project: &crate::config::Project,
+        event: &PushEvent,
         log: &JobLog,
         tree: &Tree,
     ) -> Result<Definition, String> {
         let sink = log.stage(JOB_SCOPE, StageName::Checkout);
-        match policy::read_definition(tree, project, &self.settings) {
+        let fork_base = event
+            .pull
+            .as_ref()
+            .filter(|p| p.from_fork)
+            .map(|p| p.target_branch.as_str());
+        let network = match fork_base {
+            Some(_) => policy::Network {
+                allowed: project.allow_network && project.pull_requests.fork_network,
+                key: "allow_network and fork_network",
+            },
+            None => policy::Network {
+                allowed: project.allow_network,
+                key: "allow_network",
+            },
+        };
+        let text = match fork_base {
+            Some(base) => {
+                sink.note(&format!(
+                    "a pull request from a fork: built by the pipeline of its base branch {base}, not its own; no secret, network only with fork_network"
+                ));
+                self.base_definition(project, base).await
+            }
+            None => policy::repository_definition(tree),
+        };
+        match text.and_then(|text| policy::read_definition(text, project, &self.settings, network))
+        {
             Ok(definition) => {
                 let pushed = if should_push(&definition, job) && self.settings.registry.is_some() {
                     "are pushed"
@@ -312,6 +342,27 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 Err(reason)
             }
         }
+    }
+
+    /// The pipeline file of the project's branch `base`, as the forge has it now.
+    async fn base_definition(
+        &self,
+        project: &crate::config::Project,
+        base: &str,
+    ) -> Result<Option<String>, String> {
+        let branch = crate::domain::GitRef::parse(&format!("refs/heads/{base}"))
+            .map_err(|e| format!("the pull request's base branch: {e}"))?;
+        self.checkouts
+            .read_on_branch(
+                project.name.as_ref(),
+                &project.clone_url,
+                &branch,
+                crate::pipeline::definition::FILE_NAME,
+                policy::MAX_DEFINITION_BYTES,
+                project.git_credentials.as_ref(),
+            )
+            .await
+            .map_err(|e| format!("reading the base branch's pipeline: {e}"))
     }
 
     /// Every stage of every service, pending or skipped, before any runs; each service's

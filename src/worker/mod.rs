@@ -57,6 +57,31 @@ pub fn report_canceled(
     jobs.queue_reports(job, &reports)
 }
 
+/// Queues the overall status of a job an operator approved (a pull request from a fork):
+/// it no longer waits for approval, it waits for a worker.
+pub fn report_approved(
+    settings: &Settings,
+    jobs: &Jobs,
+    job: i64,
+) -> Result<(), crate::store::StoreError> {
+    let Some(event) = jobs
+        .event_json(job)?
+        .and_then(|json| serde_json::from_str::<crate::intake::PushEvent>(&json).ok())
+    else {
+        return Ok(());
+    };
+    let words = format!(
+        "Approved: {} queued, waiting for a worker",
+        event.git_ref.label()
+    );
+    let reports = reporter::Reporter::new(settings, &event, job).status(
+        None,
+        crate::report::StatusState::Pending,
+        &words,
+    );
+    jobs.queue_reports(job, &reports)
+}
+
 /// How often an idle worker looks for work when nobody wakes it.
 const POLL: Duration = Duration::from_millis(500);
 

@@ -98,11 +98,12 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
                 dockerfile,
                 tag: reference.to_owned(),
                 labels: self.labels(cx),
-                network: cx.project.allow_network,
+                network: cx.network(),
                 limits: self.settings.worker.limits,
             },
+            // A fork's build gets no credential: its `FROM` images must be public.
+            registry_auth: (!cx.fork).then(|| self.registry_auth()).flatten(),
             push,
-            registry_auth: self.registry_auth(),
         })
     }
 

@@ -12,18 +12,30 @@ use crate::pipeline::{self, Definition, Service};
 /// The largest `.deploybot.toml` or Dockerfile deploybot reads.
 pub const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
 
-/// The repository's `.deploybot.toml` (read inside the checkout only), else the project's
-/// default, checked against what the project and this deploybot allow.
+/// Whether a job's steps may have the network, and the key that says so (named when a step
+/// asks for more).
+#[derive(Debug, Clone, Copy)]
+pub struct Network {
+    pub allowed: bool,
+    pub key: &'static str,
+}
+
+/// The repository's `.deploybot.toml` as read inside the checkout only (None: it has none).
+pub fn repository_definition(tree: &Tree) -> Result<Option<String>, String> {
+    tree.read_text(pipeline::definition::FILE_NAME, MAX_DEFINITION_BYTES)
+        .map_err(|e| e.to_string())
+}
+
+/// The pipeline `text` (else the project's default), checked against what the project and
+/// this deploybot allow.
 pub fn read_definition(
-    tree: &Tree,
+    text: Option<String>,
     project: &Project,
     settings: &Settings,
+    network: Network,
 ) -> Result<Definition, String> {
     let name = pipeline::definition::FILE_NAME;
-    let text = match tree
-        .read_text(name, MAX_DEFINITION_BYTES)
-        .map_err(|e| e.to_string())?
-    {
+    let text = match text {
         Some(text) => text,
         None => project.default_pipeline.clone().ok_or_else(|| {
             format!(
@@ -34,12 +46,17 @@ pub fn read_definition(
     };
     let definition = pipeline::definition::parse(&text).map_err(|e| e.to_string())?;
     for service in &definition.services {
-        check_service(service, project, settings)?;
+        check_service(service, project, settings, network)?;
     }
     Ok(definition)
 }
 
-fn check_service(service: &Service, project: &Project, settings: &Settings) -> Result<(), String> {
+fn check_service(
+    service: &Service,
+    project: &Project,
+    settings: &Settings,
+    network: Network,
+) -> Result<(), String> {
     let name = &service.name;
     if !project
         .allowed_images
@@ -82,10 +99,10 @@ fn check_service(service: &Service, project: &Project, settings: &Settings) -> R
                 ));
             }
         }
-        if step.network && !project.allow_network {
+        if step.network && !network.allowed {
             return Err(format!(
-                "service \"{name}\": {step_name} asks for network = true, which project {} may not use (allow_network)",
-                project.name
+                "service \"{name}\": {step_name} asks for network = true, which this build of project {} may not use ({})",
+                project.name, network.key
             ));
         }
     }

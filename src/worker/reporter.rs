@@ -209,7 +209,7 @@ fn final_status(result: JobState, error: Option<&str>, pushed: bool) -> (StatusS
             "Superseded by a newer push to this branch".to_owned(),
         ),
         JobState::Canceled => (StatusState::Error, canceled_words(error)),
-        JobState::Failed | JobState::Queued | JobState::Running => {
+        JobState::Failed | JobState::Waiting | JobState::Queued | JobState::Running => {
             (StatusState::Failure, error.unwrap_or("failed").to_owned())
         }
     }

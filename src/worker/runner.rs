@@ -46,6 +46,8 @@ pub(super) struct JobContext<'a> {
     /// The checkout, read only through this (nothing outside it can be reached).
     pub(super) tree: Arc<Tree>,
     pub(super) pushes: bool,
+    /// A pull request from a fork: untrusted code, built by its base branch's pipeline.
+    pub(super) fork: bool,
     /// The environments this push deploys to (none unless it pushes).
     pub(super) environments: Vec<&'a crate::config::Environment>,
     pub(super) log: &'a JobLog,
@@ -53,15 +55,22 @@ pub(super) struct JobContext<'a> {
 }
 
 impl JobContext<'_> {
-    /// Which dependency caches the job's steps use: tags (releases), branches and pull
-    /// requests each have their own, so a branch's or a pull request's build cannot poison
-    /// what a release (or a branch) is built with.
+    /// Which dependency caches the job's steps use: tags (releases), branches, pull requests
+    /// and forks' pull requests each have their own, so a build cannot poison what a more
+    /// trusted one is built with.
     pub(super) fn caches(&self) -> &'static str {
         match self.job.git_ref.kind() {
             RefKind::Tag => "tags",
             RefKind::Branch => "branches",
+            RefKind::Pull if self.fork => "forks",
             RefKind::Pull => "pulls",
         }
+    }
+
+    /// Whether steps that ask for the network, and image builds, get it: where the project
+    /// allows it, and for a fork only where `fork_network` does too.
+    pub(super) fn network(&self) -> bool {
+        self.project.allow_network && (!self.fork || self.project.pull_requests.fork_network)
     }
 
     /// Whether `service` rolls out after the build.

@@ -170,7 +170,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             commands: step.commands.clone(),
             workspace: cx.workspace.to_path_buf(),
             workdir: step.workdir.clone(),
-            network: step.network && cx.project.allow_network,
+            network: step.network && cx.network(),
             user: toolchain.user.clone(),
             volumes,
             env: vec![

@@ -9,6 +9,8 @@ use crate::common::build::{hello_steps, signed_pull, stage, Build, SERVICES};
 use crate::common::forge_double::{states, ForgeDouble, Seen, STATUS_TOKEN};
 use crate::common::{json, project_for, Delivery, TestApp, FIXTURE_PROJECTS};
 
+const ACTION_TOKEN: &str = "approve-token";
+
 /// The published fixture's head commit and the job it queued, after delivering it.
 async fn queued_job(app: &TestApp, fixture: &str) -> (Value, Value) {
     let (response, _) = app.deliver_fixture(fixture).await;
@@ -145,26 +147,47 @@ async fn a_draft_builds_only_when_the_project_says_so() {
     assert_eq!(response.status(), 202);
 }
 
-#[tokio::test]
-async fn a_pull_request_from_a_fork_builds_nothing_yet_and_says_why() {
+/// The published `opened` event, its head moved to another repository (no fork example is
+/// published), signed.
+fn fork_opened() -> Delivery {
     let delivery = Delivery::fixture("github/pull_request.opened").with_unique_id();
     let mut payload: Value = serde_json::from_slice(&delivery.body).unwrap();
-    // No fork example is published; the opened one, its head moved to another repository.
     payload["pull_request"]["head"]["repo"]["full_name"] = "stranger/Hello-World".into();
-    let fork = delivery.with_github_body(
+    delivery.with_github_body(
         serde_json::to_vec(&payload).unwrap(),
         crate::common::TEST_SECRET,
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_pull_request_from_a_fork_waits_for_approval_by_default() {
     let app = TestApp::spawn().await;
 
-    let response = app.post("codertocat", &fork).await;
+    let response = app.post("codertocat", &fork_opened()).await;
+
+    assert_eq!(response.status(), 202);
+    let answer = json(response).await;
+    assert_eq!(answer["status"], "waiting", "{answer}");
+    let job = json(app.get(&format!("/api/v1/jobs/{}", answer["job"])).await).await;
+    assert_eq!(job["job"]["state"], "waiting", "{job}");
+}
+
+#[tokio::test]
+async fn a_project_that_ignores_forks_records_their_pull_requests_and_runs_nothing() {
+    let projects = FIXTURE_PROJECTS.replace(
+        "repository = \"Codertocat/Hello-World\"\n",
+        "repository = \"Codertocat/Hello-World\"\nfork_pull_requests = \"ignore\"\n",
+    );
+    let app = TestApp::spawn_with(&projects, "").await;
+
+    let response = app.post("codertocat", &fork_opened()).await;
 
     assert_eq!(response.status(), 200);
     let answer = json(response).await;
     assert_eq!(answer["status"], "ignored");
     assert_eq!(
         answer["reason"],
-        "pull request #2 (opened) from a fork's branch changes: pull requests from forks are not built yet"
+        "pull request #2 (opened) from a fork's branch changes: fork_pull_requests = \"ignore\""
     );
     assert_eq!(app.jobs(), 0);
 }
@@ -432,5 +455,115 @@ async fn closing_a_pull_request_cancels_its_running_job_and_ends_its_status() {
             .map(String::as_str),
         Some("error"),
         "the service's check ends too"
+    );
+}
+
+#[tokio::test]
+async fn a_fork_waits_for_approval_then_runs_its_base_branchs_pipeline_with_no_secret() {
+    // Arrange: the base branch's pipeline prints its step's environment; the fork's own
+    // pipeline would announce itself (and it asks for the network).
+    let github = ForgeDouble::github(vec![(201, None)]).await;
+    let uri = github.server.uri();
+    let Some(build) = Build::hello(|config| {
+        config.replacen(
+            "allow_network = true\n",
+            &format!(
+                "allow_network = true\nstatus_token = \"{STATUS_TOKEN}\"\napi_url = \"{uri}\"\n\n\
+                 [web]\naction_token = \"{ACTION_TOKEN}\"\n"
+            ),
+            1,
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let print_env =
+        "\n[[services.steps]]\nstage = \"check\"\nimage = \"busybox\"\ncommands = [\"env\", \"echo base-pipeline-ran\"]\n";
+    build.git.commit(
+        "print the environment",
+        "master",
+        None,
+        hello_steps(print_env),
+    );
+    let fork_steps = "\n[[services.steps]]\nstage = \"compile\"\nimage = \"busybox\"\nnetwork = true\ncommands = [\"echo fork-pipeline-ran\"]\n";
+    let sha = build.git.commit(
+        "a stranger's change",
+        "fork-work",
+        None,
+        hello_steps(fork_steps),
+    );
+    build.git.set_ref("refs/pull/5/head", &sha);
+    let delivery = {
+        let fixture = signed_pull("opened", 5, &sha);
+        let mut payload: Value = serde_json::from_slice(&fixture.body).unwrap();
+        payload["pull_request"]["head"]["repo"]["full_name"] = "stranger/drone-test-go".into();
+        payload["pull_request"]["base"]["ref"] = "master".into();
+        fixture.with_github_body(
+            serde_json::to_vec(&payload).unwrap(),
+            crate::common::TEST_SECRET,
+        )
+    };
+
+    // Act 1: the request arrives.
+    let response = build.app.post("myevents", &delivery).await;
+
+    // Assert 1: it waits, and nothing runs.
+    assert_eq!(response.status(), 202);
+    let answer = json(response).await;
+    assert_eq!(answer["status"], "waiting", "{answer}");
+    let job = answer["job"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = build.jobs().get(job).unwrap().unwrap();
+    assert_eq!(waiting.job.state, "waiting");
+    assert!(waiting.stages.is_empty(), "{waiting:#?}");
+    let seen = github.wait_for(1, 30).await;
+    assert_eq!(
+        seen[0].body["description"],
+        "Waiting for approval: pull request #5 comes from a fork"
+    );
+
+    // Act 2: an operator approves it.
+    let approved = build
+        .app
+        .act(&format!("/api/v1/jobs/{job}/approve"), ACTION_TOKEN)
+        .await;
+
+    // Assert 2: it runs the base branch's pipeline, and no secret reaches its step.
+    assert_eq!(approved.status(), 202);
+    let detail = build.finished(job).await;
+    assert_eq!(detail.job.state, "success", "{detail:#?}");
+    let log = build.log(job);
+    assert!(log.contains("base-pipeline-ran"), "{log}");
+    assert!(!log.contains("fork-pipeline-ran"), "{log}");
+    assert!(log.contains("approved by an operator"), "{log}");
+    for secret in [
+        crate::common::TEST_SECRET,
+        STATUS_TOKEN,
+        ACTION_TOKEN,
+        build.registry.password.as_str(),
+    ] {
+        assert!(!log.contains(secret), "{secret} reached the fork's step");
+    }
+    assert!(
+        log.contains("PATH="),
+        "the step printed its environment: {log}"
+    );
+    let seen = github
+        .wait_until(60, |seen| {
+            states(seen, "context", "deploybot")
+                .last()
+                .map(String::as_str)
+                == Some("success")
+        })
+        .await;
+    let overall: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.body["context"] == "deploybot")
+        .map(|s| s.body["description"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        overall.contains(&"Approved: pull request #5 queued, waiting for a worker"),
+        "{overall:?}"
     );
 }
