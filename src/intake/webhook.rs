@@ -25,7 +25,7 @@ use crate::domain::DeliveryId;
 use crate::forge::{self, DeliveryHeaders, Forge, HeaderSource, Hook, HookError, VerifyContext};
 use crate::metrics::Metrics;
 use crate::store::{
-    Action, Jobs, NewDelivery, NewJob, NewPull, NewReport, Origin, Recorded, Rejection, Store,
+    Action, Jobs, NewDelivery, NewJob, NewReport, Origin, PullInfo, Recorded, Rejection, Store,
 };
 
 /// What every intake request shares.
@@ -502,7 +502,7 @@ fn queue(
         id.clone(),
         record.received_at,
     );
-    let new_pull = pull.as_ref().map(|p| NewPull {
+    let new_pull = pull.as_ref().map(|p| PullInfo {
         number: i64::try_from(p.number).unwrap_or(i64::MAX),
         title: p.title.clone(),
         author: p.author.clone(),

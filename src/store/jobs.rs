@@ -45,6 +45,8 @@ pub struct JobRow {
     pub error: Option<String>,
     /// Its push was recovered: no delivery of it ever arrived (see `recovery/`).
     pub recovered: bool,
+    /// The pull request it builds, for a job of a pull request's head.
+    pub pull: Option<super::PullInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -585,25 +587,32 @@ impl Jobs {
     }
 
     pub fn list(&self, limit: u32) -> Result<Vec<JobRow>, StoreError> {
-        self.list_filtered(limit, None, None)
+        self.list_filtered(limit, None, None, None)
     }
 
-    /// Newest first, optionally of one project and/or in one state.
+    /// Newest first, optionally of one project, in one state and/or of one kind of ref
+    /// (pull requests, say).
     pub fn list_filtered(
         &self,
         limit: u32,
         project: Option<&str>,
         state: Option<JobState>,
+        kind: Option<RefKind>,
     ) -> Result<Vec<JobRow>, StoreError> {
         let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error,
-                    (SELECT origin = 'recovered' FROM deliveries WHERE id = jobs.delivery)
-             FROM jobs WHERE (?2 IS NULL OR project = ?2) AND (?3 IS NULL OR state = ?3)
-             ORDER BY id DESC LIMIT ?1",
-        )?;
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_TABLES}
+                 WHERE (?2 IS NULL OR project = ?2) AND (?3 IS NULL OR state = ?3)
+                   AND (?4 IS NULL OR ref_kind = ?4)
+                 ORDER BY id DESC LIMIT ?1"
+        ))?;
         let rows = statement.query_map(
-            params![limit, project, state.map(JobState::as_str)],
+            params![
+                limit,
+                project,
+                state.map(JobState::as_str),
+                kind.map(RefKind::as_str)
+            ],
             job_row,
         )?;
         rows.collect::<Result<_, _>>().map_err(column_error)
@@ -613,15 +622,13 @@ impl Jobs {
         let (job, stages, images) = {
             let conn = self.conn();
             let job = conn
-            .query_row(
-                "SELECT id, project, git_ref, sha, state, attempt, created_at, started_at, finished_at, error,
-                    (SELECT origin = 'recovered' FROM deliveries WHERE id = jobs.delivery)
-                 FROM jobs WHERE id = ?1",
-                [id],
-                job_row,
-            )
-            .optional()
-            .map_err(column_error)?;
+                .query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM {JOB_TABLES} WHERE id = ?1"),
+                    [id],
+                    job_row,
+                )
+                .optional()
+                .map_err(column_error)?;
             let Some(job) = job else { return Ok(None) };
             let mut statement = conn.prepare(
             "SELECT service, stage, state, exit_code, detail, started_at, finished_at FROM stages
@@ -850,7 +857,24 @@ fn parsed<T>(
     })
 }
 
+/// What a `JobRow` is read from (`job_row` reads the columns in this order).
+const JOB_COLUMNS: &str = "jobs.id, project, git_ref, sha, state, attempt, created_at, started_at,
+    finished_at, error, (SELECT origin = 'recovered' FROM deliveries WHERE id = jobs.delivery),
+    p.number, p.title, p.author, p.source_branch, p.target_branch, p.from_fork";
+const JOB_TABLES: &str = "jobs LEFT JOIN pull_requests p ON p.job = jobs.id";
+
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let pull = match row.get::<_, Option<i64>>(11)? {
+        Some(number) => Some(super::PullInfo {
+            number,
+            title: row.get(12)?,
+            author: row.get(13)?,
+            source_branch: row.get(14)?,
+            target_branch: row.get(15)?,
+            from_fork: row.get(16)?,
+        }),
+        None => None,
+    };
     Ok(JobRow {
         id: row.get(0)?,
         project: row.get(1)?,
@@ -863,6 +887,7 @@ fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         finished_at: row.get(8)?,
         error: row.get(9)?,
         recovered: row.get::<_, Option<bool>>(10)?.unwrap_or(false),
+        pull,
     })
 }
 

@@ -151,14 +151,14 @@ pub struct NewJob {
     pub ref_name: String,
     pub sha: String,
     /// The pull request it builds, for a job of a pull request's head.
-    pub pull: Option<NewPull>,
+    pub pull: Option<PullInfo>,
     /// It waits for an operator's approval (`waiting`) instead of being `queued`.
     pub waits_for_approval: bool,
 }
 
 /// What the pages show of a pull request a job builds.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct NewPull {
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullInfo {
     /// GitHub's number, GitLab's `iid`.
     pub number: i64,
     pub title: String,

@@ -480,7 +480,7 @@ fn cancel_open_jobs(
 fn insert_pull(
     tx: &rusqlite::Transaction<'_>,
     job: i64,
-    pull: &super::NewPull,
+    pull: &super::PullInfo,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO pull_requests (job, number, title, author, source_branch, target_branch,

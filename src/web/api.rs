@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use crate::domain::JobState;
+use crate::domain::{JobState, RefKind};
 use crate::store::{Jobs, Reader, StoreError};
 
 /// Read access to the store for the web surface.
@@ -47,6 +47,8 @@ pub fn error(status: u16, reason: &str) -> HttpResponse {
 pub struct JobsQuery {
     pub project: Option<String>,
     pub state: Option<String>,
+    /// `branch`, `tag` or `pull`.
+    pub kind: Option<String>,
     pub limit: Option<u32>,
 }
 
@@ -54,31 +56,52 @@ pub struct JobsQuery {
 pub struct JobFilters {
     pub project: Option<String>,
     pub state: Option<JobState>,
+    pub kind: Option<RefKind>,
     pub limit: u32,
 }
+
+/// The kinds of ref a jobs list filters by.
+pub const REF_KINDS: [RefKind; 3] = [RefKind::Branch, RefKind::Tag, RefKind::Pull];
 
 impl JobsQuery {
     /// The filters, with empty values (an HTML form's "any", when `form`) meaning no filter.
     /// A state filter must name a state; anything else is a 400, not an empty list.
     pub fn filters(self, form: bool) -> Result<JobFilters, String> {
         let keep = |v: Option<String>| v.filter(|v| !(form && v.is_empty()));
-        let state = match keep(self.state) {
-            None => None,
-            Some(text) => Some(JobState::from_text(&text).ok_or_else(|| {
-                let known: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
-                format!(
-                    "query state: unknown state \"{}\" (expected one of {})",
-                    text.chars().take(40).collect::<String>(),
-                    known.join(", ")
-                )
-            })?),
-        };
+        let state = keep(self.state)
+            .map(|text| one_of("state", &text, JobState::ALL, |s| s.as_str()))
+            .transpose()?;
+        let kind = keep(self.kind)
+            .map(|text| one_of("kind", &text, &REF_KINDS, |k| k.as_str()))
+            .transpose()?;
         Ok(JobFilters {
             project: self.project.filter(|v| !v.is_empty()),
             state,
+            kind,
             limit: self.limit.unwrap_or(50).min(500),
         })
     }
+}
+
+/// The value of `known` whose text `text` is, or the 400's reason naming the query `key`.
+fn one_of<T: Copy>(
+    key: &str,
+    text: &str,
+    known: &[T],
+    as_str: fn(T) -> &'static str,
+) -> Result<T, String> {
+    known
+        .iter()
+        .copied()
+        .find(|value| as_str(*value) == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = known.iter().map(|v| as_str(*v)).collect();
+            format!(
+                "query {key}: unknown {key} \"{}\" (expected one of {})",
+                text.chars().take(40).collect::<String>(),
+                names.join(", ")
+            )
+        })
 }
 
 pub async fn jobs(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -> HttpResponse {
@@ -88,8 +111,12 @@ pub async fn jobs(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) ->
     };
     match views
         .read(move |v| {
-            v.jobs
-                .list_filtered(filters.limit, filters.project.as_deref(), filters.state)
+            v.jobs.list_filtered(
+                filters.limit,
+                filters.project.as_deref(),
+                filters.state,
+                filters.kind,
+            )
         })
         .await
     {

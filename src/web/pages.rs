@@ -29,8 +29,12 @@ pub async fn index(views: web::Data<Arc<Views>>, query: web::Query<JobsQuery>) -
     };
     let read = views
         .read(move |v| {
-            v.jobs
-                .list_filtered(filters.limit, filters.project.as_deref(), filters.state)
+            v.jobs.list_filtered(
+                filters.limit,
+                filters.project.as_deref(),
+                filters.state,
+                filters.kind,
+            )
         })
         .await;
     match read {

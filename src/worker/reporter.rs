@@ -365,6 +365,7 @@ webhook_url = "https://chat.example/hooks/x"
                 finished_at: None,
                 error: None,
                 recovered: false,
+                pull: None,
             },
             stages: vec![StageRow {
                 service: "web".into(),

@@ -567,3 +567,40 @@ async fn a_fork_waits_for_approval_then_runs_its_base_branchs_pipeline_with_no_s
         "{overall:?}"
     );
 }
+
+#[tokio::test]
+async fn the_jobs_list_filters_to_pull_requests_and_shows_each_ones_number_title_and_author() {
+    // Arrange: a push's job and a pull request's.
+    let app = TestApp::spawn().await;
+    let (pushed, _) = app.deliver_fixture("github/push.branch").await;
+    assert_eq!(pushed.status(), 202);
+    let (answer, _) = queued_job(&app, "github/pull_request.opened").await;
+
+    // Act
+    let listed = json(app.get("/api/v1/jobs?kind=pull").await).await;
+    let page = app.get("/?kind=pull").await.text().await.unwrap();
+    let refused = app.get("/api/v1/jobs?kind=note").await;
+
+    // Assert
+    let jobs = listed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{listed}");
+    assert_eq!(jobs[0]["id"], answer["job"]);
+    assert_eq!(jobs[0]["pull"]["number"], 2);
+    assert_eq!(
+        jobs[0]["pull"]["title"],
+        "Update the README with new information."
+    );
+    assert_eq!(jobs[0]["pull"]["author"], "Codertocat");
+    assert_eq!(jobs[0]["pull"]["source_branch"], "changes");
+    assert!(
+        page.contains(
+            "#2 Update the README with new information. by Codertocat: changes into master"
+        ),
+        "{page}"
+    );
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        json(refused).await["error"],
+        "query kind: unknown kind \"note\" (expected one of branch, tag, pull)"
+    );
+}

@@ -30,6 +30,13 @@ fn heading(job: &JobRow) -> Markup {
             " · attempt " (job.attempt)
             @if job.recovered { " · recovered: its delivery never arrived" }
         }
+        @if let Some(pull) = &job.pull { p { "Pull request " (super::pull_line(pull)) } }
+        @if job.state == crate::domain::JobState::Waiting {
+            p class="error" {
+                "A pull request from a fork: nothing runs until an operator approves it "
+                "(POST /api/v1/jobs/" (job.id) "/approve with the action token)."
+            }
+        }
         @if let Some(error) = &job.error { p class="error" { (error) } }
     }
 }

@@ -80,7 +80,7 @@ pub fn jobs(jobs: &[JobRow], states: &[JobState]) -> Markup {
     }
 }
 
-/// The form that filters the jobs by project and state; an empty state means any.
+/// The form that filters the jobs by project, state and kind of ref; empty means any.
 fn jobs_filter(states: &[JobState]) -> Markup {
     html! {
         form method="get" {
@@ -89,6 +89,13 @@ fn jobs_filter(states: &[JobState]) -> Markup {
             select name="state" {
                 option value="" { "any state" }
                 @for state in states { option { (state.as_str()) } }
+            }
+            " "
+            select name="kind" {
+                option value="" { "any ref" }
+                option value="branch" { "branches" }
+                option value="tag" { "tags" }
+                option value="pull" { "pull requests" }
             }
             " "
             button { "filter" }
@@ -101,7 +108,10 @@ fn job_row(job: &JobRow) -> Markup {
         tr {
             td { a href={ "/jobs/" (job.id) } { (job.id) } }
             td { (job.project) }
-            td { (job.git_ref) }
+            td {
+                (job.git_ref)
+                @if let Some(pull) = &job.pull { br; small { (pull_line(pull)) } }
+            }
             td { code { (short_sha(&job.sha)) } }
             td { (state_badge(job.state.as_str(), job.state.as_str())) }
             td { (job.attempt) }
@@ -109,6 +119,15 @@ fn job_row(job: &JobRow) -> Markup {
             td { (job.finished_at.as_deref().unwrap_or("-")) }
         }
     }
+}
+
+/// A pull request as the pages say it: number, title, author, branches, fork.
+pub(super) fn pull_line(pull: &crate::store::PullInfo) -> String {
+    let fork = if pull.from_fork { " (from a fork)" } else { "" };
+    format!(
+        "#{} {} by {}: {} into {}{fork}",
+        pull.number, pull.title, pull.author, pull.source_branch, pull.target_branch
+    )
 }
 
 /// The first 12 characters of a commit, as lists show it.

@@ -28,6 +28,7 @@ fn job_row() -> JobRow {
         finished_at: None,
         error: None,
         recovered: false,
+        pull: None,
     }
 }
 
