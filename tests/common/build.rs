@@ -244,6 +244,23 @@ pub fn hello_steps(steps: &str) -> impl FnOnce(&std::path::Path) + '_ {
     }
 }
 
+/// Makes the sample's eventservice fail `go vet` (a Printf of a string with `%d`).
+pub fn break_go_vet(work: &std::path::Path) {
+    let main = work.join("src/eventservice/main.go");
+    let text = std::fs::read_to_string(&main).unwrap();
+    let broken = text.replacen(
+        "func main() {",
+        "func main() {\n\tfmt.Printf(\"%d\\n\", \"not a number\")",
+        1,
+    );
+    let broken = if broken.contains("\"fmt\"") {
+        broken
+    } else {
+        broken.replacen("import (", "import (\n\t\"fmt\"", 1)
+    };
+    std::fs::write(&main, broken).unwrap();
+}
+
 /// The stage's detail, or "" when it has none.
 pub fn detail<'a>(detail: &'a deploybot::store::JobDetail, service: &str, name: &str) -> &'a str {
     stage(detail, service, name).detail.as_deref().unwrap_or("")

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::build::{
-    config, finished, hello_steps, real_parts, signed_push, signed_push_by, stage, Build, SERVICES,
+    break_go_vet, config, finished, hello_steps, real_parts, signed_push, signed_push_by, stage,
+    Build, SERVICES,
 };
 use crate::common::chat_double::ChatDouble;
 use crate::common::infra::job_containers;
@@ -140,21 +141,7 @@ async fn a_failing_go_vet_fails_only_that_service_with_its_stage_exit_code_and_l
     };
     let sha = build
         .git
-        .commit("vet error", "master", Some("v1.0.1"), |work| {
-            let main = work.join("src/eventservice/main.go");
-            let text = std::fs::read_to_string(&main).unwrap();
-            let broken = text.replacen(
-                "func main() {",
-                "func main() {\n\tfmt.Printf(\"%d\\n\", \"not a number\")",
-                1,
-            );
-            let broken = if broken.contains("\"fmt\"") {
-                broken
-            } else {
-                broken.replacen("import (", "import (\n\t\"fmt\"", 1)
-            };
-            std::fs::write(&main, broken).unwrap();
-        });
+        .commit("vet error", "master", Some("v1.0.1"), break_go_vet);
 
     let job = build.send("refs/tags/v1.0.1", &sha).await;
     let detail = build.finished(job).await;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::build::{hello_steps, signed_pull, stage, Build, SERVICES};
+use crate::common::build::{break_go_vet, hello_steps, signed_pull, stage, Build, SERVICES};
 use crate::common::forge_double::{states, ForgeDouble, Seen, STATUS_TOKEN};
 use crate::common::{json, project_for, Delivery, TestApp, FIXTURE_PROJECTS};
 
@@ -602,5 +602,117 @@ async fn the_jobs_list_filters_to_pull_requests_and_shows_each_ones_number_title
     assert_eq!(
         json(refused).await["error"],
         "query kind: unknown kind \"note\" (expected one of branch, tag, pull)"
+    );
+}
+
+#[tokio::test]
+async fn a_gitlab_merge_request_builds_and_reports_through_gitlabs_status_api() {
+    // Arrange: the hello repository as a GitLab project, merge request !4's head kept by the
+    // forge under refs/merge-requests/4/head.
+    let gitlab = ForgeDouble::gitlab(vec![(201, None)]).await;
+    let uri = gitlab.server.uri();
+    let Some(build) = Build::hello(|config| {
+        config
+            .replacen(
+                "forge = \"github\"\nrepository = \"bradrydzewski/drone-test-go\"\n",
+                "forge = \"gitlab\"\nrepository = \"gitlabhq/gitlab-test\"\n",
+                1,
+            )
+            .replacen(
+                "allow_network = true\n",
+                &format!(
+                    "allow_network = true\nstatus_token = \"{STATUS_TOKEN}\"\napi_url = \"{uri}/api/v4\"\n"
+                ),
+                1,
+            )
+    })
+    .await
+    else {
+        return;
+    };
+    let sha = build
+        .git
+        .commit("a change to merge", "feature", None, |dir| {
+            std::fs::write(dir.join("CHANGE"), "1\n").unwrap();
+        });
+    build.git.set_ref("refs/merge-requests/4/head", &sha);
+    // GitLab's token is a header, not a signature over the body: the body may change.
+    let mut delivery = Delivery::fixture("gitlab/merge_request.opened").with_unique_id();
+    let mut payload: Value = serde_json::from_slice(&delivery.body).unwrap();
+    payload["object_attributes"]["iid"] = 4.into();
+    payload["object_attributes"]["last_commit"]["id"] = sha.as_str().into();
+    delivery.body = serde_json::to_vec(&payload).unwrap();
+
+    // Act
+    let response = build.app.post("myevents", &delivery).await;
+
+    // Assert
+    assert_eq!(response.status(), 202);
+    let job = json(response).await["job"].as_i64().unwrap();
+    let detail = build.finished(job).await;
+    assert_eq!(detail.job.state, "success", "{detail:#?}");
+    assert_eq!(detail.job.git_ref, "refs/merge-requests/4/head");
+    let seen = gitlab
+        .wait_for_results("name", &["deploybot", "deploybot/web"], 60)
+        .await;
+    assert_eq!(
+        states(&seen, "name", "deploybot")
+            .last()
+            .map(String::as_str),
+        Some("success")
+    );
+    assert!(seen.iter().all(|s| {
+        s.path == format!("/api/v4/projects/gitlabhq%2Fgitlab-test/statuses/{sha}")
+            && s.body["ref"] == "refs/merge-requests/4/head"
+    }));
+    assert!(seen.iter().any(|s| s.body["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("merge request !4"))));
+}
+
+#[tokio::test]
+async fn a_pull_request_whose_go_vet_fails_fails_that_services_check_naming_the_command() {
+    // Arrange
+    let Some((build, github)) = myevents_reporting().await else {
+        return;
+    };
+    let sha = build.git.commit("vet error", "feature", None, break_go_vet);
+    build.git.set_ref("refs/pull/8/head", &sha);
+
+    // Act
+    let response = build
+        .app
+        .post("myevents", &signed_pull("opened", 8, &sha))
+        .await;
+
+    // Assert
+    assert_eq!(response.status(), 202);
+    let job = json(response).await["job"].as_i64().unwrap();
+    let detail = build.finished(job).await;
+    assert_eq!(detail.job.state, "failed");
+    assert_eq!(stage(&detail, "eventservice", "check").state, "failed");
+    assert_eq!(stage(&detail, "eventservice", "check").exit_code, Some(2));
+    let seen = github
+        .wait_for_results("context", &["deploybot", "deploybot/eventservice"], 60)
+        .await;
+    let last = seen
+        .iter()
+        .rev()
+        .find(|s| s.body["context"] == "deploybot/eventservice")
+        .unwrap();
+    assert_eq!(last.body["state"], "failure");
+    assert!(
+        last.body["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("check failed (exit 2): `go vet ./...` exited with 2"),
+        "{}",
+        last.body
+    );
+    assert_eq!(
+        states(&seen, "context", "deploybot")
+            .last()
+            .map(String::as_str),
+        Some("failure")
     );
 }
