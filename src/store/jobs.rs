@@ -864,17 +864,7 @@ const JOB_COLUMNS: &str = "jobs.id, project, git_ref, sha, state, attempt, creat
 const JOB_TABLES: &str = "jobs LEFT JOIN pull_requests p ON p.job = jobs.id";
 
 fn job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
-    let pull = match row.get::<_, Option<i64>>(11)? {
-        Some(number) => Some(super::PullInfo {
-            number,
-            title: row.get(12)?,
-            author: row.get(13)?,
-            source_branch: row.get(14)?,
-            target_branch: row.get(15)?,
-            from_fork: row.get(16)?,
-        }),
-        None => None,
-    };
+    let pull = super::PullInfo::read(row, 11)?;
     Ok(JobRow {
         id: row.get(0)?,
         project: row.get(1)?,

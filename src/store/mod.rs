@@ -169,6 +169,27 @@ pub struct PullInfo {
     pub from_fork: bool,
 }
 
+impl PullInfo {
+    /// The columns `number, title, author, source_branch, target_branch, from_fork` of
+    /// `pull_requests` from column `first` of `row` on (a left join: None without a request).
+    pub(crate) fn read(
+        row: &rusqlite::Row<'_>,
+        first: usize,
+    ) -> rusqlite::Result<Option<PullInfo>> {
+        let Some(number) = row.get::<_, Option<i64>>(first)? else {
+            return Ok(None);
+        };
+        Ok(Some(PullInfo {
+            number,
+            title: row.get(first + 1)?,
+            author: row.get(first + 2)?,
+            source_branch: row.get(first + 3)?,
+            target_branch: row.get(first + 4)?,
+            from_fork: row.get(first + 5)?,
+        }))
+    }
+}
+
 /// What the store did with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {

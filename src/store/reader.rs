@@ -30,6 +30,8 @@ pub struct DeliveryRow {
     pub repeats: i64,
     /// `webhook`, or `recovered` for a push deploybot found missing and recorded itself.
     pub origin: String,
+    /// The pull request its job builds.
+    pub pull: Option<super::PullInfo>,
 }
 
 impl DeliveryRow {
@@ -37,7 +39,13 @@ impl DeliveryRow {
     /// (+12 more from 203.0.113.7)`, `queued (job 9), recovered: its delivery never arrived`.
     pub fn outcome_text(&self) -> String {
         let mut text = match (self.outcome.as_str(), self.job, self.reason.as_deref()) {
-            ("queued", Some(job), _) => format!("queued (job {job})"),
+            ("queued", Some(job), _) => match &self.pull {
+                Some(pull) => format!(
+                    "queued (job {job}): pull request #{} {} by {} from {}",
+                    pull.number, pull.title, pull.author, pull.source_branch
+                ),
+                None => format!("queued (job {job})"),
+            },
             (outcome, _, Some(reason)) if !reason.is_empty() => format!("{outcome}: {reason}"),
             (outcome, _, _) => outcome.to_owned(),
         };
@@ -82,8 +90,10 @@ impl Reader {
         let mut statement = self.conn.prepare_cached(
             "SELECT d.id, d.delivery_id, d.project, d.forge, d.event, d.repository, d.git_ref,
                     d.sha, d.outcome, d.reason, d.received_at, j.id, d.headers, d.event_json,
-                    d.source, d.repeats, d.origin
+                    d.source, d.repeats, d.origin, p.number, p.title, p.author,
+                    p.source_branch, p.target_branch, p.from_fork
              FROM deliveries d LEFT JOIN jobs j ON j.delivery = d.id
+                  LEFT JOIN pull_requests p ON p.job = j.id
              ORDER BY d.id DESC LIMIT ?1",
         )?;
         let rows = statement.query_map([limit], |row| {
@@ -105,6 +115,7 @@ impl Reader {
                 source: row.get(14)?,
                 repeats: row.get(15)?,
                 origin: row.get(16)?,
+                pull: super::PullInfo::read(row, 17)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -537,6 +537,7 @@ async fn a_fork_waits_for_approval_then_runs_its_base_branchs_pipeline_with_no_s
     assert!(log.contains("base-pipeline-ran"), "{log}");
     assert!(!log.contains("fork-pipeline-ran"), "{log}");
     assert!(log.contains("approved by an operator"), "{log}");
+    assert!(log.contains("network off"), "a fork's image build: {log}");
     for secret in [
         crate::common::TEST_SECRET,
         STATUS_TOKEN,
@@ -597,6 +598,14 @@ async fn the_jobs_list_filters_to_pull_requests_and_shows_each_ones_number_title
             "#2 Update the README with new information. by Codertocat: changes into master"
         ),
         "{page}"
+    );
+    let deliveries = app.deliveries();
+    assert_eq!(
+        deliveries[0].outcome_text(),
+        format!(
+            "queued (job {}): pull request #2 Update the README with new information. by Codertocat from changes",
+            answer["job"]
+        )
     );
     assert_eq!(refused.status(), 400);
     assert_eq!(

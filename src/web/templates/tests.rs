@@ -95,6 +95,7 @@ fn delivery_row(git_ref: &str, outcome: &str, reason: Option<&str>) -> DeliveryR
         source: Some(HOSTILE.into()),
         repeats: 3,
         origin: "webhook".into(),
+        pull: None,
     }
 }
 
