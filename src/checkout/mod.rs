@@ -115,33 +115,8 @@ impl Checkouts {
         sha: &str,
         credentials: Option<&GitCredentials>,
     ) -> Result<PathBuf, CheckoutError> {
-        let mirror = self.mirrors.join(format!("{project}.git"));
-        if !mirror.join("HEAD").exists() {
-            private_dir(&self.mirrors).await?;
-            git(
-                &["init", "--bare", "--quiet", &mirror.to_string_lossy()],
-                None,
-                "init",
-            )
-            .await?;
-        }
+        let mirror = self.fetch_ref(project, url, git_ref, credentials).await?;
         let mirror_arg = mirror.to_string_lossy().into_owned();
-        let refspec = format!("+{git_ref}:{git_ref}");
-        git(
-            &[
-                "-C",
-                &mirror_arg,
-                "fetch",
-                "--quiet",
-                "--force",
-                "--no-tags",
-                url,
-                &refspec,
-            ],
-            credentials,
-            "fetch",
-        )
-        .await?;
         let has_commit = git(
             &[
                 "-C",
@@ -169,6 +144,36 @@ impl Checkouts {
             })?;
         }
 
+        Ok(mirror)
+    }
+
+    /// Brings `git_ref` of the project's bare mirror (made on first use) up to date from
+    /// `url`; the caller holds the mirror's lock.
+    async fn fetch_ref(
+        &self,
+        project: &str,
+        url: &str,
+        git_ref: &str,
+        credentials: Option<&GitCredentials>,
+    ) -> Result<PathBuf, CheckoutError> {
+        let mirror = self.mirrors.join(format!("{project}.git"));
+        let mirror_arg = mirror.to_string_lossy().into_owned();
+        if !mirror.join("HEAD").exists() {
+            private_dir(&self.mirrors).await?;
+            git(&["init", "--bare", "--quiet", &mirror_arg], None, "init").await?;
+        }
+        let refspec = format!("+{git_ref}:{git_ref}");
+        let fetch = [
+            "-C",
+            &mirror_arg,
+            "fetch",
+            "--quiet",
+            "--force",
+            "--no-tags",
+            url,
+            &refspec,
+        ];
+        git(&fetch, credentials, "fetch").await?;
         Ok(mirror)
     }
 
@@ -256,31 +261,12 @@ impl Checkouts {
         max_bytes: u64,
         credentials: Option<&GitCredentials>,
     ) -> Result<Option<String>, CheckoutError> {
-        let mirror = self.mirrors.join(format!("{project}.git"));
-        let mirror_arg = mirror.to_string_lossy().into_owned();
-        let refspec = format!("+{branch}:{branch}");
-        {
+        let mirror = {
             let _one_at_a_time = self.mirror_locks.lock(project.to_owned()).await;
-            if !mirror.join("HEAD").exists() {
-                private_dir(&self.mirrors).await?;
-                git(&["init", "--bare", "--quiet", &mirror_arg], None, "init").await?;
-            }
-            let fetch = [
-                "-C",
-                &mirror_arg,
-                "fetch",
-                "--quiet",
-                "--force",
-                "--no-tags",
-                url,
-            ];
-            git(
-                &[&fetch[..], &[refspec.as_str()]].concat(),
-                credentials,
-                "fetch",
-            )
-            .await?;
-        }
+            self.fetch_ref(project, url, branch.as_ref(), credentials)
+                .await?
+        };
+        let mirror_arg = mirror.to_string_lossy().into_owned();
         let object = format!("{branch}:{path}");
         let Ok(size) =
             git_output(&["-C", &mirror_arg, "cat-file", "-s", &object], "cat-file").await
@@ -369,6 +355,23 @@ async fn git(
     credentials: Option<&GitCredentials>,
     step: &'static str,
 ) -> Result<(), CheckoutError> {
+    git_stdout(args, credentials, step).await.map(drop)
+}
+
+/// What a local git command printed, as text (nothing here reaches the network).
+async fn git_output(args: &[&str], step: &'static str) -> Result<String, CheckoutError> {
+    String::from_utf8(git_stdout(args, None, step).await?).map_err(|_| CheckoutError::Git {
+        step,
+        reason: "not UTF-8 text".into(),
+    })
+}
+
+/// Runs git as [`git`] does and answers what it printed.
+async fn git_stdout(
+    args: &[&str],
+    credentials: Option<&GitCredentials>,
+    step: &'static str,
+) -> Result<Vec<u8>, CheckoutError> {
     let output = git_command(args, credentials)
         .output()
         .await
@@ -377,32 +380,11 @@ async fn git(
             reason: e.to_string(),
         })?;
     if output.status.success() {
-        return Ok(());
+        return Ok(output.stdout);
     }
     Err(CheckoutError::Git {
         step,
         reason: last_line(&output.stderr),
-    })
-}
-
-/// What a local git command printed (nothing here reaches the network).
-async fn git_output(args: &[&str], step: &'static str) -> Result<String, CheckoutError> {
-    let output = git_command(args, None)
-        .output()
-        .await
-        .map_err(|e| CheckoutError::Git {
-            step,
-            reason: e.to_string(),
-        })?;
-    if !output.status.success() {
-        return Err(CheckoutError::Git {
-            step,
-            reason: last_line(&output.stderr),
-        });
-    }
-    String::from_utf8(output.stdout).map_err(|_| CheckoutError::Git {
-        step,
-        reason: "not UTF-8 text".into(),
     })
 }
 

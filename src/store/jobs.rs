@@ -711,11 +711,7 @@ impl Jobs {
             tx.execute("DELETE FROM stages WHERE job = ?1", [job])?;
             // A re-run deploys again; the old rollouts stay as history.
             tx.execute("UPDATE deploys SET retired = 1 WHERE job = ?1", [job])?;
-            tx.execute(
-                "INSERT INTO log_chunks (job, service, stage, text, at)
-                 VALUES (?1, '-', 'rerun', '[deploybot] re-run requested\n', ?2)",
-                params![job, now_text()],
-            )?;
+            note_action(&tx, job, "rerun", "re-run requested")?;
         }
         tx.commit()?;
         Ok(changed == 1)
@@ -744,18 +740,14 @@ impl Jobs {
             params![job, now_text()],
         )?;
         if changed == 1 {
-            tx.execute(
-                "INSERT INTO log_chunks (job, service, stage, text, at)
-                 VALUES (?1, '-', 'approve', '[deploybot] approved by an operator\n', ?2)",
-                params![job, now_text()],
-            )?;
+            note_action(&tx, job, "approve", "approved by an operator")?;
         }
         tx.commit()?;
         Ok(changed == 1)
     }
 
-    /// Cancels a waiting, queued or running job. A running one stops at its worker's next lease check
-    /// (its containers are killed). False if the job had already ended.
+    /// Cancels a waiting, queued or running job. A running one stops at its worker's next
+    /// lease check (its containers are killed). False if the job had already ended.
     pub fn cancel(&self, job: i64) -> Result<bool, StoreError> {
         let changed = self.conn().execute(
             "UPDATE jobs SET state = 'canceled', error = 'canceled by an operator',
@@ -855,6 +847,20 @@ fn parsed<T>(
             Box::new(error),
         )
     })
+}
+
+/// An operator's action on `job`, as a line of its log.
+fn note_action(
+    tx: &rusqlite::Transaction<'_>,
+    job: i64,
+    action: &str,
+    text: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO log_chunks (job, service, stage, text, at) VALUES (?1, '-', ?2, ?3, ?4)",
+        params![job, action, format!("[deploybot] {text}\n"), now_text()],
+    )?;
+    Ok(())
 }
 
 /// What a `JobRow` is read from (`job_row` reads the columns in this order).

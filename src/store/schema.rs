@@ -393,14 +393,21 @@ mod tests {
         conn
     }
 
-    fn every_deploy(conn: &Connection) -> Vec<Vec<Value>> {
-        let mut statement = conn.prepare("SELECT * FROM deploys ORDER BY id").unwrap();
+    /// Every row of `table`, every column, by id.
+    fn every_row(conn: &Connection, table: &str) -> Vec<Vec<Value>> {
+        let mut statement = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY id"))
+            .unwrap();
         let width = statement.column_count();
         statement
             .query_map([], |row| (0..width).map(|i| row.get(i)).collect())
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    fn every_deploy(conn: &Connection) -> Vec<Vec<Value>> {
+        every_row(conn, "deploys")
     }
 
     #[test]
@@ -437,16 +444,6 @@ mod tests {
         assert!(broken.is_empty(), "no row lost its job: {broken:?}");
     }
 
-    fn every_job(conn: &Connection) -> Vec<Vec<Value>> {
-        let mut statement = conn.prepare("SELECT * FROM jobs ORDER BY id").unwrap();
-        let width = statement.column_count();
-        statement
-            .query_map([], |row| (0..width).map(|i| row.get(i)).collect())
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
-
     #[test]
     fn a_store_from_before_pull_requests_keeps_every_job_and_reference_and_takes_a_pull_job() {
         // Arrange
@@ -466,13 +463,17 @@ mod tests {
             ))
         };
         assert!(pull_job(&conn, 2, "pull").is_err(), "refused before");
-        let jobs_before = every_job(&conn);
+        let jobs_before = every_row(&conn, "jobs");
 
         // Act
         migrate(&mut conn).unwrap();
 
         // Assert
-        assert_eq!(every_job(&conn), jobs_before, "every job, every column");
+        assert_eq!(
+            every_row(&conn, "jobs"),
+            jobs_before,
+            "every job, every column"
+        );
         assert_eq!(every_deploy(&conn), deploys_before);
         assert!(
             pull_job(&conn, 3, "note").is_err(),

@@ -149,13 +149,7 @@ pub async fn cancel(
     let (response, before) = act(&request, &views, &token, id, CANCEL).await;
     // A running job's worker reports its end; a queued or waiting one has no worker yet.
     if matches!(before, Some(JobState::Queued | JobState::Waiting)) {
-        let settings = intake.settings.clone();
-        let reported = views
-            .read(move |v| crate::worker::report_canceled(&settings, &v.jobs, id))
-            .await;
-        if reported.is_ok() {
-            intake.reports.notify_one();
-        }
+        report(&views, &intake, id, crate::worker::report_canceled).await;
     }
     response
 }
@@ -172,15 +166,27 @@ pub async fn approve(
     let (response, before) = act(&request, &views, &token, id, APPROVE).await;
     if before.is_some() {
         intake.wake.notify_one();
-        let settings = intake.settings.clone();
-        let reported = views
-            .read(move |v| crate::worker::report_approved(&settings, &v.jobs, id))
-            .await;
-        if reported.is_ok() {
-            intake.reports.notify_one();
-        }
+        report(&views, &intake, id, crate::worker::report_approved).await;
     }
     response
+}
+
+/// Queues the statuses an action causes (`queue`), and wakes the report sender.
+async fn report(
+    views: &Arc<Views>,
+    intake: &crate::intake::IntakeState,
+    id: i64,
+    queue: fn(
+        &crate::config::Settings,
+        &crate::store::Jobs,
+        i64,
+    ) -> Result<(), crate::store::StoreError>,
+) {
+    let settings = intake.settings.clone();
+    let reported = views.read(move |v| queue(&settings, &v.jobs, id)).await;
+    if reported.is_ok() {
+        intake.reports.notify_one();
+    }
 }
 
 /// What the rollback action needs: the deployer the worker uses (and its store).

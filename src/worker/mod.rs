@@ -34,26 +34,19 @@ use crate::deploy::{Cluster, Deployer};
 use crate::executor::Executor;
 use crate::store::Jobs;
 
-/// Queues the final commit status of a job an operator canceled (the store already says
-/// `canceled`; queued or running, its `pending` must not stay the last word).
+/// Queues the final commit status of a canceled job (the store already says `canceled`;
+/// queued, waiting or running, its `pending` must not stay the last word).
 pub fn report_canceled(
     settings: &Settings,
     jobs: &Jobs,
     job: i64,
 ) -> Result<(), crate::store::StoreError> {
-    let Some(event) = jobs
-        .event_json(job)?
-        .and_then(|json| serde_json::from_str::<crate::intake::PushEvent>(&json).ok())
-    else {
+    let Some((reporter, _)) = reporter_of(settings, jobs, job)? else {
         return Ok(());
     };
     let detail = jobs.get(job)?;
     let error = detail.as_ref().and_then(|d| d.job.error.as_deref());
-    let reports = reporter::Reporter::new(settings, &event, job).finished(
-        crate::domain::JobState::Canceled,
-        error,
-        detail.as_ref(),
-    );
+    let reports = reporter.finished(crate::domain::JobState::Canceled, error, detail.as_ref());
     jobs.queue_reports(job, &reports)
 }
 
@@ -64,22 +57,27 @@ pub fn report_approved(
     jobs: &Jobs,
     job: i64,
 ) -> Result<(), crate::store::StoreError> {
-    let Some(event) = jobs
-        .event_json(job)?
-        .and_then(|json| serde_json::from_str::<crate::intake::PushEvent>(&json).ok())
-    else {
+    let Some((reporter, event)) = reporter_of(settings, jobs, job)? else {
         return Ok(());
     };
     let words = format!(
         "Approved: {} queued, waiting for a worker",
         event.git_ref.label()
     );
-    let reports = reporter::Reporter::new(settings, &event, job).status(
-        None,
-        crate::report::StatusState::Pending,
-        &words,
-    );
+    let reports = reporter.status(None, crate::report::StatusState::Pending, &words);
     jobs.queue_reports(job, &reports)
+}
+
+/// The reporter of a job no worker holds, and its stored event (None: it has none readable).
+fn reporter_of(
+    settings: &Settings,
+    jobs: &Jobs,
+    job: i64,
+) -> Result<Option<(reporter::Reporter, crate::intake::PushEvent)>, crate::store::StoreError> {
+    let event = jobs
+        .event_json(job)?
+        .and_then(|json| serde_json::from_str::<crate::intake::PushEvent>(&json).ok());
+    Ok(event.map(|event| (reporter::Reporter::new(settings, &event, job), event)))
 }
 
 /// How often an idle worker looks for work when nobody wakes it.

@@ -143,6 +143,27 @@ impl Build {
         finished(&self.jobs(), job).await
     }
 
+    /// Waits until the job's `stage` runs (up to 300 s: the whole suite shares two cores
+    /// with it, and a real build once took over 120 s to get there).
+    pub async fn wait_for_running(&self, job: i64, stage: &str) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let jobs = self.jobs();
+        while !jobs
+            .get(job)
+            .unwrap()
+            .unwrap()
+            .stages
+            .iter()
+            .any(|s| s.stage == stage && s.state == "running")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "job {job}'s {stage} never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log(&self, job: i64) -> String {
         self.jobs()
             .logs(job, None, 0)

@@ -444,18 +444,8 @@ impl GitServer {
 
     /// Tags `sha` in the served repository.
     pub fn tag(&self, tag: &str, sha: &str) {
-        let bare = self.bare.display().to_string();
         git(&self.work, &["tag", "--force", tag, sha]);
-        git(
-            &self.work,
-            &[
-                "push",
-                "--quiet",
-                "--force",
-                &bare,
-                &format!("refs/tags/{tag}"),
-            ],
-        );
+        self.set_ref(&format!("refs/tags/{tag}"), sha);
     }
 }
 

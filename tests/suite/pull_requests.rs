@@ -1,7 +1,7 @@
 //! Pull requests (GitHub) and merge requests (GitLab): which events build the request's head,
 //! which cancel its jobs, and what a build of one does (checks, never a push or a deploy).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -337,25 +337,8 @@ async fn slow_pull_request_running() -> Option<(Build, ForgeDouble, String, i64)
         .await;
     assert_eq!(response.status(), 202);
     let job = json(response).await["job"].as_i64().unwrap();
-    wait_for_running_check(&build, job).await;
+    build.wait_for_running(job, "check").await;
     Some((build, github, sha, job))
-}
-
-async fn wait_for_running_check(build: &Build, job: i64) {
-    // Generous: the whole suite shares two cores with it.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let jobs = build.jobs();
-    while !jobs
-        .get(job)
-        .unwrap()
-        .unwrap()
-        .stages
-        .iter()
-        .any(|s| s.stage == "check" && s.state == "running")
-    {
-        assert!(Instant::now() < deadline, "the check never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The last state and description of the overall status of `sha`.
