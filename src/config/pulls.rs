@@ -26,16 +26,6 @@ pub enum ForkPolicy {
     Ignore,
 }
 
-impl ForkPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ForkPolicy::Approve => "approve",
-            ForkPolicy::Build => "build",
-            ForkPolicy::Ignore => "ignore",
-        }
-    }
-}
-
 /// The forge's words for the events that may build, and what each means.
 fn event_words(forge: ForgeKind) -> &'static [(&'static str, PullAction)] {
     match forge {

@@ -215,10 +215,15 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             .ok_or_else(|| format!("project \"{}\" is no longer configured", job.project))?;
         let event: PushEvent = serde_json::from_str(&job.event_json)
             .map_err(|e| format!("the job's push event is unreadable: {e}"))?;
-        let fork = event.pull.as_ref().is_some_and(|p| p.from_fork);
+        // A fork's pull request is built by its base branch's pipeline.
+        let fork_base = event
+            .pull
+            .as_ref()
+            .filter(|p| p.from_fork)
+            .map(|p| p.target_branch.as_str());
         let (workspace, tree) = self.checkout_stage(job, project, log, cancel).await?;
         let definition = self
-            .pipeline_stage(job, project, &event, log, &tree)
+            .pipeline_stage(job, project, fork_base, log, &tree)
             .await?;
         let pushes = should_push(&definition, job) && self.settings.registry.is_some();
         let environments = if pushes {
@@ -234,7 +239,7 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
             workspace: &workspace,
             tree,
             pushes,
-            fork,
+            fork: fork_base.is_some(),
             environments,
             log,
             cancel,
@@ -285,32 +290,18 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         }
     }
 
-    /// The repository's pipeline (a fork's pull request: its base branch's), as the project's
-    /// policy allows it; the log says what it will do.
+    /// The repository's pipeline (a fork's pull request: the pipeline of its base branch,
+    /// `fork_base`), as the project's policy allows it; the log says what it will do.
     async fn pipeline_stage(
         &self,
         job: &ClaimedJob,
         project: &crate::config::Project,
-        event: &PushEvent,
+        fork_base: Option<&str>,
         log: &JobLog,
         tree: &Tree,
     ) -> Result<Definition, String> {
         let sink = log.stage(JOB_SCOPE, StageName::Checkout);
-        let fork_base = event
-            .pull
-            .as_ref()
-            .filter(|p| p.from_fork)
-            .map(|p| p.target_branch.as_str());
-        let network = match fork_base {
-            Some(_) => policy::Network {
-                allowed: project.allow_network && project.pull_requests.fork_network,
-                key: "allow_network and fork_network",
-            },
-            None => policy::Network {
-                allowed: project.allow_network,
-                key: "allow_network",
-            },
-        };
+        let network = policy::Network::for_job(project, fork_base.is_some());
         let text = match fork_base {
             Some(base) => {
                 sink.note(&format!(

@@ -12,12 +12,30 @@ use crate::pipeline::{self, Definition, Service};
 /// The largest `.deploybot.toml` or Dockerfile deploybot reads.
 pub const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
 
-/// Whether a job's steps may have the network, and the key that says so (named when a step
-/// asks for more).
+/// Whether a job's steps and image builds may have the network, and the key that says so
+/// (named when a step asks for more).
 #[derive(Debug, Clone, Copy)]
 pub struct Network {
     pub allowed: bool,
     pub key: &'static str,
+}
+
+impl Network {
+    /// Where the project allows it; for a fork's pull request only where `fork_network` does
+    /// too.
+    pub fn for_job(project: &Project, fork: bool) -> Network {
+        if fork {
+            Network {
+                allowed: project.allow_network && project.pull_requests.fork_network,
+                key: "allow_network and fork_network",
+            }
+        } else {
+            Network {
+                allowed: project.allow_network,
+                key: "allow_network",
+            }
+        }
+    }
 }
 
 /// The repository's `.deploybot.toml` as read inside the checkout only (None: it has none).
@@ -101,7 +119,7 @@ fn check_service(
         }
         if step.network && !network.allowed {
             return Err(format!(
-                "service \"{name}\": {step_name} asks for network = true, which this build of project {} may not use ({})",
+                "service \"{name}\": {step_name} asks for network = true, which project {} may not use ({})",
                 project.name, network.key
             ));
         }

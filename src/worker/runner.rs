@@ -70,7 +70,7 @@ impl JobContext<'_> {
     /// Whether steps that ask for the network, and image builds, get it: where the project
     /// allows it, and for a fork only where `fork_network` does too.
     pub(super) fn network(&self) -> bool {
-        self.project.allow_network && (!self.fork || self.project.pull_requests.fork_network)
+        super::policy::Network::for_job(self.project, self.fork).allowed
     }
 
     /// Whether `service` rolls out after the build.
