@@ -27,16 +27,23 @@ impl Refused {
     }
 }
 
-/// Who may act: a 401 unless the request carries the token, a 403 for a foreign origin.
-fn authorize(request: &HttpRequest, token: &ActionToken) -> Result<(), Refused> {
+/// Who may act: a 401 unless the request carries the token (as a bearer, or typed into a
+/// page's form: `typed`), a 403 for a foreign origin.
+fn authorize(
+    request: &HttpRequest,
+    token: &ActionToken,
+    typed: Option<&str>,
+) -> Result<(), Refused> {
     let Some(expected) = &token.0 else {
         return Err(Refused(403, "actions are off: set web.action_token"));
     };
-    let given = request
-        .headers()
-        .get("Authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = typed.or_else(|| {
+        request
+            .headers()
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    });
     match given {
         Some(given) if token_matches(expected, given) => {}
         Some(_) => return Err(Refused(401, "the action token is not valid")),
@@ -94,14 +101,16 @@ const APPROVE: Action = Action {
 };
 
 /// Takes the action; answers the response and, when it was taken, the state the job was in.
+/// `typed`: the token a page's form carried, if the action came from one.
 async fn act(
     request: &HttpRequest,
     views: &Arc<Views>,
     token: &ActionToken,
     id: i64,
     action: Action,
+    typed: Option<&str>,
 ) -> (HttpResponse, Option<JobState>) {
-    if let Err(refused) = authorize(request, token) {
+    if let Err(refused) = authorize(request, token, typed) {
         return (refused.response(), None);
     }
     let apply = action.apply;
@@ -131,7 +140,7 @@ pub async fn rerun(
     wake: web::Data<Arc<tokio::sync::Notify>>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    let (response, taken) = act(&request, &views, &token, id.into_inner(), RERUN).await;
+    let (response, taken) = act(&request, &views, &token, id.into_inner(), RERUN, None).await;
     if taken.is_some() {
         wake.notify_one();
     }
@@ -146,7 +155,7 @@ pub async fn cancel(
     id: web::Path<i64>,
 ) -> HttpResponse {
     let id = id.into_inner();
-    let (response, before) = act(&request, &views, &token, id, CANCEL).await;
+    let (response, before) = act(&request, &views, &token, id, CANCEL, None).await;
     // A running job's worker reports its end; a queued or waiting one has no worker yet.
     if matches!(before, Some(JobState::Queued | JobState::Waiting)) {
         report(&views, &intake, id, crate::worker::report_canceled).await;
@@ -163,12 +172,44 @@ pub async fn approve(
     id: web::Path<i64>,
 ) -> HttpResponse {
     let id = id.into_inner();
-    let (response, before) = act(&request, &views, &token, id, APPROVE).await;
+    let (response, before) = act(&request, &views, &token, id, APPROVE, None).await;
     if before.is_some() {
-        intake.wake.notify_one();
-        report(&views, &intake, id, crate::worker::report_approved).await;
+        approved(&views, &intake, id).await;
     }
     response
+}
+
+/// The token typed into a page's action form.
+#[derive(serde::Deserialize)]
+pub struct TypedToken {
+    token: String,
+}
+
+/// The job page's approve form (a browser cannot send a bearer token): the same action, then
+/// back to the job.
+pub async fn approve_from_page(
+    request: HttpRequest,
+    views: web::Data<Arc<Views>>,
+    token: web::Data<ActionToken>,
+    intake: web::Data<crate::intake::IntakeState>,
+    id: web::Path<i64>,
+    form: web::Form<TypedToken>,
+) -> HttpResponse {
+    let id = id.into_inner();
+    let (response, before) = act(&request, &views, &token, id, APPROVE, Some(&form.token)).await;
+    if before.is_none() {
+        return response;
+    }
+    approved(&views, &intake, id).await;
+    HttpResponse::SeeOther()
+        .insert_header(("Location", format!("/jobs/{id}")))
+        .finish()
+}
+
+/// What follows an approval: the worker is woken and the job's status says it was approved.
+async fn approved(views: &Arc<Views>, intake: &crate::intake::IntakeState, id: i64) {
+    intake.wake.notify_one();
+    report(views, intake, id, crate::worker::report_approved).await;
 }
 
 /// Queues the statuses an action causes (`queue`), and wakes the report sender.
@@ -206,7 +247,7 @@ pub async fn rollback(
     body: web::Bytes,
 ) -> HttpResponse {
     use crate::deploy::{RollbackAsk, RollbackError};
-    if let Err(refused) = authorize(&request, &token) {
+    if let Err(refused) = authorize(&request, &token, None) {
         return refused.response();
     }
     let ask: RollbackAsk = match serde_json::from_slice(&body) {

@@ -32,9 +32,20 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .app_data(
             web::PathConfig::default().error_handler(|e, _| bad_request("path", &e.to_string())),
         )
+        .app_data(
+            web::FormConfig::default()
+                .limit(4096)
+                .error_handler(|e, _| bad_request("form", &e.to_string())),
+        )
         .service(only!("/", get, "GET", pages::index))
         .service(only!("/jobs/{id}", get, "GET", pages::job))
         .service(only!("/jobs/{id}/log", get, "GET", pages::log))
+        .service(only!(
+            "/jobs/{id}/approve",
+            post,
+            "POST",
+            actions::approve_from_page
+        ))
         .service(only!("/deliveries", get, "GET", pages::deliveries))
         .service(only!("/api/v1/jobs", get, "GET", api::jobs))
         .service(only!("/api/v1/jobs/{id}", get, "GET", api::job))

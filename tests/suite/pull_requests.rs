@@ -708,3 +708,40 @@ async fn a_pull_request_whose_go_vet_fails_fails_that_services_check_naming_the_
         Some("failure")
     );
 }
+
+#[tokio::test]
+async fn an_operator_approves_a_forks_waiting_job_from_its_page_with_the_action_token() {
+    // Arrange
+    let app = TestApp::spawn_config(&format!(
+        "[server]\n\n[worker]\nenabled = false\n\n[web]\naction_token = \"{ACTION_TOKEN}\"\n{FIXTURE_PROJECTS}"
+    ))
+    .await;
+    let response = app.post("codertocat", &fork_opened()).await;
+    let job = json(response).await["job"].as_i64().unwrap();
+    let page = app.get(&format!("/jobs/{job}")).await.text().await.unwrap();
+    assert!(
+        page.contains(&format!(r#"action="/jobs/{job}/approve""#)),
+        "{page}"
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let approve = |token: &'static str| {
+        client
+            .post(format!("{}/jobs/{job}/approve", app.address))
+            .form(&[("token", token)])
+            .send()
+    };
+
+    // Act
+    let wrong = approve("not-the-token").await.unwrap();
+    let right = approve(ACTION_TOKEN).await.unwrap();
+
+    // Assert
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(right.status(), 303);
+    assert_eq!(right.headers()["location"], format!("/jobs/{job}").as_str());
+    let now = json(app.get(&format!("/api/v1/jobs/{job}")).await).await;
+    assert_eq!(now["job"]["state"], "queued", "{now}");
+}

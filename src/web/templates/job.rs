@@ -34,7 +34,12 @@ fn heading(job: &JobRow) -> Markup {
         @if job.state == crate::domain::JobState::Waiting {
             p class="error" {
                 "A pull request from a fork: nothing runs until an operator approves it "
-                "(POST /api/v1/jobs/" (job.id) "/approve with the action token)."
+                "(here, or POST /api/v1/jobs/" (job.id) "/approve with the action token)."
+            }
+            form method="post" action={ "/jobs/" (job.id) "/approve" } {
+                input type="password" name="token" placeholder="action token" autocomplete="off";
+                " "
+                button { "approve" }
             }
         }
         @if let Some(error) = &job.error { p class="error" { (error) } }
