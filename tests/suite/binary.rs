@@ -64,7 +64,7 @@ fn check_config_accepts_a_valid_file_and_exits_0() {
     );
     assert!(String::from_utf8(output.stdout)
         .unwrap()
-        .contains("10 project(s)"));
+        .contains("12 project(s)"));
 }
 
 #[test]
