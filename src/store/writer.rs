@@ -19,7 +19,6 @@ use std::sync::mpsc as sync_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::domain::JobState;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,6 +28,7 @@ use super::{
     bodies_dir, db_path, schema, timestamp, Action, NewDelivery, Origin, Recorded, Rejection,
     StoreError,
 };
+use crate::domain::JobState;
 
 /// Requests waiting for the writer; bounded, so a stalled disk pushes back on intake.
 const QUEUE_DEPTH: usize = 4096;
@@ -443,7 +443,8 @@ fn insert_delivery(
     Ok((recorded, Some(delivery_row)))
 }
 
-/// Cancels the queued and running jobs of `git_ref` in `project`, with `error` saying why.
+/// Cancels the waiting, queued and running jobs of `git_ref` in `project`, with `error`
+/// saying why.
 fn cancel_open_jobs(
     tx: &rusqlite::Transaction<'_>,
     project: &str,
