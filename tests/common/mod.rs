@@ -218,7 +218,12 @@ impl TestApp {
         TestApp {
             address,
             data_dir,
-            client: reqwest::Client::new(),
+            // Idle connections are dropped before the server's keep-alive (5 s) closes them:
+            // reusing one the server is closing fails the request ("IncompleteMessage").
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(std::time::Duration::from_secs(2))
+                .build()
+                .expect("an HTTP client"),
             handle,
             task: Some(task),
         }
