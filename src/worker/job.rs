@@ -335,7 +335,8 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
         }
     }
 
-    /// The pipeline file of the project's branch `base`, as the forge has it now.
+    /// The pipeline file of the project's branch `base`, as the forge has it now: bounded in
+    /// size (`MAX_DEFINITION_BYTES`) and in time (`step_timeout`, as the checkout is).
     async fn base_definition(
         &self,
         project: &crate::config::Project,
@@ -343,17 +344,23 @@ impl<E: Executor, C: Cluster> Runner<E, C> {
     ) -> Result<Option<String>, String> {
         let branch = crate::domain::GitRef::parse(&format!("refs/heads/{base}"))
             .map_err(|e| format!("the pull request's base branch: {e}"))?;
-        self.checkouts
-            .read_on_branch(
-                project.name.as_ref(),
-                &project.clone_url,
-                &branch,
-                crate::pipeline::definition::FILE_NAME,
-                policy::MAX_DEFINITION_BYTES,
-                project.git_credentials.as_ref(),
-            )
-            .await
-            .map_err(|e| format!("reading the base branch's pipeline: {e}"))
+        let timeout = self.settings.worker.step_timeout;
+        // Dropping the read kills git (`kill_on_drop`).
+        let read = self.checkouts.read_on_branch(
+            project.name.as_ref(),
+            &project.clone_url,
+            &branch,
+            crate::pipeline::definition::FILE_NAME,
+            policy::MAX_DEFINITION_BYTES,
+            project.git_credentials.as_ref(),
+        );
+        match tokio::time::timeout(timeout, read).await {
+            Ok(read) => read.map_err(|e| format!("reading the base branch's pipeline: {e}")),
+            Err(_) => Err(format!(
+                "reading the base branch's pipeline: timed out after {} s",
+                timeout.as_secs()
+            )),
+        }
     }
 
     /// Every stage of every service, pending or skipped, before any runs; each service's
